@@ -1,0 +1,29 @@
+# Set-up, tests and the demo. Everything runs in a local virtual environment (.venv).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test demo clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+# Generate a small 3-class dataset, train a from-scratch net on it, predict and export.
+demo: install
+	$(BIN)/python datasets/shapes.py datasets/shapes --per-class 150
+	$(BIN)/transfer train datasets/shapes --backbone smallcnn --image-size 64 --epochs 15 --augment none \
+		--name demo --overwrite
+	$(BIN)/transfer predict models/demo datasets/shapes/circle/0000.jpg datasets/shapes/square/0000.jpg \
+		datasets/shapes/triangle/0000.jpg --top-k 2
+	$(BIN)/transfer export models/demo
+
+clean-demo:
+	rm -rf datasets/shapes models/demo models/demo.partial

@@ -1,0 +1,256 @@
+"""The ``transfer`` command line: parse options into a config, call the library, print.
+
+Results go to stdout; logs and progress bars to stderr. TensorFlow is imported
+only inside commands that need it, so ``transfer --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import json
+import logging
+import os
+import sys
+
+import click
+
+from transfer import backbones as registry
+from transfer.config import AUGMENT_PRESETS, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, TrainConfig, default
+from transfer.errors import TransferError
+
+
+def _handle_errors(command):
+    """Library errors become one ``Error: ...`` line and exit status 1; never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TransferError as error:
+            raise click.ClickException(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted; finished runs and exports are untouched.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _setup_logging(quiet: bool) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    logger = logging.getLogger("transfer")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _dense_sizes(ctx, param, values):
+    """``--dense 1024 --dense 256`` or ``--dense 1024,256``; ``--dense none`` for no hidden layer."""
+    if not values:
+        return None
+    sizes = []
+    for value in values:
+        for part in value.split(","):
+            if part.strip().lower() == "none":
+                continue
+            try:
+                sizes.append(int(part))
+            except ValueError:
+                raise click.BadParameter(f"expected sizes like 1024 or 1024,256, got {value!r}") from None
+    return tuple(sizes)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="transfer")
+def main():
+    """Turn a folder of labeled images into a deployable image classifier.
+
+    \b
+    transfer backbones                        list the models you can start from
+    transfer train photos/ --backbone resnet50
+    transfer predict models/<run>/ new_photos/ --top-k 3
+    transfer export models/<run>/             SavedModel for TensorFlow Serving
+    """
+
+
+@main.command("backbones")
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+def backbones_command(as_json):
+    """List the backbones: name, input size, parameters, preprocessing, default unfreeze point."""
+    rows = [registry.describe(registry.get(name)) for name in registry.names()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("name", "kind", "size", "params", "preprocessing", "unfreeze")
+    table = [header] + [(r["name"], r["kind"], str(r["input_size"]), _count(r["params"]),
+                         r["preprocessing"], r["unfreeze"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+@main.command("train")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-b", "--backbone", default=default("backbone"), show_default=True,
+              help="Registry name (see `transfer backbones`).")
+@click.option("--weights", default=None,
+              help="imagenet (default for pretrained backbones), none, or PATH of a no-top weights file.")
+@click.option("--image-size", type=int, default=None, help="Square input size in pixels [default: the backbone's].")
+@click.option("--width", type=float, default=default("width"), help="Filter multiplier (from-scratch nets).")
+@click.option("--depth", type=int, default=None, help="Number of conv blocks (from-scratch nets).")
+@click.option("--pooling", type=click.Choice(POOLINGS), default=None, help="Head pooling [default: the backbone's].")
+@click.option("--dense", multiple=True, callback=_dense_sizes, help="Hidden dense sizes, e.g. 1024 or 1024,256.")
+@click.option("--dropout", type=float, default=None, help="Head dropout rate [default: the backbone's].")
+@click.option("--l2", type=float, default=default("l2"), show_default=True, help="L2 penalty on head weights.")
+@click.option("--batch-norm/--no-batch-norm", default=default("batch_norm"), help="Batch norm after head dense layers.")
+@click.option("--val-split", type=float, default=default("val_split"), show_default=True,
+              help="Validation fraction when DATA_DIR has no val/ folder.")
+@click.option("--seed", type=int, default=default("seed"), show_default=True, help="Seed for the split and training.")
+@click.option("--batch-size", type=int, default=default("batch_size"), show_default=True)
+@click.option("--augment", type=click.Choice(AUGMENT_PRESETS), default=default("augment"), show_default=True,
+              help="Training-time augmentation preset.")
+@click.option("--resize", type=click.Choice(RESIZE_MODES), default=default("resize"), show_default=True,
+              help="squash to the input size, or keep aspect ratio and centre-crop.")
+@click.option("--epochs", type=int, default=default("epochs"), show_default=True,
+              help="Phase 1 epochs (head only, backbone frozen).")
+@click.option("--lr", type=float, default=default("lr"), show_default=True, help="Phase 1 learning rate.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=default("optimizer"), show_default=True)
+@click.option("--fine-tune-epochs", type=int, default=None,
+              help="Phase 2 epochs [default: 10 for pretrained backbones, 0 for from-scratch nets].")
+@click.option("--fine-tune-lr", type=float, default=default("fine_tune_lr"), show_default=True)
+@click.option("--fine-tune-optimizer", type=click.Choice(OPTIMIZERS), default=default("fine_tune_optimizer"),
+              show_default=True)
+@click.option("--unfreeze", default=None,
+              help="Where fine-tuning starts: all, N (top N layers), LAYER or after:LAYER [default: the backbone's].")
+@click.option("--patience", type=int, default=default("patience"), show_default=True,
+              help="Early-stopping patience in epochs.")
+@click.option("--monitor", type=click.Choice(MONITORS), default=default("monitor"), show_default=True,
+              help="Validation metric for checkpoints, early stopping and LR reduction.")
+@click.option("--restore-best/--keep-last", default=default("restore_best"),
+              help="End with the best epoch on validation (default) or the last one.")
+@click.option("-o", "--output-dir", default=default("output_dir"), show_default=True, help="Where run folders go.")
+@click.option("--name", default=None, help="Run folder name [default: timestamp-backbone].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run of the same name (once the new one finishes).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or logs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_handle_errors
+def train_command(quiet, as_json, **options):
+    """Train a classifier on DATA_DIR (one subfolder per class, or train/ val/ [test/]).
+
+    \b
+    Example:
+      transfer train photos/ --backbone resnet50 --epochs 5 --fine-tune-epochs 5
+    """
+    _setup_logging(quiet)
+    config = TrainConfig(verbose=0 if quiet else (1 if sys.stderr.isatty() else 2), **options).validate()
+    registry.resolve(config)  # fail on a bad option before the slow TensorFlow import
+    from transfer.training import train
+
+    with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bars print to stdout
+        result = train(config)
+    summary = {"run_dir": result.run_dir, "labels": result.labels, "metrics": result.metrics}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    val = result.metrics["val"]
+    click.echo(f"run: {result.run_dir}")
+    click.echo(f"validation accuracy {val['accuracy']:.4f}, loss {val['loss']:.4f} "
+               f"(best epoch {result.metrics['best_epoch']}, {result.metrics['best_phase']})")
+    if "test" in result.metrics:
+        click.echo(f"test accuracy {result.metrics['test']['accuracy']:.4f}, loss {result.metrics['test']['loss']:.4f}")
+
+
+@main.command("predict")
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
+@click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
+@click.option("-q", "--quiet", is_flag=True, help="No logs.")
+@_handle_errors
+def predict_command(model, inputs, top_k, batch_size, fmt, quiet):
+    """Predict the labels of images: files, folders (recursive) or globs.
+
+    MODEL is a run folder, a .keras file or an exported SavedModel. Exit status
+    is 1 if any input could not be read (the others are still predicted).
+
+    \b
+    Example:
+      transfer predict models/my-run/ new_photos/ 'more/*.jpg' --top-k 3 --json
+    """
+    _setup_logging(quiet)
+    from transfer.predict import predict
+
+    with contextlib.redirect_stdout(sys.stderr):
+        result = predict(model, list(inputs), top_k=top_k, batch_size=batch_size)
+    {"json": _print_json, "csv": _print_csv}.get(fmt, _print_table)(result)
+    if result.failures:
+        sys.exit(1)
+
+
+def _print_table(result):
+    for p in result.predictions:
+        others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top_k[1:])
+        click.echo(f"{p.path}\t{p.label}\t{p.probability:.3f}" + (f"\t{others}" if others else ""))
+    for path, reason in result.failures:
+        click.echo(f"Error: {path}: {reason}", err=True)
+
+
+def _print_json(result):
+    click.echo(json.dumps({"predictions": [p.to_dict() for p in result.predictions],
+                           "errors": [{"path": path, "error": reason} for path, reason in result.failures]}, indent=2))
+
+
+def _print_csv(result):
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["path", "label", "probability", "top_k", "error"])
+    for p in result.predictions:
+        writer.writerow([p.path, p.label, f"{p.probability:.6f}",
+                         ";".join(f"{label}:{prob:.6f}" for label, prob in p.top_k), ""])
+    for path, reason in result.failures:
+        writer.writerow([path, "", "", "", reason])
+
+
+@main.command("export")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("-o", "--output", default=None, help="Base folder [default: MODEL/export].")
+@click.option("--name", default=None, help="Model name in the serving layout [default: the run's name].")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
+              help="Version number [default: the next free one].")
+@click.option("-q", "--quiet", is_flag=True, help="No logs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_handle_errors
+def export_command(model, output, name, version, quiet, as_json):
+    """Export a run as a SavedModel for TensorFlow Serving: OUTPUT/NAME/VERSION/.
+
+    The serving_default signature takes `image` (float32 RGB 0-255 at the model's
+    input size; preprocessing is inside) and returns `probabilities`; labels.txt
+    is written beside the version folders. The export is checked against the
+    Keras model before it is kept.
+
+    \b
+    Example:
+      transfer export models/my-run/ --output serving/
+    """
+    _setup_logging(quiet)
+    from transfer.export import export
+
+    with contextlib.redirect_stdout(sys.stderr):
+        result = export(model, output=output, name=name, version=version)
+    if as_json:
+        click.echo(json.dumps({"path": result.path, "version": result.version, "labels": result.labels,
+                               "max_abs_diff": result.max_abs_diff}, indent=2))
+    else:
+        click.echo(f"exported: {result.path} (max difference from the Keras model {result.max_abs_diff:.2g})")
+
+
+if __name__ == "__main__":
+    main()

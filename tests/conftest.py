@@ -1,0 +1,64 @@
+"""Shared fixtures: small generated image folders, a CLI runner, and one trained run reused by many tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+COLOURS = {"blue": (20, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
+
+
+def write_image(path, colour, size=32, seed=0, fmt=None):
+    """A solid colour with noise: easy to learn, different per file."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour, np.float64) + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+def make_dataset(root, per_class=12, size=32, colours=COLOURS, splits=None, seed=0):
+    """``root/<class>/i.png`` or, with ``splits={"train": n, "val": m}``, ``root/<split>/<class>/i.png``."""
+    layout = splits or {"": per_class}
+    for s, (split, n) in enumerate(layout.items()):
+        for c, (name, colour) in enumerate(colours.items()):
+            for i in range(n):
+                write_image(os.path.join(root, split, name, f"{i:03d}.png"), colour, size, seed + 1000 * s + 100 * c + i)
+    return str(root)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_keras_home(tmp_path_factory, monkeypatch):
+    """Never read or write the user's ~/.keras from tests."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def colours_dir(tmp_path):
+    return make_dataset(tmp_path / "colours")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A scratch net trained (both phases) on colours through the CLI; shared by predict/export tests."""
+    from cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    data = make_dataset(root / "colours", per_class=16)
+    result = CliRunner().invoke(main, [
+        "train", data, "--backbone", "smallcnn", "--image-size", "32", "--epochs", "8", "--fine-tune-epochs", "1",
+        "--augment", "none", "--batch-size", "8", "--lr", "0.003", "-o", str(root / "models"), "--name", "colours",
+        "--quiet"])
+    assert result.exit_code == 0, result.output
+    return {"run": str(root / "models" / "colours"), "data": data, "root": root}

@@ -1,0 +1,104 @@
+"""Every registry entry, tested the moment it is registered (timm-style)."""
+
+import keras
+import numpy as np
+import pytest
+
+from transfer import backbones
+from transfer.config import TrainConfig
+from transfer.heads import backbone_of, build_model, unfreeze_index
+from transfer.layers import Preprocess
+
+ALL = backbones.names()
+PRETRAINED = [n for n in ALL if backbones.get(n).pretrained]
+
+
+def _resolved(name, **overrides):
+    spec = backbones.get(name)
+    size = max(spec.min_size, 32)
+    return backbones.resolve(TrainConfig(data_dir="x", backbone=name, weights="none", image_size=size,
+                                         augment="none", **overrides).validate())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_entry_builds_and_classifies(name):
+    spec, config = _resolved(name)
+    model = build_model(spec, config, num_classes=5)
+    images = np.random.default_rng(0).uniform(0, 255, (2, config.image_size, config.image_size, 3)).astype("float32")
+    probabilities = model.predict_on_batch(images)
+    assert probabilities.shape == (2, 5)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    base = backbone_of(model)
+    assert base.count_params() == spec.params, "registry params out of date"
+    start = unfreeze_index(base, spec.unfreeze)
+    assert 0 <= start < len(base.layers)
+    if spec.pretrained:
+        assert start > 0, "fine-tuning a pretrained backbone by default should keep its bottom frozen"
+
+
+def test_default_sizes():
+    assert backbones.get("inceptionv3").default_size == 299
+    assert backbones.get("xception").default_size == 299
+    for name in ("vgg16", "resnet50", "resnet50v2", "mobilenetv2", "efficientnetb0", "densenet121"):
+        assert backbones.get(name).default_size == 224
+
+
+APP_MODULES = {"inceptionv3": "inception_v3", "vgg16": "vgg16", "resnet50": "resnet50", "resnet50v2": "resnet_v2",
+               "mobilenetv2": "mobilenet_v2", "efficientnetb0": "efficientnet", "xception": "xception",
+               "densenet121": "densenet"}
+
+
+@pytest.mark.parametrize("name", PRETRAINED)
+def test_preprocessing_matches_keras_applications(name):
+    """The in-model Preprocess layer must compute exactly what keras.applications.<m>.preprocess_input does."""
+    x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    expected = getattr(keras.applications, APP_MODULES[name]).preprocess_input(x.copy())
+    got = keras.ops.convert_to_numpy(Preprocess(backbones.get(name).preprocessing)(x))
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-5, atol=1e-4)
+
+
+def test_every_pretrained_entry_is_checked_against_keras():
+    assert set(PRETRAINED) == set(APP_MODULES)
+
+
+@pytest.mark.parametrize("unfreeze, expect", [("all", 0), ("3", "len-3"), ("block2_conv", "index"),
+                                              ("after:block1_pool", "index")])
+def test_unfreeze_syntax(unfreeze, expect):
+    spec, config = _resolved("smallcnn")
+    base = backbone_of(build_model(spec, config, 2))
+    names = [layer.name for layer in base.layers]
+    want = {"len-3": len(names) - 3, "index": names.index("block2_conv")}.get(expect, expect)
+    assert unfreeze_index(base, unfreeze) == want
+
+
+def test_unfreeze_unknown_layer_names_close_matches():
+    from transfer.errors import ConfigError
+
+    spec, config = _resolved("smallcnn")
+    base = backbone_of(build_model(spec, config, 2))
+    with pytest.raises(ConfigError, match="no layer 'block9'. Similar names: block3_pool"):
+        unfreeze_index(base, "block9")
+
+
+def test_scratch_width_and_depth():
+    spec, config = _resolved("smallcnn", width=2.0, depth=4)
+    base = backbone_of(build_model(spec, config, 2))
+    convs = [layer for layer in base.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [64, 64, 128, 256]
+
+
+def test_resolve_fills_backbone_defaults():
+    spec, config = backbones.resolve(TrainConfig(data_dir="x", backbone="ResNet50"))
+    assert (config.backbone, config.weights, config.image_size, config.unfreeze) == (
+        "resnet50", "imagenet", 224, "after:conv4_block6_out")
+    assert config.fine_tune_epochs > 0 and config.pooling == "avg"
+    spec, config = backbones.resolve(TrainConfig(data_dir="x", backbone="smallcnn"))
+    assert (config.weights, config.fine_tune_epochs, config.pooling, config.dense) == ("none", 0, "flatten", (64,))
+
+
+def test_too_deep_for_the_image_size_is_a_clear_error():
+    from transfer.errors import ConfigError
+
+    spec, config = _resolved("lenet5", depth=6)
+    with pytest.raises(ConfigError, match="too small for lenet5"):
+        build_model(spec, config, 2)

@@ -1,0 +1,39 @@
+"""transfer: turn a folder of labeled images into a deployable image classifier.
+
+The same names serve the CLI and a notebook::
+
+    import transfer
+    result = transfer.train(transfer.TrainConfig(data_dir="photos", backbone="resnet50"))
+    transfer.predict(result.run_dir, ["new_photos/"]).predictions
+    transfer.export(result.run_dir)
+
+Importing the package is cheap: TensorFlow is imported only when a function
+that needs it is first used.
+"""
+
+__version__ = "0.1.0"
+
+from .config import TrainConfig  # noqa: E402
+from .errors import TransferError  # noqa: E402
+
+_LAZY = {
+    "train": "training",
+    "TrainResult": "training",
+    "predict": "predict",
+    "load_model": "predict",
+    "export": "export",
+    "load_run": "runs",
+    "backbones": None,
+}
+
+
+def __getattr__(name):
+    import importlib
+
+    if name not in _LAZY:
+        raise AttributeError(f"module 'transfer' has no attribute {name!r}")
+    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+    return module if _LAZY[name] is None else getattr(module, name)
+
+
+__all__ = ["TrainConfig", "TransferError", *_LAZY]

@@ -1,0 +1,211 @@
+"""The backbone registry: name -> how to build it, preprocess for it, size it and fine-tune it.
+
+Pretrained ``keras.applications`` models and the from-scratch nets of
+:mod:`transfer.convnets` live in the same table, so the CLI, the tests and the
+training code never branch on a model's name. Entries are plain data; builders
+import Keras only when called, so listing the registry stays fast and
+``transfer --help`` never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .config import TrainConfig
+from .errors import ConfigError, WeightsError
+
+BACKBONE_LAYER = "backbone"
+
+
+@dataclass(frozen=True)
+class HeadDefaults:
+    """The head a backbone gets unless the user asks for another."""
+
+    pooling: str = "avg"
+    dense: tuple[int, ...] = ()
+    dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry.
+
+    ``unfreeze`` is where fine-tuning starts by default, in the syntax of
+    ``--unfreeze``: ``after:LAYER`` (everything after a block output, a clean cut
+    of the graph), ``LAYER`` (that layer and everything after it), ``N`` (the top
+    N layers) or ``all``. ``params`` is the size of the base at the default
+    settings; the registry test checks it against the built model.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    preprocessing: str
+    default_size: int
+    min_size: int
+    unfreeze: str
+    params: int
+    kind: str  # "pretrained": ImageNet weights exist, frozen in phase 1; "scratch": trained from the start
+    head: HeadDefaults
+    fine_tune_epochs: int
+    description: str
+
+    @property
+    def pretrained(self) -> bool:
+        return self.kind == "pretrained"
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get(name: str) -> BackboneSpec:
+    """The registry entry for ``name``, or an error listing every valid name."""
+    try:
+        return _REGISTRY[name.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown backbone {name!r}. Choose one of: {', '.join(names())} "
+                          "(see `transfer backbones`).") from None
+
+
+def _keras_app(class_name: str) -> Callable[..., Any]:
+    def build(input_shape, weights=None, **_):
+        import keras
+
+        return getattr(keras.applications, class_name)(include_top=False, weights=weights, input_shape=input_shape)
+
+    build.__doc__ = f"keras.applications.{class_name} without its top."
+    return build
+
+
+def _pretrained(name, class_name, preprocessing, size, unfreeze, params, description, min_size=32):
+    register(BackboneSpec(
+        name=name, build=_keras_app(class_name), preprocessing=preprocessing, default_size=size,
+        min_size=min_size, unfreeze=unfreeze, params=params, kind="pretrained", head=HeadDefaults(),
+        fine_tune_epochs=10, description=description))
+
+
+_pretrained("inceptionv3", "InceptionV3", "tf", 299, "after:mixed7", 21802784,
+            "Inception v3; fine-tunes the top two inception blocks", min_size=75)
+_pretrained("vgg16", "VGG16", "caffe", 224, "after:block4_pool", 14714688, "VGG16; fine-tunes block 5")
+_pretrained("resnet50", "ResNet50", "caffe", 224, "after:conv4_block6_out", 23587712, "ResNet50; fine-tunes stage 5")
+_pretrained("resnet50v2", "ResNet50V2", "tf", 224, "after:conv4_block6_out", 23564800,
+            "ResNet50 v2 (pre-activation); fine-tunes stage 5")
+_pretrained("mobilenetv2", "MobileNetV2", "tf", 224, "after:block_12_add", 2257984,
+            "MobileNetV2 (fast on CPUs); fine-tunes the last three blocks")
+_pretrained("efficientnetb0", "EfficientNetB0", "none", 224, "after:block5c_add", 4049571,
+            "EfficientNet-B0; fine-tunes blocks 6-7")
+_pretrained("xception", "Xception", "tf", 299, "block13_sepconv1_act", 20861480,
+            "Xception; fine-tunes the exit flow", min_size=71)
+_pretrained("densenet121", "DenseNet121", "torch", 224, "after:pool4_pool", 7037504,
+            "DenseNet121; fine-tunes dense block 4")
+
+from . import convnets  # noqa: E402  (registers the from-scratch nets into the table above)
+
+
+def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
+    """Fill every backbone-dependent default of ``config`` and check it fits the backbone."""
+    spec = get(config.backbone)
+    weights = config.weights or ("imagenet" if spec.pretrained else "none")
+    if weights == "imagenet" and not spec.pretrained:
+        raise ConfigError(f"{spec.name} is trained from scratch and has no ImageNet weights; "
+                          "use --weights none or --weights PATH.")
+    if spec.pretrained and (config.width != 1.0 or config.depth is not None):
+        raise ConfigError(f"--width and --depth apply to from-scratch nets only, not to {spec.name}.")
+    size = config.image_size or spec.default_size
+    if size < spec.min_size:
+        raise ConfigError(f"--image-size {size} is too small for {spec.name}; use at least {spec.min_size}.")
+    resolved = dataclasses.replace(
+        config,
+        backbone=spec.name,
+        weights=weights,
+        image_size=size,
+        pooling=config.pooling or spec.head.pooling,
+        dense=tuple(config.dense) if config.dense is not None else spec.head.dense,
+        dropout=config.dropout if config.dropout is not None else spec.head.dropout,
+        fine_tune_epochs=config.fine_tune_epochs if config.fine_tune_epochs is not None else spec.fine_tune_epochs,
+        unfreeze=config.unfreeze or spec.unfreeze,
+    )
+    return spec, resolved
+
+
+def build_backbone(spec: BackboneSpec, config: TrainConfig):
+    """Build the base named ``backbone`` with the weights the (resolved) config asks for."""
+    import keras
+
+    shape = (config.image_size, config.image_size, 3)
+    options = {"width": config.width, "depth": config.depth}
+    if config.weights == "imagenet":
+        base = _build_imagenet(spec, shape, options)
+    else:
+        base = _build_random(spec, shape, options)
+        if config.weights != "none":
+            _load_weights_file(base, config.weights, spec)
+    return keras.Model(base.inputs, base.outputs, name=BACKBONE_LAYER)
+
+
+def _build_imagenet(spec: BackboneSpec, shape, options):
+    try:
+        return spec.build(shape, weights="imagenet", **options)
+    except Exception as error:  # Keras raises a bare Exception when a download fails
+        if "fetch failure" not in str(error) and "HTTP" not in str(error):
+            raise
+        raise WeightsError(offline_message(spec, str(error))) from None
+
+
+def _build_random(spec: BackboneSpec, shape, options):
+    try:
+        return spec.build(shape, weights=None, **options)
+    except ValueError as error:
+        if "negative" not in str(error) and "too small" not in str(error):
+            raise
+        raise ConfigError(f"--image-size {shape[0]} is too small for {spec.name} with these --width/--depth "
+                          "settings; use a larger size or fewer blocks.") from None
+
+
+def keras_cache_dir() -> str:
+    """Where ``keras.utils.get_file`` keeps downloaded weights."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "models")
+
+
+def offline_message(spec: BackboneSpec, error: str) -> str:
+    url = re.search(r"https?://\S+?\.h5", error)
+    filename = url.group(0).rsplit("/", 1)[-1] if url else f"the {spec.name} no-top weights file"
+    where = f" from {url.group(0)}" if url else ""
+    return (f"could not download the ImageNet weights for {spec.name} (no network?). "
+            f"Keras looks for {filename} in {keras_cache_dir()} (set KERAS_HOME to move it); "
+            f"copy the file there{where}, or use --weights PATH (a local no-top weights file) "
+            "or --weights none (random initialisation).")
+
+
+def _load_weights_file(base, path: str, spec: BackboneSpec) -> None:
+    """Load strictly: Keras only warns when it skips layers it cannot match, which would leave them random."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            base.load_weights(path)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsError(f"--weights {path!r} does not fit {spec.name} without its top "
+                           f"(it must be saved from the same architecture): {first}") from None
+
+
+def describe(spec: BackboneSpec) -> dict[str, Any]:
+    """One row of ``transfer backbones``."""
+    return {"name": spec.name, "kind": spec.kind, "input_size": spec.default_size, "params": spec.params,
+            "preprocessing": spec.preprocessing, "unfreeze": spec.unfreeze, "description": spec.description}

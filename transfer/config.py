@@ -1,0 +1,138 @@
+"""The run configuration: one dataclass holding every setting of a training run.
+
+It is the single source of defaults (the CLI reads them from here), it is
+validated before any work starts, and it is saved as JSON in every run folder
+so a run can be reproduced and its model used without remembering any flag.
+Importing this module must not import TensorFlow: the CLI's ``--help`` uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+POOLINGS = ("avg", "max", "flatten")
+AUGMENT_PRESETS = ("none", "light", "strong")
+RESIZE_MODES = ("squash", "crop")
+MONITORS = ("val_loss", "val_accuracy")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one training run.
+
+    ``None`` means "the backbone's default": weights, image size, head shape,
+    number of fine-tuning epochs and unfreeze point depend on the chosen backbone and are
+    filled in by :func:`transfer.backbones.resolve` before training; the saved
+    config always holds the resolved values.
+    """
+
+    data_dir: str = ""
+    # where the run goes
+    output_dir: str = "models"
+    name: str | None = None
+    overwrite: bool = False
+    # model
+    backbone: str = "mobilenetv2"
+    weights: str | None = None
+    image_size: int | None = None
+    width: float = 1.0
+    depth: int | None = None
+    pooling: str | None = None
+    dense: tuple[int, ...] | None = None
+    dropout: float | None = None
+    l2: float = 0.0
+    batch_norm: bool = False
+    # data
+    val_split: float = 0.2
+    seed: int = 42
+    batch_size: int = 32
+    augment: str = "light"
+    resize: str = "squash"
+    # phase 1: head only, backbone frozen
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    # phase 2: fine-tuning the top of the backbone
+    fine_tune_epochs: int | None = None
+    fine_tune_lr: float = 1e-4
+    fine_tune_optimizer: str = "sgd"
+    unfreeze: str | None = None
+    # callbacks
+    patience: int = 5
+    monitor: str = "val_loss"
+    restore_best: bool = True  # end with the best epoch on validation (from either phase), not the last
+    verbose: int = 1
+
+    def validate(self) -> "TrainConfig":
+        """Check every value before any work starts; return self for chaining."""
+        _check(bool(self.data_dir), "DATA_DIR is required.")
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--fine-tune-optimizer", self.fine_tune_optimizer, OPTIMIZERS)
+        _choice("--augment", self.augment, AUGMENT_PRESETS)
+        _choice("--resize", self.resize, RESIZE_MODES)
+        _choice("--monitor", self.monitor, MONITORS)
+        if self.pooling is not None:
+            _choice("--pooling", self.pooling, POOLINGS)
+        _check(0 < self.val_split < 1, f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}.")
+        _check(self.epochs >= 0, f"--epochs must be 0 or more, got {self.epochs}.")
+        _check(self.fine_tune_epochs is None or self.fine_tune_epochs >= 0,
+               f"--fine-tune-epochs must be 0 or more, got {self.fine_tune_epochs}.")
+        _check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}.")
+        _check(self.lr > 0 and self.fine_tune_lr > 0, "--lr and --fine-tune-lr must be positive.")
+        _check(self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}.")
+        _check(self.l2 >= 0, f"--l2 must be 0 or more, got {self.l2}.")
+        _check(self.patience >= 1, f"--patience must be at least 1, got {self.patience}.")
+        _check(self.width > 0, f"--width must be positive, got {self.width}.")
+        _check(self.depth is None or self.depth >= 1, f"--depth must be at least 1, got {self.depth}.")
+        _check(not self.dense or all(d >= 1 for d in self.dense), f"--dense sizes must be positive, got {self.dense}.")
+        _check(self.image_size is None or self.image_size >= 8, f"--image-size must be at least 8, got {self.image_size}.")
+        self._validate_weights()
+        return self
+
+    def _validate_weights(self) -> None:
+        if self.weights in (None, "imagenet", "none"):
+            return
+        path = self.weights
+        _check(os.path.isfile(path),
+               f"--weights {path!r}: no such file. Use --weights imagenet, --weights none, "
+               "or the path of a no-top weights file (.h5 or .weights.h5).")
+        _check(path.endswith(".h5"),
+               f"--weights {path!r}: expected a Keras weights file ending in .h5 or .weights.h5.")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["dense"] = list(self.dense) if self.dense is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from saved JSON, ignoring keys that a newer or older version added."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        if values.get("dense") is not None:
+            values["dense"] = tuple(values["dense"])
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def default(name: str) -> Any:
+    """The default of one field, so that the CLI never repeats a default."""
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"{option} must be one of {', '.join(choices)}; got {value!r}.")

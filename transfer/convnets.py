@@ -1,0 +1,54 @@
+"""From-scratch convnets, registered in the same registry as the pretrained backbones.
+
+Each builder returns only the convolutional base; the dense layers that the
+classic architectures end with are the registry entry's default head, so
+``--dense``/``--dropout`` and the head code work the same for every model.
+"""
+
+from __future__ import annotations
+
+from .backbones import BackboneSpec, HeadDefaults, register
+
+
+def _filters(base: list[int], depth: int | None, width: float) -> list[int]:
+    """Filters per block: the classic ones, each extra block doubling the last, scaled by width."""
+    filters = list(base)
+    while len(filters) < (depth or len(base)):
+        filters.append(filters[-1] * 2)
+    return [max(1, round(f * width)) for f in filters[: depth or len(base)]]
+
+
+def lenet5(input_shape, weights=None, width=1.0, depth=None):
+    """LeNet-5's feature extractor: 5x5 conv + average pooling, 6 then 16 filters."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, f in enumerate(_filters([6, 16], depth, width)):
+        x = layers.Conv2D(f, 5, padding="valid" if i < 2 else "same", activation="relu", name=f"block{i + 1}_conv")(x)
+        x = layers.AveragePooling2D(2, name=f"block{i + 1}_pool")(x)
+    return keras.Model(inputs, x, name="lenet5")
+
+
+def smallcnn(input_shape, weights=None, width=1.0, depth=None):
+    """The Keras blog's cats-vs-dogs convnet: 3x3 conv + max pooling blocks of 32, 32, 64 filters."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, f in enumerate(_filters([32, 32, 64], depth, width)):
+        x = layers.Conv2D(f, 3, padding="valid" if i < 3 else "same", activation="relu", name=f"block{i + 1}_conv")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
+    return keras.Model(inputs, x, name="smallcnn")
+
+
+register(BackboneSpec(
+    name="lenet5", build=lenet5, preprocessing="unit", default_size=32, min_size=16, unfreeze="all",
+    params=2872, kind="scratch", head=HeadDefaults(pooling="flatten", dense=(120, 84), dropout=0.0),
+    fine_tune_epochs=0, description="LeNet-5 style, from scratch (--width, --depth)"))
+register(BackboneSpec(
+    name="smallcnn", build=smallcnn, preprocessing="unit", default_size=150, min_size=32, unfreeze="all",
+    params=28640, kind="scratch", head=HeadDefaults(pooling="flatten", dense=(64,), dropout=0.5),
+    fine_tune_epochs=0, description="Keras blog cats-vs-dogs convnet, from scratch (--width, --depth)"))

@@ -1,0 +1,29 @@
+"""Domain errors. The CLI turns every one of them into a one-line ``Error: ...``.
+
+Each message says what is wrong, naming the file or option, and what to do
+about it, so that a user never needs a traceback.
+"""
+
+
+class TransferError(Exception):
+    """Base class for every error the user can act on."""
+
+
+class ConfigError(TransferError):
+    """An option has an invalid value or options contradict each other."""
+
+
+class DataError(TransferError):
+    """The dataset folder cannot be used as given."""
+
+
+class WeightsError(TransferError):
+    """Backbone weights cannot be found, downloaded or loaded."""
+
+
+class RunError(TransferError):
+    """A run folder or model artifact is missing, incomplete or would be overwritten."""
+
+
+class ImageError(TransferError):
+    """One image file cannot be decoded; the message is the reason."""

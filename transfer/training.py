@@ -1,0 +1,172 @@
+"""The two-phase schedule: train the head on a frozen backbone, then fine-tune its top.
+
+Everything a run produces is written through :class:`transfer.runs.RunFolder`,
+so an interrupted run leaves earlier runs untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+from . import data, runs
+from .backbones import BackboneSpec, resolve
+from .config import TrainConfig
+from .errors import ConfigError
+from .heads import backbone_of, build_model, freeze_backbone, unfreeze_index, unfreeze_top
+
+log = logging.getLogger("transfer")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns; the run folder holds the same, on disk."""
+
+    run_dir: str
+    model: keras.Model
+    labels: list[str]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    config: TrainConfig
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a classifier on ``config.data_dir`` and write its run folder. Never prints; logs to ``transfer``."""
+    spec, config = resolve(config.validate())
+    if config.epochs + config.fine_tune_epochs == 0:
+        raise ConfigError("--epochs and --fine-tune-epochs are both 0: nothing to train.")
+    dataset = data.scan(config.data_dir, config.val_split, config.seed)
+    config = dataclasses.replace(config, name=config.name or runs.default_name(spec.name),
+                                 data_dir=dataset.root)
+    run = runs.RunFolder(config.output_dir, config.name, config.overwrite)
+    log.info("classes: %s; images: %s", ", ".join(dataset.classes),
+             ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(spec, config, len(dataset.classes))
+    unfreeze_index(backbone_of(model), config.unfreeze)  # a bad --unfreeze fails now, not after phase 1
+    run.start()
+    _write_inputs(run, config, spec, dataset)
+
+    started = time.perf_counter()
+    train_ds = data.make_tf_dataset(dataset.splits["train"], config.image_size, config.batch_size, shuffle=True,
+                                    seed=config.seed, resize=config.resize)
+    val_ds = data.make_tf_dataset(dataset.splits["val"], config.image_size, config.batch_size, resize=config.resize)
+    checkpoint = keras.callbacks.ModelCheckpoint(run.path(runs.CHECKPOINT_FILE), monitor=config.monitor,
+                                                 save_best_only=True, save_weights_only=True)
+    done = 0
+    if config.epochs:
+        freeze_backbone(model, frozen=spec.pretrained)
+        log.info("phase 1: %s", "head only, backbone frozen" if spec.pretrained else "whole network, from scratch")
+        done = _fit(model, config, run, train_ds, val_ds, checkpoint, "head", config.optimizer, config.lr,
+                    done, config.epochs)
+    if config.fine_tune_epochs:
+        n = unfreeze_top(model, config.unfreeze, keep_batchnorm_frozen=spec.pretrained)
+        log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
+        done = _fit(model, config, run, train_ds, val_ds, checkpoint, "fine_tune", config.fine_tune_optimizer,
+                    config.fine_tune_lr, done, config.fine_tune_epochs)
+    if config.restore_best:
+        _restore_best(model, run.path(runs.CHECKPOINT_FILE))
+    seconds = time.perf_counter() - started
+
+    history = read_history(run.path(runs.HISTORY_FILE))
+    metrics = _evaluate(model, config, dataset, history, seconds)
+    model.save(run.path(runs.MODEL_FILE))
+    runs.write_json(run.path(runs.METRICS_FILE), metrics)
+    _plot(history, run.path(runs.PLOT_FILE))
+    run_dir = run.commit()
+    log.info("run saved to %s", run_dir)
+    return TrainResult(run_dir, model, dataset.classes, metrics, history, config)
+
+
+def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, dataset: data.Dataset) -> None:
+    """Labels, split and config first, so even an interrupted run says what it was doing."""
+    data.write_manifest(dataset, run.path(runs.SPLIT_FILE))
+    runs.write_text(run.path(runs.LABELS_FILE), "".join(f"{c}\n" for c in dataset.classes))
+    info = {"root": dataset.root, "split_source": dataset.split_source, "counts": dataset.counts()}
+    runs.write_json(run.path(runs.CONFIG_FILE), runs.run_record(config, dataset.classes, spec.preprocessing, info))
+
+
+def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
+    return {
+        "adam": lambda: keras.optimizers.Adam(lr),
+        "adamw": lambda: keras.optimizers.AdamW(lr),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9),
+    }[name]()
+
+
+class _HistoryCSV(keras.callbacks.CSVLogger):
+    """CSVLogger that appends across phases and says which phase each epoch belongs to."""
+
+    def __init__(self, path: str, phase: str):
+        super().__init__(path, append=True)
+        self.phase = phase
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, {**(logs or {}), "phase": self.phase})
+
+
+def _fit(model, config, run, train_ds, val_ds, checkpoint, phase, optimizer, lr, done, epochs) -> int:
+    """Compile (needed after every change of ``trainable``) and fit one phase; return epochs done so far."""
+    model.compile(optimizer=make_optimizer(optimizer, lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=False)
+    callbacks = [
+        keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, factor=0.2, patience=max(1, config.patience // 2),
+                                          min_lr=lr / 100),
+        keras.callbacks.EarlyStopping(monitor=config.monitor, patience=config.patience),
+        checkpoint,
+        _HistoryCSV(run.path(runs.HISTORY_FILE), phase),
+    ]
+    history = model.fit(train_ds, validation_data=val_ds, initial_epoch=done, epochs=done + epochs,
+                        callbacks=callbacks, verbose=config.verbose, shuffle=False)  # the dataset shuffles
+    return done + len(history.history.get("loss", []))
+
+
+def _restore_best(model, checkpoint_path: str) -> None:
+    """Go back to the best epoch on validation, from either phase (none is saved if every loss was NaN)."""
+    if os.path.exists(checkpoint_path):
+        with warnings.catch_warnings():  # the checkpoint's optimizer state may be the other phase's: not needed
+            warnings.simplefilter("ignore")
+            model.load_weights(checkpoint_path)
+    else:
+        log.warning("no epoch had a finite validation metric; keeping the last weights")
+
+
+def read_history(path: str) -> list[dict[str, Any]]:
+    """history.csv as rows of numbers (the phase stays a string)."""
+    with open(path, newline="") as f:
+        return [{k: (v if k == "phase" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _evaluate(model, config, dataset, history, seconds) -> dict[str, Any]:
+    metrics: dict[str, Any] = {}
+    for split in ("val", "test"):
+        if split in dataset.splits:
+            ds = data.make_tf_dataset(dataset.splits[split], config.image_size, config.batch_size,
+                                      resize=config.resize, cache=False)
+            metrics[split] = {k: float(v) for k, v in model.evaluate(ds, verbose=0, return_dict=True).items()}
+            metrics[split]["images"] = len(dataset.splits[split])
+    best = min if config.monitor.endswith("loss") else max
+    best_row = best(history, key=lambda row: row[config.monitor])
+    metrics.update({
+        "monitor": config.monitor,
+        "best_epoch": int(best_row["epoch"]) + 1,
+        "best_phase": best_row["phase"],
+        "epochs": {phase: sum(r["phase"] == phase for r in history) for phase in ("head", "fine_tune")},
+        "train_seconds": round(seconds, 2),
+    })
+    return metrics
+
+
+def _plot(history, path) -> None:
+    from .plots import plot_history
+
+    plot_history(history, path)
