@@ -19,8 +19,9 @@ test: install
 # Generate a small 3-class dataset, train a from-scratch net on it, predict and export.
 demo: install
 	$(BIN)/python datasets/shapes.py datasets/shapes --per-class 150
-	$(BIN)/transfer train datasets/shapes --backbone smallcnn --image-size 64 --epochs 15 --augment none \
-		--name demo --overwrite
+	$(BIN)/transfer inspect datasets/shapes
+	$(BIN)/transfer train datasets/shapes --backbone smallcnn --image-size 64 --pooling max --dropout 0.2 \
+		--epochs 30 --patience 8 --augment none --name demo --overwrite
 	$(BIN)/transfer predict models/demo datasets/shapes/circle/0000.jpg datasets/shapes/square/0000.jpg \
 		datasets/shapes/triangle/0000.jpg --top-k 2
 	$(BIN)/transfer export models/demo

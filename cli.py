@@ -17,7 +17,8 @@ import sys
 import click
 
 from transfer import backbones as registry
-from transfer.config import AUGMENT_PRESETS, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, TrainConfig, default
+from transfer.config import (AUGMENT_PRESETS, CLASS_WEIGHTS, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, TrainConfig,
+                             default)
 from transfer.errors import TransferError
 
 
@@ -70,6 +71,7 @@ def main():
 
     \b
     transfer backbones                        list the models you can start from
+    transfer inspect photos/                  audit a dataset folder: counts, problems
     transfer train photos/ --backbone resnet50
     transfer predict models/<run>/ new_photos/ --top-k 3
     transfer export models/<run>/             SavedModel for TensorFlow Serving
@@ -96,6 +98,68 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
+def audit_options(command):
+    """Options shared by `train` and `inspect`: how images are found and checked."""
+    for option in reversed([
+        click.option("--max-pixels", type=int, default=default("max_pixels"), show_default=True,
+                     help="Refuse larger images (checked from the header, before decoding)."),
+        click.option("--dedupe", is_flag=True, help="Drop exact duplicate images (same bytes), keeping one."),
+        click.option("--cache-dir", default=None, help="Cache folder [default: ~/.cache/transfer]."),
+    ]):
+        command = option(command)
+    return command
+
+
+@main.command("inspect")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--val-split", type=float, default=default("val_split"), show_default=True)
+@click.option("--seed", type=int, default=default("seed"), show_default=True)
+@audit_options
+@click.option("--json", "as_json", is_flag=True, help="Print the audit as JSON.")
+@_handle_errors
+def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as_json):
+    """Audit DATA_DIR without training: classes, counts, sizes, formats and every problem file.
+
+    \b
+    Example:
+      transfer inspect photos/ --json
+    """
+    _setup_logging(quiet=True)
+    from transfer.data import scan, summary
+
+    report = summary(scan(data_dir, val_split, seed, max_pixels=max_pixels, dedupe=dedupe, cache_dir=cache_dir,
+                          progress=not as_json))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_inspection(report)
+
+
+def _print_inspection(r: dict) -> None:
+    click.echo(f"{r['root']}: {len(r['classes'])} classes, {r['images']} images "
+               f"({'split folders' if r['split_source'] == 'folders' else 'random validation split'})")
+    splits = list(r["counts"])
+    width = max(len(c) for c in r["classes"])
+    click.echo("  " + "class".ljust(width) + "".join(s.rjust(8) for s in splits))
+    for c in r["classes"]:
+        click.echo("  " + c.ljust(width) + "".join(str(r["counts"][s][c]).rjust(8) for s in splits))
+    click.echo(f"imbalance (largest/smallest train class): {r['imbalance_ratio']}")
+    if r["sizes"]:
+        click.echo("sizes (w x h): " + ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in r["sizes"].items()))
+    click.echo("formats: " + ", ".join(f"{k} {v}" for k, v in r["formats"].items()))
+    click.echo(f"skipped: {len(r['skipped'])}, outside class folders: {len(r['unused'])}, "
+               f"non-image files ignored: {r['ignored']}, duplicate groups: {len(r['duplicates'])} "
+               f"({len(r['leaks'])} across splits)")
+    for row in r["skipped"]:
+        click.echo(f"  skipped {row['path']}: {row['reason']}")
+    for row in r["notes"]:
+        click.echo(f"  note {row['path']}: {row['note']}")
+    for path in r["unused"]:
+        click.echo(f"  not used {path}: outside any class folder")
+    for group in r["leaks"]:
+        click.echo(f"  leakage: {' = '.join(group)}")
+
+
 @main.command("train")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-b", "--backbone", default=default("backbone"), show_default=True,
@@ -118,6 +182,12 @@ def _count(n: int) -> str:
               help="Training-time augmentation preset.")
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default=default("resize"), show_default=True,
               help="squash to the input size, or keep aspect ratio and centre-crop.")
+@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default=default("class_weight"), show_default=True,
+              help="auto: balanced class weights when the largest class is over 1.5x the smallest.")
+@audit_options
+@click.option("--strict", is_flag=True, help="Stop if any image file cannot be used.")
+@click.option("--max-skip-fraction", type=float, default=default("max_skip_fraction"), show_default=True,
+              help="Stop if more than this fraction of image files cannot be used.")
 @click.option("--epochs", type=int, default=default("epochs"), show_default=True,
               help="Phase 1 epochs (head only, backbone frozen).")
 @click.option("--lr", type=float, default=default("lr"), show_default=True, help="Phase 1 learning rate.")
@@ -210,13 +280,15 @@ def _print_json(result):
 
 
 def _print_csv(result):
+    from transfer.data import csv_cell
+
     writer = csv.writer(sys.stdout)
     writer.writerow(["path", "label", "probability", "top_k", "error"])
     for p in result.predictions:
-        writer.writerow([p.path, p.label, f"{p.probability:.6f}",
+        writer.writerow([csv_cell(p.path), csv_cell(p.label), f"{p.probability:.6f}",
                          ";".join(f"{label}:{prob:.6f}" for label, prob in p.top_k), ""])
     for path, reason in result.failures:
-        writer.writerow([path, "", "", "", reason])
+        writer.writerow([csv_cell(path), "", "", "", reason])
 
 
 @main.command("export")

@@ -131,7 +131,7 @@ def test_decode_grayscale_and_palette(tmp_path):
 
 
 @pytest.mark.parametrize("content, reason", [
-    (b"", "not an image"),
+    (b"", "empty file"),
     (b"this is text", "not an image"),
     ("truncated", "corrupt or truncated"),
 ])

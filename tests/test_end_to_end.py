@@ -138,3 +138,10 @@ def test_split_folders_with_test_set_are_evaluated(runner, tmp_path):
     assert metrics["test"]["images"] == 6 and metrics["val"]["images"] == 6
     rows = list(csv.DictReader(open(tmp_path / "m" / "r" / "split.csv")))
     assert {r["split"] for r in rows} == {"train", "val", "test"} and len(rows) == 30
+
+
+def test_names_that_would_escape_their_folder_are_refused(trained_run, runner, colours_dir, tmp_path):
+    bad = runner.invoke(main, ["train", colours_dir, "--backbone", "lenet5", "--name", "../evil", "-o", str(tmp_path)])
+    assert bad.exit_code == 1 and "plain folder name" in bad.output
+    bad = runner.invoke(main, ["export", trained_run["run"], "--name", "../../evil", "-o", str(tmp_path / "s")])
+    assert bad.exit_code == 1 and "plain folder name" in bad.output

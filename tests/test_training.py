@@ -101,3 +101,10 @@ def test_offline_imagenet_stops_before_training_with_instructions(tmp_path, runn
     assert str(tmp_path) in message or "keras_home" in message  # the KERAS_HOME the test set
     assert "--weights PATH" in message and "--weights none" in message
     assert not list((tmp_path / "models").glob("*")) if (tmp_path / "models").exists() else True
+
+
+def test_a_file_named_like_the_keras_download_must_match_its_checksum(tmp_path):
+    fake = tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    fake.write_bytes(b"not the real weights")
+    with pytest.raises(WeightsError, match="does not match the published checksum"):
+        _train(tmp_path, str(fake), backbone="resnet50", image_size=32, epochs=1, fine_tune_epochs=0)

@@ -10,6 +10,7 @@ import Keras only when called, so listing the registry stays fast and
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import warnings
@@ -53,6 +54,8 @@ class BackboneSpec:
     head: HeadDefaults
     fine_tune_epochs: int
     description: str
+    imagenet_file: str | None = None  # the no-top weights file Keras downloads into its cache
+    imagenet_hash: str | None = None  # Keras' published checksum of that file (md5 or sha256)
 
     @property
     def pretrained(self) -> bool:
@@ -92,27 +95,35 @@ def _keras_app(class_name: str) -> Callable[..., Any]:
     return build
 
 
-def _pretrained(name, class_name, preprocessing, size, unfreeze, params, description, min_size=32):
+def _pretrained(name, class_name, preprocessing, size, unfreeze, params, description, weights, min_size=32):
     register(BackboneSpec(
         name=name, build=_keras_app(class_name), preprocessing=preprocessing, default_size=size,
         min_size=min_size, unfreeze=unfreeze, params=params, kind="pretrained", head=HeadDefaults(),
-        fine_tune_epochs=10, description=description))
+        fine_tune_epochs=10, description=description, imagenet_file=weights[0], imagenet_hash=weights[1]))
 
 
+_KERAS_FILE = "_weights_tf_dim_ordering_tf_kernels_notop.h5"
 _pretrained("inceptionv3", "InceptionV3", "tf", 299, "after:mixed7", 21802784,
-            "Inception v3; fine-tunes the top two inception blocks", min_size=75)
-_pretrained("vgg16", "VGG16", "caffe", 224, "after:block4_pool", 14714688, "VGG16; fine-tunes block 5")
-_pretrained("resnet50", "ResNet50", "caffe", 224, "after:conv4_block6_out", 23587712, "ResNet50; fine-tunes stage 5")
+            "Inception v3; fine-tunes the top two inception blocks",
+            ("inception_v3" + _KERAS_FILE, "bcbd6486424b2319ff4ef7d526e38f63"), min_size=75)
+_pretrained("vgg16", "VGG16", "caffe", 224, "after:block4_pool", 14714688, "VGG16; fine-tunes block 5",
+            ("vgg16" + _KERAS_FILE, "6d6bbae143d832006294945121d1f1fc"))
+_pretrained("resnet50", "ResNet50", "caffe", 224, "after:conv4_block6_out", 23587712, "ResNet50; fine-tunes stage 5",
+            ("resnet50" + _KERAS_FILE, "4d473c1dd8becc155b73f8504c6f6626"))
 _pretrained("resnet50v2", "ResNet50V2", "tf", 224, "after:conv4_block6_out", 23564800,
-            "ResNet50 v2 (pre-activation); fine-tunes stage 5")
+            "ResNet50 v2 (pre-activation); fine-tunes stage 5",
+            ("resnet50v2" + _KERAS_FILE, "fac2f116257151a9d068a22e544a4917"))
 _pretrained("mobilenetv2", "MobileNetV2", "tf", 224, "after:block_12_add", 2257984,
-            "MobileNetV2 (fast on CPUs); fine-tunes the last three blocks")
+            "MobileNetV2 (fast on CPUs); fine-tunes the last three blocks",
+            ("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5", None))
 _pretrained("efficientnetb0", "EfficientNetB0", "none", 224, "after:block5c_add", 4049571,
-            "EfficientNet-B0; fine-tunes blocks 6-7")
+            "EfficientNet-B0; fine-tunes blocks 6-7", ("efficientnetb0_notop.h5", "50bc09e76180e00e4465e1a485ddc09d"))
 _pretrained("xception", "Xception", "tf", 299, "block13_sepconv1_act", 20861480,
-            "Xception; fine-tunes the exit flow", min_size=71)
+            "Xception; fine-tunes the exit flow",
+            ("xception" + _KERAS_FILE, "b0042744bf5b25fce3cb969f33bebb97"), min_size=71)
 _pretrained("densenet121", "DenseNet121", "torch", 224, "after:pool4_pool", 7037504,
-            "DenseNet121; fine-tunes dense block 4")
+            "DenseNet121; fine-tunes dense block 4",
+            ("densenet121" + _KERAS_FILE, "30ee3e1110167f948a6b9946edeeb738"))
 
 from . import convnets  # noqa: E402  (registers the from-scratch nets into the table above)
 
@@ -185,7 +196,7 @@ def keras_cache_dir() -> str:
 
 def offline_message(spec: BackboneSpec, error: str) -> str:
     url = re.search(r"https?://\S+?\.h5", error)
-    filename = url.group(0).rsplit("/", 1)[-1] if url else f"the {spec.name} no-top weights file"
+    filename = url.group(0).rsplit("/", 1)[-1] if url else spec.imagenet_file
     where = f" from {url.group(0)}" if url else ""
     return (f"could not download the ImageNet weights for {spec.name} (no network?). "
             f"Keras looks for {filename} in {keras_cache_dir()} (set KERAS_HOME to move it); "
@@ -195,6 +206,7 @@ def offline_message(spec: BackboneSpec, error: str) -> str:
 
 def _load_weights_file(base, path: str, spec: BackboneSpec) -> None:
     """Load strictly: Keras only warns when it skips layers it cannot match, which would leave them random."""
+    _verify_checksum(path, spec)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -205,7 +217,21 @@ def _load_weights_file(base, path: str, spec: BackboneSpec) -> None:
                            f"(it must be saved from the same architecture): {first}") from None
 
 
+def _verify_checksum(path: str, spec: BackboneSpec) -> None:
+    """A file named like Keras' ImageNet download must have Keras' published checksum (corrupt or swapped?)."""
+    if os.path.basename(path) != spec.imagenet_file or not spec.imagenet_hash:
+        return
+    digest = hashlib.md5() if len(spec.imagenet_hash) == 32 else hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != spec.imagenet_hash:
+        raise WeightsError(f"--weights {path!r} does not match the published checksum of {spec.imagenet_file} "
+                           f"({spec.imagenet_hash}); the file is corrupt or not the original. Download it again.")
+
+
 def describe(spec: BackboneSpec) -> dict[str, Any]:
     """One row of ``transfer backbones``."""
     return {"name": spec.name, "kind": spec.kind, "input_size": spec.default_size, "params": spec.params,
-            "preprocessing": spec.preprocessing, "unfreeze": spec.unfreeze, "description": spec.description}
+            "preprocessing": spec.preprocessing, "unfreeze": spec.unfreeze, "description": spec.description,
+            "imagenet_file": spec.imagenet_file}

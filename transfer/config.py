@@ -21,6 +21,7 @@ POOLINGS = ("avg", "max", "flatten")
 AUGMENT_PRESETS = ("none", "light", "strong")
 RESIZE_MODES = ("squash", "crop")
 MONITORS = ("val_loss", "val_accuracy")
+CLASS_WEIGHTS = ("auto", "none")
 
 
 @dataclass
@@ -55,6 +56,13 @@ class TrainConfig:
     batch_size: int = 32
     augment: str = "light"
     resize: str = "squash"
+    class_weight: str = "auto"  # auto: balanced weights when the largest class is over 1.5x the smallest
+    # the dataset audit
+    max_pixels: int = 90_000_000
+    strict: bool = False
+    max_skip_fraction: float = 0.1
+    dedupe: bool = False
+    cache_dir: str | None = None
     # phase 1: head only, backbone frozen
     epochs: int = 10
     lr: float = 1e-3
@@ -78,6 +86,10 @@ class TrainConfig:
         _choice("--augment", self.augment, AUGMENT_PRESETS)
         _choice("--resize", self.resize, RESIZE_MODES)
         _choice("--monitor", self.monitor, MONITORS)
+        _choice("--class-weight", self.class_weight, CLASS_WEIGHTS)
+        _check(0 <= self.max_skip_fraction <= 1,
+               f"--max-skip-fraction must be between 0 and 1, got {self.max_skip_fraction}.")
+        _check(self.max_pixels >= 1, f"--max-pixels must be positive, got {self.max_pixels}.")
         if self.pooling is not None:
             _choice("--pooling", self.pooling, POOLINGS)
         _check(0 < self.val_split < 1, f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}.")

@@ -13,21 +13,23 @@ written to the run folder (``split.csv``) so a run can be reproduced exactly.
 
 from __future__ import annotations
 
+import collections
 import csv
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .audit import FileCheck, audit, is_junk
 from .errors import DataError
-from .images import is_image_name, load_image
+from .images import MAX_PIXELS, is_image_name, load_image
 
 log = logging.getLogger("transfer")
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
-#: names that operating systems and archivers leave behind; never images, never classes
-IGNORED_NAMES = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"})
+SPLIT_ORDER = ("train", "val", "test")
 
 
 @dataclass
@@ -37,80 +39,255 @@ class Example:
 
 
 @dataclass
+class AuditReport:
+    """What the audit found besides the usable images: every problem, with its file."""
+
+    checks: list[FileCheck] = field(default_factory=list)  # every candidate file in a class folder
+    unused: list[str] = field(default_factory=list)  # images outside any class folder
+    duplicates: list[list[str]] = field(default_factory=list)  # groups of identical files that are used
+    leaks: list[list[str]] = field(default_factory=list)  # the groups that span more than one split
+    dropped: list[str] = field(default_factory=list)  # copies removed by --dedupe
+
+    @property
+    def skipped(self) -> list[FileCheck]:
+        return [c for c in self.checks if c.status == "skipped"]
+
+    @property
+    def ignored(self) -> int:
+        return sum(c.status == "ignored" for c in self.checks)
+
+    @property
+    def used(self) -> list[FileCheck]:
+        dropped = set(self.dropped)
+        return [c for c in self.checks if c.status == "ok" and c.path not in dropped]
+
+
+@dataclass
 class Dataset:
-    """What was found in DATA_DIR: class names and the examples of each split."""
+    """What was found in DATA_DIR: class names, the examples of each split, and the audit."""
 
     root: str
     classes: list[str]
     splits: dict[str, list[Example]] = field(default_factory=dict)
     split_source: str = "folders"  # or "random": made here with --val-split and --seed
+    report: AuditReport = field(default_factory=AuditReport)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {split: {c: sum(e.label == i for e in examples) for i, c in enumerate(self.classes)}
                 for split, examples in self.splits.items()}
 
 
-def scan(data_dir: str, val_split: float = 0.2, seed: int = 42) -> Dataset:
-    """Find the classes and splits of ``data_dir``; errors name the folder at fault."""
+def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: int = MAX_PIXELS,
+         dedupe: bool = False, cache_dir: str | None = None, progress: bool = False) -> Dataset:
+    """Find, audit and split the images of ``data_dir``; errors name the folder at fault."""
     if not os.path.isdir(data_dir):
         raise DataError(f"dataset folder {data_dir!r} does not exist or is not a folder.")
     root = os.path.abspath(data_dir)
     folders = _subfolders(root)
-    if "train" in folders and all(f.lower() in SPLIT_FOLDERS for f in folders):
-        return _scan_split_layout(root, folders, val_split, seed)
-    classes, per_class = _scan_classes(root)
-    train, val = stratified_split(per_class, val_split, seed, classes)
-    return Dataset(root, classes, {"train": train, "val": val}, split_source="random")
-
-
-def _scan_split_layout(root, folders, val_split, seed) -> Dataset:
-    classes, train_files = _scan_classes(os.path.join(root, "train"))
-    splits: dict[str, list[Example]] = {}
-    for folder in folders:
-        split = SPLIT_FOLDERS[folder.lower()]
-        if split == "train":
-            continue
-        split_classes, files = _scan_classes(os.path.join(root, folder), require=1)
-        unknown = sorted(set(split_classes) - set(classes))
-        if unknown:
-            raise DataError(f"{os.path.join(root, folder)!r} has classes that train/ lacks: {', '.join(unknown)}.")
-        splits[split] = [Example(p, classes.index(c)) for c, paths in zip(split_classes, files) for p in paths]
-    if "val" in splits:
-        splits["train"] = [Example(p, i) for i, paths in enumerate(train_files) for p in paths]
-        source = "folders"
+    if "train" in [f.lower() for f in folders] and all(f.lower() in SPLIT_FOLDERS for f in folders):
+        split_dirs = {SPLIT_FOLDERS[f.lower()]: os.path.join(root, f) for f in folders}
     else:
-        splits["train"], splits["val"] = stratified_split(train_files, val_split, seed, classes)
-        source = "random"
-    return Dataset(root, classes, {k: splits[k] for k in ("train", "val", "test") if k in splits}, source)
+        split_dirs = {"all": root}
+    layout = {split: _list_classes(folder) for split, folder in split_dirs.items()}
+    report = AuditReport(unused=[p for folder in dict.fromkeys([root, *split_dirs.values()])
+                                 for p in _loose_images(folder)])
+    candidates = [p for classes in layout.values() for paths in classes.values() for p in paths]
+    report.checks = audit(candidates, root, max_pixels, cache_dir, progress)
+    usable = _usable(layout, split_dirs, report, dedupe)
+    classes = list(usable.get("train", usable.get("all")))
+    _check_classes(split_dirs.get("train", root), classes)
+    splits, source = _make_splits(usable, classes, split_dirs, val_split, seed)
+    where = {e.path: split for split, examples in splits.items() for e in examples}
+    report.leaks = [group for group in report.duplicates if len({where[p] for p in group if p in where}) > 1]
+    _log_report(root, report, candidates, split_dirs)
+    return Dataset(root, classes, splits, source, report)
 
 
 def _subfolders(path: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(path)
-                  if e.is_dir() and not e.name.startswith(".") and e.name not in IGNORED_NAMES)
+    return sorted(e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and not is_junk(e.name))
 
 
-def _scan_classes(folder: str, require: int = 2) -> tuple[list[str], list[list[str]]]:
-    """Class names (sorted) and their image files, searched recursively."""
-    classes = _subfolders(folder)
-    files = [_images_under(os.path.join(folder, c)) for c in classes]
-    for name, paths in zip(classes, files):
-        if not paths:
-            raise DataError(f"class folder {os.path.join(folder, name)!r} has no images; "
-                            "add images or remove the folder.")
-    if len(classes) < require:
-        found = f"only {classes[0]!r}" if classes else "none"
-        raise DataError(f"{folder!r} needs at least {require} class folders (one per class) with images; "
-                        f"found {found}.")
-    return classes, files
+def _list_classes(folder: str) -> dict[str, list[str]]:
+    """Class name -> every non-junk file under its folder, recursively (nested folders belong to the class)."""
+    return {name: _files_under(os.path.join(folder, name)) for name in _subfolders(folder)}
 
 
-def _images_under(folder: str) -> list[str]:
+def _files_under(folder: str) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in IGNORED_NAMES)
-        found += [os.path.join(dirpath, f) for f in sorted(filenames)
-                  if not f.startswith(".") and f not in IGNORED_NAMES and is_image_name(f)]
+        dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if not is_junk(f)]
     return found
+
+
+def _loose_images(folder: str) -> list[str]:
+    """Image files lying directly in DATA_DIR (or a split folder), outside every class folder."""
+    return sorted(e.path for e in os.scandir(folder)
+                  if e.is_file() and not is_junk(e.name) and is_image_name(e.name))
+
+
+def _usable(layout, split_dirs, report: AuditReport, dedupe: bool) -> dict[str, dict[str, list[str]]]:
+    """Split -> class -> usable images, after the audit and (with --dedupe) without repeated copies."""
+    ok = {c.path: c for c in report.checks if c.status == "ok"}
+    by_digest: dict[str, list[str]] = {}
+    for split in sorted(layout, key=lambda s: SPLIT_ORDER.index(s) if s in SPLIT_ORDER else -1):
+        for paths in layout[split].values():
+            for p in paths:
+                if p in ok:
+                    by_digest.setdefault(ok[p].digest, []).append(p)
+    report.duplicates = [group for group in by_digest.values() if len(group) > 1]
+    if dedupe:
+        report.dropped = [p for group in report.duplicates for p in group[1:]]
+    keep = set(ok) - set(report.dropped)
+    usable = {split: {c: [p for p in paths if p in keep] for c, paths in classes.items()}
+              for split, classes in layout.items()}
+    for split, classes in usable.items():
+        for name, paths in classes.items():
+            if not paths:
+                raise DataError(_empty_class_message(os.path.join(split_dirs[split], name), layout[split][name], report))
+    return usable
+
+
+def _empty_class_message(folder: str, files: list[str], report: AuditReport) -> str:
+    if not files:
+        return f"class folder {folder!r} has no images; add images or remove the folder."
+    reasons = sorted({c.reason for c in report.checks if c.path in set(files) and c.reason})
+    return (f"class folder {folder!r} has no usable images ({len(files)} files: {'; '.join(reasons) or 'duplicates'}); "
+            "add images or remove the folder.")
+
+
+def _check_classes(folder: str, classes: list[str]) -> None:
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise DataError(f"{folder!r} needs at least 2 class folders (one per class) with images; found {found}.")
+
+
+def _make_splits(usable, classes, split_dirs, val_split, seed) -> tuple[dict[str, list[Example]], str]:
+    for split, split_classes in usable.items():
+        unknown = sorted(set(split_classes) - set(classes))
+        if unknown:
+            raise DataError(f"{split_dirs[split]!r} has classes that train/ lacks: {', '.join(unknown)}.")
+    pool = usable.get("train", usable.get("all"))
+    splits = {s: [Example(p, classes.index(c)) for c, paths in usable[s].items() for p in paths]
+              for s in ("val", "test") if s in usable}
+    if "val" in splits:
+        splits["train"] = [Example(p, i) for i, c in enumerate(classes) for p in pool[c]]
+        source = "folders"
+    else:
+        splits["train"], splits["val"] = stratified_split([pool[c] for c in classes], val_split, seed, classes)
+        source = "random"
+    return {s: splits[s] for s in SPLIT_ORDER if s in splits}, source
+
+
+def _log_report(root: str, report: AuditReport, candidates: list[str], split_dirs: dict[str, str]) -> None:
+    """One warning line per problem file; summaries for everything else."""
+    for check in report.skipped:
+        log.warning("skipped %s: %s", display_path(check.path, root), check.reason)
+    for check in report.used:
+        if check.note:
+            log.warning("%s: %s", display_path(check.path, root), check.note)
+    if report.unused:
+        log.warning("%d image(s) outside any class folder are not used: %s", len(report.unused),
+                    ", ".join(display_path(p, root) for p in report.unused[:5]))
+    nested = sum(os.path.dirname(os.path.dirname(p)) not in split_dirs.values() for p in candidates)
+    if nested:
+        log.info("%d image(s) in nested subfolders count for their top-level class folder", nested)
+    if report.ignored:
+        log.info("%d non-image file(s) ignored", report.ignored)
+    if report.leaks:
+        log.warning("%d image(s) appear in more than one split (exact copies: leakage); --dedupe drops them",
+                    sum(len(g) - 1 for g in report.leaks))
+    if report.dropped:
+        log.info("--dedupe: dropped %d exact copies", len(report.dropped))
+
+
+def display_path(path: str, root: str) -> str:
+    """The path relative to the dataset, or its repr when it is not printable (undecodable names)."""
+    rel = os.path.relpath(path, root)
+    return rel if rel.isprintable() and _encodable(rel) else repr(rel)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def check_skips(dataset: Dataset, strict: bool, max_skip_fraction: float) -> None:
+    """Stop before training when skipped files are not acceptable (``--strict``, ``--max-skip-fraction``)."""
+    skipped = dataset.report.skipped
+    if not skipped:
+        return
+    total = len(skipped) + len(dataset.report.used)
+    fraction = len(skipped) / total
+    first = "; ".join(f"{display_path(c.path, dataset.root)}: {c.reason}" for c in skipped[:3])
+    if strict:
+        raise DataError(f"--strict: {len(skipped)} file(s) cannot be used ({first}); fix or remove them "
+                        "(`transfer inspect` lists them all).")
+    if fraction > max_skip_fraction:
+        raise DataError(f"{len(skipped)} of {total} image files ({fraction:.0%}) cannot be used, more than "
+                        f"--max-skip-fraction {max_skip_fraction}; fix or remove them (`transfer inspect` lists them "
+                        "all) or raise --max-skip-fraction.")
+
+
+def class_weights(dataset: Dataset, mode: str) -> dict[int, float] | None:
+    """Balanced weights (``n / (classes * n_c)``) when ``auto`` and the largest class is over 1.5x the smallest."""
+    counts = [sum(e.label == i for e in dataset.splits["train"]) for i in range(len(dataset.classes))]
+    if mode == "none" or max(counts) <= 1.5 * min(counts):
+        return None
+    total = sum(counts)
+    weights = {i: total / (len(counts) * n) for i, n in enumerate(counts)}
+    log.info("classes are imbalanced (%d to %d images): class weights %s", max(counts), min(counts),
+             ", ".join(f"{dataset.classes[i]} {w:.2f}" for i, w in weights.items()))
+    return weights
+
+
+def summary(dataset: Dataset) -> dict:
+    """The audit as data: what ``transfer inspect`` prints."""
+    report = dataset.report
+    used = report.used
+    widths = sorted(c.width for c in used)
+    heights = sorted(c.height for c in used)
+    train = dataset.counts()["train"]
+    rel = functools.partial(display_path, root=dataset.root)
+    return {
+        "root": dataset.root,
+        "classes": dataset.classes,
+        "split_source": dataset.split_source,
+        "counts": dataset.counts(),
+        "images": sum(len(v) for v in dataset.splits.values()),
+        "imbalance_ratio": round(max(train.values()) / max(1, min(train.values())), 2),
+        "formats": dict(collections.Counter(c.format for c in used).most_common()),
+        "sizes": {"min": [widths[0], heights[0]], "median": [widths[len(widths) // 2], heights[len(heights) // 2]],
+                  "max": [widths[-1], heights[-1]]} if used else None,
+        "skipped": [{"path": rel(c.path), "reason": c.reason} for c in report.skipped],
+        "notes": [{"path": rel(c.path), "note": c.note} for c in used if c.note],
+        "unused": [rel(p) for p in report.unused],
+        "ignored": report.ignored,
+        "duplicates": [[rel(p) for p in group] for group in report.duplicates],
+        "leaks": [[rel(p) for p in group] for group in report.leaks],
+        "dropped": [rel(p) for p in report.dropped],
+    }
+
+
+def write_skipped(dataset: Dataset, path: str) -> None:
+    """skipped.csv: every file that was not used, with the reason."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        for check in dataset.report.skipped:
+            writer.writerow([csv_cell(display_path(check.path, dataset.root)), check.reason])
+        for p in dataset.report.unused:
+            writer.writerow([csv_cell(display_path(p, dataset.root)), "outside any class folder"])
+        for p in dataset.report.dropped:
+            writer.writerow([csv_cell(display_path(p, dataset.root)), "exact copy of another image (--dedupe)"])
+
+
+def csv_cell(text: str) -> str:
+    """Quote a cell that a spreadsheet would run as a formula (CSV injection)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def stratified_split(per_class: list[list[str]], val_split: float, seed: int,
@@ -150,7 +327,7 @@ def read_manifest(path: str, root: str, classes: list[str]) -> dict[str, list[Ex
 
 
 def make_tf_dataset(examples: list[Example], image_size: int, batch_size: int, *, shuffle: bool = False,
-                    seed: int = 0, resize: str = "squash", cache: bool = True):
+                    seed: int = 0, resize: str = "squash", cache: bool = True, max_pixels: int = MAX_PIXELS):
     """A batched ``tf.data`` pipeline of (float32 pixels 0-255, int label).
 
     Decoding runs in parallel; decoded, resized images are cached in memory
@@ -161,7 +338,7 @@ def make_tf_dataset(examples: list[Example], image_size: int, batch_size: int, *
     size = (image_size, image_size)
 
     def decode(path):
-        return load_image(os.fsdecode(path), size, resize)
+        return load_image(os.fsdecode(path), size, resize, max_pixels)
 
     def load(path, label):
         image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)

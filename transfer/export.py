@@ -40,7 +40,7 @@ def export(model_path: str, output: str | None = None, name: str | None = None,
     source = model_path if loaded.kind == "run" else os.path.dirname(os.path.abspath(model_path))
     name = name or os.path.basename(os.path.normpath(source if loaded.kind == "run" else
                                                      os.path.splitext(model_path)[0]))
-    base = os.path.join(output or os.path.join(source, "export"), name)
+    base = os.path.join(output or os.path.join(source, "export"), runs.check_name(name))
     version = version or _next_version(base)
     target = os.path.join(base, str(version))
     if os.path.exists(target):

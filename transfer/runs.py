@@ -31,6 +31,7 @@ LABELS_FILE = "labels.txt"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 SPLIT_FILE = "split.csv"
+SKIPPED_FILE = "skipped.csv"
 PLOT_FILE = "history.png"
 CHECKPOINT_FILE = "best.weights.h5"
 FORMAT_VERSION = 1
@@ -40,13 +41,19 @@ def default_name(backbone: str) -> str:
     return f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{backbone}"
 
 
+def check_name(name: str, option: str = "--name") -> str:
+    """A name that becomes a folder must stay one folder: no separators, no '..', printable."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or not name.isprintable():
+        raise RunError(f"{option} {name!r} must be a plain folder name (no slashes).")
+    return name
+
+
 class RunFolder:
     """A run being written: files go to a staging folder that :meth:`commit` renames into place."""
 
     def __init__(self, output_dir: str, name: str, overwrite: bool = False):
         """Check the name now (before any slow work); the staging folder is made by :meth:`start`."""
-        if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name):
-            raise RunError(f"--name {name!r} must be a plain folder name.")
+        check_name(name)
         self.final = os.path.join(output_dir, name)
         self.staging = self.final + ".partial"
         if os.path.exists(self.final) and not overwrite:

@@ -43,7 +43,10 @@ def train(config: TrainConfig) -> TrainResult:
     spec, config = resolve(config.validate())
     if config.epochs + config.fine_tune_epochs == 0:
         raise ConfigError("--epochs and --fine-tune-epochs are both 0: nothing to train.")
-    dataset = data.scan(config.data_dir, config.val_split, config.seed)
+    dataset = data.scan(config.data_dir, config.val_split, config.seed, max_pixels=config.max_pixels,
+                        dedupe=config.dedupe, cache_dir=config.cache_dir, progress=config.verbose > 0)
+    data.check_skips(dataset, config.strict, config.max_skip_fraction)
+    class_weights = data.class_weights(dataset, config.class_weight)
     config = dataclasses.replace(config, name=config.name or runs.default_name(spec.name),
                                  data_dir=dataset.root)
     run = runs.RunFolder(config.output_dir, config.name, config.overwrite)
@@ -53,25 +56,27 @@ def train(config: TrainConfig) -> TrainResult:
     model = build_model(spec, config, len(dataset.classes))
     unfreeze_index(backbone_of(model), config.unfreeze)  # a bad --unfreeze fails now, not after phase 1
     run.start()
-    _write_inputs(run, config, spec, dataset)
+    _write_inputs(run, config, spec, dataset, class_weights)
 
     started = time.perf_counter()
-    train_ds = data.make_tf_dataset(dataset.splits["train"], config.image_size, config.batch_size, shuffle=True,
-                                    seed=config.seed, resize=config.resize)
-    val_ds = data.make_tf_dataset(dataset.splits["val"], config.image_size, config.batch_size, resize=config.resize)
+    pipeline = {"image_size": config.image_size, "batch_size": config.batch_size, "resize": config.resize,
+                "max_pixels": config.max_pixels}
+    train_ds = data.make_tf_dataset(dataset.splits["train"], shuffle=True, seed=config.seed, **pipeline)
+    val_ds = data.make_tf_dataset(dataset.splits["val"], **pipeline)
     checkpoint = keras.callbacks.ModelCheckpoint(run.path(runs.CHECKPOINT_FILE), monitor=config.monitor,
                                                  save_best_only=True, save_weights_only=True)
+    fit = {"model": model, "config": config, "run": run, "train_ds": train_ds, "val_ds": val_ds,
+           "checkpoint": checkpoint, "class_weight": class_weights}
     done = 0
     if config.epochs:
         freeze_backbone(model, frozen=spec.pretrained)
         log.info("phase 1: %s", "head only, backbone frozen" if spec.pretrained else "whole network, from scratch")
-        done = _fit(model, config, run, train_ds, val_ds, checkpoint, "head", config.optimizer, config.lr,
-                    done, config.epochs)
+        done = _fit(**fit, phase="head", optimizer=config.optimizer, lr=config.lr, done=done, epochs=config.epochs)
     if config.fine_tune_epochs:
         n = unfreeze_top(model, config.unfreeze, keep_batchnorm_frozen=spec.pretrained)
         log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
-        done = _fit(model, config, run, train_ds, val_ds, checkpoint, "fine_tune", config.fine_tune_optimizer,
-                    config.fine_tune_lr, done, config.fine_tune_epochs)
+        done = _fit(**fit, phase="fine_tune", optimizer=config.fine_tune_optimizer, lr=config.fine_tune_lr, done=done,
+                    epochs=config.fine_tune_epochs)
     if config.restore_best:
         _restore_best(model, run.path(runs.CHECKPOINT_FILE))
     seconds = time.perf_counter() - started
@@ -86,11 +91,18 @@ def train(config: TrainConfig) -> TrainResult:
     return TrainResult(run_dir, model, dataset.classes, metrics, history, config)
 
 
-def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, dataset: data.Dataset) -> None:
-    """Labels, split and config first, so even an interrupted run says what it was doing."""
+def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, dataset: data.Dataset,
+                  class_weights: dict[int, float] | None) -> None:
+    """Labels, split, skipped files and config first, so even an interrupted run says what it was doing."""
     data.write_manifest(dataset, run.path(runs.SPLIT_FILE))
+    data.write_skipped(dataset, run.path(runs.SKIPPED_FILE))
     runs.write_text(run.path(runs.LABELS_FILE), "".join(f"{c}\n" for c in dataset.classes))
-    info = {"root": dataset.root, "split_source": dataset.split_source, "counts": dataset.counts()}
+    report = dataset.report
+    info = {"root": dataset.root, "split_source": dataset.split_source, "counts": dataset.counts(),
+            "class_weights": {dataset.classes[i]: w for i, w in class_weights.items()} if class_weights else None,
+            "audit": {"skipped": len(report.skipped), "ignored": report.ignored, "unused": len(report.unused),
+                      "duplicate_groups": len(report.duplicates), "leaks": len(report.leaks),
+                      "dropped": len(report.dropped)}}
     runs.write_json(run.path(runs.CONFIG_FILE), runs.run_record(config, dataset.classes, spec.preprocessing, info))
 
 
@@ -114,7 +126,7 @@ class _HistoryCSV(keras.callbacks.CSVLogger):
         super().on_epoch_end(epoch, {**(logs or {}), "phase": self.phase})
 
 
-def _fit(model, config, run, train_ds, val_ds, checkpoint, phase, optimizer, lr, done, epochs) -> int:
+def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, optimizer, lr, done, epochs) -> int:
     """Compile (needed after every change of ``trainable``) and fit one phase; return epochs done so far."""
     model.compile(optimizer=make_optimizer(optimizer, lr), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], jit_compile=False)
@@ -126,7 +138,8 @@ def _fit(model, config, run, train_ds, val_ds, checkpoint, phase, optimizer, lr,
         _HistoryCSV(run.path(runs.HISTORY_FILE), phase),
     ]
     history = model.fit(train_ds, validation_data=val_ds, initial_epoch=done, epochs=done + epochs,
-                        callbacks=callbacks, verbose=config.verbose, shuffle=False)  # the dataset shuffles
+                        callbacks=callbacks, verbose=config.verbose, class_weight=class_weight,
+                        shuffle=False)  # the dataset shuffles
     return done + len(history.history.get("loss", []))
 
 
@@ -151,7 +164,7 @@ def _evaluate(model, config, dataset, history, seconds) -> dict[str, Any]:
     for split in ("val", "test"):
         if split in dataset.splits:
             ds = data.make_tf_dataset(dataset.splits[split], config.image_size, config.batch_size,
-                                      resize=config.resize, cache=False)
+                                      resize=config.resize, cache=False, max_pixels=config.max_pixels)
             metrics[split] = {k: float(v) for k, v in model.evaluate(ds, verbose=0, return_dict=True).items()}
             metrics[split]["images"] = len(dataset.splits[split])
     best = min if config.monitor.endswith("loss") else max

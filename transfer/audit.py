@@ -1,0 +1,169 @@
+"""The dataset audit: every candidate file is checked once, by content, before any training.
+
+Plain Keras lists files by extension and decodes them only when training
+reaches them, so one corrupt file crashes a run part-way through an epoch
+without naming the file. Here each file is fully decoded once, in parallel,
+with the project's one decoder; the verdicts are cached per dataset (keyed by
+path, size and mtime), so scanning an unchanged folder again is near-instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+from .errors import ImageError
+from .images import MAX_PIXELS, is_image_name, looks_like_image, open_rgb
+
+log = logging.getLogger("transfer")
+
+AUDIT_VERSION = 1
+#: names that operating systems and archivers leave behind: never images, never classes
+JUNK_NAMES = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN"})
+
+
+@dataclass
+class FileCheck:
+    """The verdict on one file: ``ok`` (used), ``skipped`` (an image we cannot use) or ``ignored`` (not an image)."""
+
+    path: str
+    status: str
+    reason: str = ""
+    format: str = ""
+    width: int = 0
+    height: int = 0
+    digest: str = ""  # sha1 of the bytes, to find exact duplicates
+    note: str = ""  # e.g. that only the first frame of an animation is used
+
+
+def is_junk(name: str) -> bool:
+    """Hidden files, AppleDouble ``._*`` files and OS leftovers: ignored without complaint."""
+    return name.startswith(".") or name in JUNK_NAMES
+
+
+def check_file(path: str, root: str, max_pixels: int = MAX_PIXELS) -> FileCheck:
+    """Decide whether ``path`` (under the real path ``root``) is a usable image, and why not."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return FileCheck(path, "skipped", "file name is not valid UTF-8; rename the file")
+    if os.path.islink(path) and os.path.exists(path):
+        target = os.path.realpath(path)
+        if os.path.commonpath([target, root]) != root:
+            return FileCheck(path, "skipped", f"symlink to {target}, outside the dataset folder")
+    if not is_image_name(path) and not _starts_like_image(path):
+        return FileCheck(path, "ignored", "not an image file")
+    try:
+        rgb, info = open_rgb(path, max_pixels)
+    except ImageError as error:
+        return FileCheck(path, "skipped", str(error))
+    note = f"animated ({info.frames} frames): the first frame is used" if info.frames > 1 else ""
+    return FileCheck(path, "ok", "", info.format, rgb.width, rgb.height, _digest(path), note)
+
+
+def _starts_like_image(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return looks_like_image(f.read(16))
+    except OSError:
+        return False
+
+
+def _digest(path: str) -> str:
+    sha1 = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha1.update(block)
+    return sha1.hexdigest()
+
+
+def audit(paths: list[str], root: str, max_pixels: int = MAX_PIXELS, cache_dir: str | None = None,
+          progress: bool = False) -> list[FileCheck]:
+    """Check every path (in parallel), reusing cached verdicts for files whose size and mtime are unchanged."""
+    root = os.path.realpath(root)
+    cache = _Cache(cache_dir, root, max_pixels)
+    results: dict[str, FileCheck] = {}
+    todo = []
+    for path in paths:
+        hit = cache.get(path)
+        if hit:
+            results[path] = hit
+        else:
+            todo.append(path)
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:
+            checks = pool.map(lambda p: check_file(p, root, max_pixels), todo)
+            for check in _progress(checks, len(todo), progress):
+                results[check.path] = check
+                cache.put(check)
+        cache.save()
+    return [results[p] for p in paths]
+
+
+def _progress(iterable, total: int, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc="checking images", unit="file", leave=False, disable=None)
+
+
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/transfer`` (``~/.cache/transfer``): caches that can be deleted at any time."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "transfer")
+
+
+class _Cache:
+    """Verdicts of one dataset folder, in one JSON file replaced atomically (concurrent runs never see half)."""
+
+    def __init__(self, cache_dir: str | None, root: str, max_pixels: int):
+        key = hashlib.sha1(f"{root}\0{max_pixels}\0{AUDIT_VERSION}".encode("utf-8", "surrogateescape")).hexdigest()
+        self.path = os.path.join(cache_dir or default_cache_dir(), "audit", f"{key}.json")
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                self.entries = json.load(f)
+        except (OSError, ValueError):
+            pass
+
+    @staticmethod
+    def _stamp(path: str) -> list | None:
+        try:
+            st = os.lstat(path)
+            target = os.stat(path) if os.path.islink(path) else st
+        except OSError:
+            return None
+        return [st.st_size, st.st_mtime_ns, target.st_size, target.st_mtime_ns]
+
+    def get(self, path: str) -> FileCheck | None:
+        entry = self.entries.get(path)
+        if entry and entry[0] == self._stamp(path):
+            return FileCheck(path, **entry[1])
+        return None
+
+    def put(self, check: FileCheck) -> None:
+        stamp = self._stamp(check.path)
+        if stamp is None or check.reason.startswith("file name"):
+            return
+        fields = asdict(check)
+        del fields["path"]
+        self.entries[check.path] = [stamp, fields]
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.entries, f)
+            os.replace(tmp, self.path)
+        except OSError as error:  # a cache that cannot be written only costs time
+            log.warning("could not write the audit cache %s: %s", self.path, error)
