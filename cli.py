@@ -163,7 +163,7 @@ def _print_inspection(r: dict) -> None:
 @main.command("train")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-b", "--backbone", default=default("backbone"), show_default=True,
-              help="Registry name (see `transfer backbones`).")
+              help="Registry name (see `transfer backbones`), or a .keras model or run folder to transfer from.")
 @click.option("--weights", default=None,
               help="imagenet (default for pretrained backbones), none, or PATH of a no-top weights file.")
 @click.option("--image-size", type=int, default=None, help="Square input size in pixels [default: the backbone's].")
@@ -220,7 +220,8 @@ def train_command(quiet, as_json, **options):
     """
     _setup_logging(quiet)
     config = TrainConfig(verbose=0 if quiet else (1 if sys.stderr.isatty() else 2), **options).validate()
-    registry.resolve(config)  # fail on a bad option before the slow TensorFlow import
+    if config.backbone.lower() in registry.names():
+        registry.resolve(config)  # fail on a bad option before the slow TensorFlow import
     from transfer.training import train
 
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bars print to stdout

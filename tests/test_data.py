@@ -65,18 +65,10 @@ def test_junk_is_ignored(tmp_path):
     assert sum(len(v) for v in ds.splits.values()) == 9
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda r: make_dataset(r, per_class=3, colours={"only": (1, 2, 3)}), "at least 2 class folders"),
-    (lambda r: (make_dataset(r, per_class=3), os.makedirs(os.path.join(r, "empty"))), "has no images"),
-    (lambda r: (make_dataset(r, per_class=3), make_dataset(r, per_class=1, colours={"single": (9, 9, 9)})),
-     "'single' has 1 image"),
-    (lambda r: make_dataset(r, splits={"train": 2, "val": 1}, colours={"a": (0, 0, 0), "b": (1, 1, 1)})
-     and make_dataset(r, splits={"val": 1}, colours={"zebra": (5, 5, 5)}), "train/ lacks: zebra"),
-])
-def test_unusable_folders_are_named(tmp_path, setup, message):
-    root = str(tmp_path / "d")
-    setup(root)
-    with pytest.raises(DataError, match=message):
+def test_val_classes_must_exist_in_train(tmp_path):
+    root = make_dataset(tmp_path / "d", splits={"train": 2, "val": 1}, colours={"a": (0, 0, 0), "b": (1, 1, 1)})
+    make_dataset(tmp_path / "d", splits={"val": 1}, colours={"zebra": (5, 5, 5)})
+    with pytest.raises(DataError, match="train/ lacks: zebra"):
         data.scan(root)
 
 

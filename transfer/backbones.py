@@ -50,7 +50,7 @@ class BackboneSpec:
     min_size: int
     unfreeze: str
     params: int
-    kind: str  # "pretrained": ImageNet weights exist, frozen in phase 1; "scratch": trained from the start
+    kind: str  # "pretrained" (ImageNet) or "model" (a trained model): frozen in phase 1; "scratch": trained from the start
     head: HeadDefaults
     fine_tune_epochs: int
     description: str
@@ -59,7 +59,8 @@ class BackboneSpec:
 
     @property
     def pretrained(self) -> bool:
-        return self.kind == "pretrained"
+        """Whether the base starts trained, so phase 1 freezes it and fine-tuning keeps batch norm frozen."""
+        return self.kind in ("pretrained", "model")
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -77,12 +78,61 @@ def names() -> list[str]:
 
 
 def get(name: str) -> BackboneSpec:
-    """The registry entry for ``name``, or an error listing every valid name."""
-    try:
+    """The registry entry for ``name``, a model at path ``name``, or an error listing every valid name."""
+    if name.lower() in _REGISTRY:
         return _REGISTRY[name.lower()]
-    except KeyError:
-        raise ConfigError(f"unknown backbone {name!r}. Choose one of: {', '.join(names())} "
-                          "(see `transfer backbones`).") from None
+    if os.path.exists(name):
+        return from_model(name)
+    raise ConfigError(f"unknown backbone {name!r}. Choose one of: {', '.join(names())} (see `transfer backbones`), "
+                      "or give the path of a .keras model or a run folder.")
+
+
+def from_model(path: str) -> BackboneSpec:
+    """A backbone taken from a trained model: a ``transfer`` run folder or any ``.keras`` file.
+
+    This is how a user transfers from their own in-house model. The model's
+    convolutional base is kept with its weights and its own preprocessing;
+    its head (everything from the last pooling/flatten layer on) is dropped.
+    Reading the file's input size and preprocessing needs Keras, so a path
+    backbone is only opened when training starts.
+    """
+    from .runs import MODEL_FILE, is_run_folder
+
+    model_path = os.path.join(path, MODEL_FILE) if is_run_folder(path) else path
+    if not (os.path.isfile(model_path) and model_path.endswith(".keras")):
+        raise ConfigError(f"--backbone {path!r} is neither a registry name nor a .keras model or run folder.")
+    source = _load_source(model_path)
+    base, preprocessing = _conv_base(source, model_path)
+    size = source.input_shape[1]
+    return BackboneSpec(
+        name=os.path.abspath(path), build=lambda input_shape, weights=None, **_: base, preprocessing=preprocessing,
+        default_size=size, min_size=size, unfreeze="all", params=base.count_params(), kind="model",
+        head=HeadDefaults(), fine_tune_epochs=10, description=f"the convolutional base of {model_path}")
+
+
+def _load_source(model_path: str):
+    import keras
+
+    from . import layers  # noqa: F401  (a transfer model refers to its custom layers)
+
+    try:
+        return keras.saving.load_model(model_path, compile=False)
+    except Exception as error:
+        raise ConfigError(f"--backbone {model_path!r} cannot be loaded as a Keras model: {error}") from None
+
+
+def _conv_base(model, model_path: str):
+    """(base, preprocessing): a transfer model's own backbone, or any model cut before its last pooling/flatten."""
+    import keras
+
+    names = [layer.name for layer in model.layers]
+    if BACKBONE_LAYER in names and "preprocess" in names:
+        return model.get_layer(BACKBONE_LAYER), model.get_layer("preprocess").mode
+    cuts = [layer for layer in model.layers if isinstance(
+        layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten))]
+    if not cuts:
+        raise ConfigError(f"--backbone {model_path!r} has no pooling or flatten layer to cut its head at.")
+    return keras.Model(model.inputs, cuts[-1].input, name="source_base"), "none"
 
 
 def _keras_app(class_name: str) -> Callable[..., Any]:
@@ -131,11 +181,19 @@ from . import convnets  # noqa: E402  (registers the from-scratch nets into the 
 def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
     """Fill every backbone-dependent default of ``config`` and check it fits the backbone."""
     spec = get(config.backbone)
-    weights = config.weights or ("imagenet" if spec.pretrained else "none")
-    if weights == "imagenet" and not spec.pretrained:
+    if spec.kind == "model":
+        if config.weights not in (None, "none") or (config.image_size or spec.default_size) != spec.default_size:
+            raise ConfigError(f"--backbone {config.backbone!r} is a trained model: it brings its own weights and "
+                              f"input size ({spec.default_size}); drop --weights and --image-size.")
+        weights = "model"
+    elif config.weights == "model":
+        raise ConfigError("--weights model is only for a backbone given as a model path.")
+    else:
+        weights = config.weights or ("imagenet" if spec.kind == "pretrained" else "none")
+    if weights == "imagenet" and spec.kind == "scratch":
         raise ConfigError(f"{spec.name} is trained from scratch and has no ImageNet weights; "
                           "use --weights none or --weights PATH.")
-    if spec.pretrained and (config.width != 1.0 or config.depth is not None):
+    if spec.kind != "scratch" and (config.width != 1.0 or config.depth is not None):
         raise ConfigError(f"--width and --depth apply to from-scratch nets only, not to {spec.name}.")
     size = config.image_size or spec.default_size
     if size < spec.min_size:
@@ -162,6 +220,8 @@ def build_backbone(spec: BackboneSpec, config: TrainConfig):
     options = {"width": config.width, "depth": config.depth}
     if config.weights == "imagenet":
         base = _build_imagenet(spec, shape, options)
+    elif config.weights == "model":
+        base = spec.build(shape)
     else:
         base = _build_random(spec, shape, options)
         if config.weights != "none":

@@ -109,7 +109,7 @@ class TrainConfig:
         return self
 
     def _validate_weights(self) -> None:
-        if self.weights in (None, "imagenet", "none"):
+        if self.weights in (None, "imagenet", "none", "model"):
             return
         path = self.weights
         _check(os.path.isfile(path),

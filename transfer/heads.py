@@ -8,6 +8,8 @@ it apart without guessing. It takes raw RGB pixels in 0-255.
 from __future__ import annotations
 
 import difflib
+import os
+import re
 
 import keras
 from keras import layers
@@ -68,7 +70,7 @@ def build_model(spec: BackboneSpec, config: TrainConfig, num_classes: int) -> ke
     x = Preprocess(spec.preprocessing, name="preprocess")(x)
     x = backbone(x)
     outputs = build_head(backbone.output_shape[1:], num_classes, config)(x)
-    return keras.Model(inputs, outputs, name=f"transfer_{spec.name}")
+    return keras.Model(inputs, outputs, name="transfer_" + re.sub(r"\W", "_", os.path.basename(spec.name)))
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
