@@ -15,10 +15,12 @@ import os
 import sys
 
 import click
+from click.core import ParameterSource
 
 from transfer import backbones as registry
-from transfer.config import (AUGMENT_PRESETS, CLASS_WEIGHTS, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, TrainConfig,
-                             default)
+from transfer.config import (AUGMENT_PRESETS, CLASS_WEIGHTS, LR_SCHEDULES, MONITORS, OPTIMIZERS, POOLINGS,
+                             RESIZE_MODES, default)
+from transfer.presets import PRESETS, apply_preset
 from transfer.errors import TransferError
 
 
@@ -148,7 +150,7 @@ def _print_inspection(r: dict) -> None:
         click.echo("sizes (w x h): " + ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in r["sizes"].items()))
     click.echo("formats: " + ", ".join(f"{k} {v}" for k, v in r["formats"].items()))
     click.echo(f"skipped: {len(r['skipped'])}, outside class folders: {len(r['unused'])}, "
-               f"non-image files ignored: {r['ignored']}, duplicate groups: {len(r['duplicates'])} "
+               f"ignored: {r['ignored']} non-image and {r['hidden_or_system']} hidden/system files, duplicate groups: {len(r['duplicates'])} "
                f"({len(r['leaks'])} across splits)")
     for row in r["skipped"]:
         click.echo(f"  skipped {row['path']}: {row['reason']}")
@@ -162,6 +164,8 @@ def _print_inspection(r: dict) -> None:
 
 @main.command("train")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+              help="Start from a named set of settings (options you give still win); see README.")
 @click.option("-b", "--backbone", default=default("backbone"), show_default=True,
               help="Registry name (see `transfer backbones`), or a .keras model or run folder to transfer from.")
 @click.option("--weights", default=None,
@@ -192,6 +196,8 @@ def _print_inspection(r: dict) -> None:
               help="Phase 1 epochs (head only, backbone frozen).")
 @click.option("--lr", type=float, default=default("lr"), show_default=True, help="Phase 1 learning rate.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=default("optimizer"), show_default=True)
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=default("lr_schedule"), show_default=True,
+              help="plateau: divide by 5 when validation stalls; cosine: decay to 0 over each phase.")
 @click.option("--fine-tune-epochs", type=int, default=None,
               help="Phase 2 epochs [default: 10 for pretrained backbones, 0 for from-scratch nets].")
 @click.option("--fine-tune-lr", type=float, default=default("fine_tune_lr"), show_default=True)
@@ -210,8 +216,9 @@ def _print_inspection(r: dict) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing run of the same name (once the new one finishes).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
 @_handle_errors
-def train_command(quiet, as_json, **options):
+def train_command(ctx, preset, quiet, as_json, **options):
     """Train a classifier on DATA_DIR (one subfolder per class, or train/ val/ [test/]).
 
     \b
@@ -219,7 +226,9 @@ def train_command(quiet, as_json, **options):
       transfer train photos/ --backbone resnet50 --epochs 5 --fine-tune-epochs 5
     """
     _setup_logging(quiet)
-    config = TrainConfig(verbose=0 if quiet else (1 if sys.stderr.isatty() else 2), **options).validate()
+    explicit = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    explicit["verbose"] = 0 if quiet else (1 if sys.stderr.isatty() else 2)
+    config = apply_preset(preset, explicit).validate()
     if config.backbone.lower() in registry.names():
         registry.resolve(config)  # fail on a bad option before the slow TensorFlow import
     from transfer.training import train
@@ -267,17 +276,23 @@ def predict_command(model, inputs, top_k, batch_size, fmt, quiet):
         sys.exit(1)
 
 
+def _show(path: str) -> str:
+    """A path that can be printed, even when its name is not valid UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _print_table(result):
     for p in result.predictions:
         others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top_k[1:])
-        click.echo(f"{p.path}\t{p.label}\t{p.probability:.3f}" + (f"\t{others}" if others else ""))
+        click.echo(f"{_show(p.path)}\t{p.label}\t{p.probability:.3f}" + (f"\t{others}" if others else ""))
     for path, reason in result.failures:
-        click.echo(f"Error: {path}: {reason}", err=True)
+        click.echo(f"Error: {_show(path)}: {reason}", err=True)
 
 
 def _print_json(result):
-    click.echo(json.dumps({"predictions": [p.to_dict() for p in result.predictions],
-                           "errors": [{"path": path, "error": reason} for path, reason in result.failures]}, indent=2))
+    click.echo(json.dumps({"predictions": [{**p.to_dict(), "path": _show(p.path)} for p in result.predictions],
+                           "errors": [{"path": _show(path), "error": reason} for path, reason in result.failures]},
+                          indent=2))
 
 
 def _print_csv(result):
@@ -286,10 +301,10 @@ def _print_csv(result):
     writer = csv.writer(sys.stdout)
     writer.writerow(["path", "label", "probability", "top_k", "error"])
     for p in result.predictions:
-        writer.writerow([csv_cell(p.path), csv_cell(p.label), f"{p.probability:.6f}",
+        writer.writerow([csv_cell(_show(p.path)), csv_cell(p.label), f"{p.probability:.6f}",
                          ";".join(f"{label}:{prob:.6f}" for label, prob in p.top_k), ""])
     for path, reason in result.failures:
-        writer.writerow([csv_cell(path), "", "", "", reason])
+        writer.writerow([csv_cell(_show(path)), "", "", "", reason])
 
 
 @main.command("export")

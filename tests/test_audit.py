@@ -176,6 +176,7 @@ def test_bad_input_matrix(tmp_path, case):
     if status == "absent":
         assert path not in checks and path not in used
         assert sum(len(v) for v in ds.splits.values()) == 8
+        assert ds.report.junk == 1 and not ds.report.skipped
         return
     assert checks[path].status == status, checks[path]
     if status == "skipped":

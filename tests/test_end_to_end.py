@@ -145,3 +145,14 @@ def test_names_that_would_escape_their_folder_are_refused(trained_run, runner, c
     assert bad.exit_code == 1 and "plain folder name" in bad.output
     bad = runner.invoke(main, ["export", trained_run["run"], "--name", "../../evil", "-o", str(tmp_path / "s")])
     assert bad.exit_code == 1 and "plain folder name" in bad.output
+
+
+def test_predict_handles_a_file_name_that_is_not_utf8(trained_run, runner, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    raw = os.path.join(os.fsencode(str(folder)), b"caf\xe9.png")
+    write_image(os.fsdecode(raw), COLOURS["blue"])
+    result = runner.invoke(main, ["predict", trained_run["run"], str(folder)])
+    assert result.exit_code == 0, result.output
+    path, label = result.stdout.strip().split("\t")[:2]
+    assert path.endswith("caf\\xe9.png") and label == "blue"

@@ -108,3 +108,17 @@ def test_a_file_named_like_the_keras_download_must_match_its_checksum(tmp_path):
     fake.write_bytes(b"not the real weights")
     with pytest.raises(WeightsError, match="does not match the published checksum"):
         _train(tmp_path, str(fake), backbone="resnet50", image_size=32, epochs=1, fine_tune_epochs=0)
+
+
+def test_legacy_h5_weights_file_like_the_keras_downloads(tmp_path, base_weights):
+    """Keras' ImageNet files are legacy .h5 (not .weights.h5): that format must load too."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    _, saved, base = base_weights
+    path = str(tmp_path / "mobilenetv2_notop.h5")
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, base)
+    result = _train(tmp_path, path, epochs=1, fine_tune_epochs=0)
+    for before, after in zip(saved, backbone_of(result.model).get_weights()):
+        np.testing.assert_array_equal(before, after)

@@ -22,6 +22,7 @@ AUGMENT_PRESETS = ("none", "light", "strong")
 RESIZE_MODES = ("squash", "crop")
 MONITORS = ("val_loss", "val_accuracy")
 CLASS_WEIGHTS = ("auto", "none")
+LR_SCHEDULES = ("plateau", "cosine")
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TrainConfig:
     """
 
     data_dir: str = ""
+    preset: str | None = None  # see transfer.presets; recorded so a run says where its settings came from
     # where the run goes
     output_dir: str = "models"
     name: str | None = None
@@ -67,6 +69,7 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 1e-3
     optimizer: str = "adam"
+    lr_schedule: str = "plateau"  # plateau: reduce on a validation plateau; cosine: decay to 0 over each phase
     # phase 2: fine-tuning the top of the backbone
     fine_tune_epochs: int | None = None
     fine_tune_lr: float = 1e-4
@@ -87,6 +90,7 @@ class TrainConfig:
         _choice("--resize", self.resize, RESIZE_MODES)
         _choice("--monitor", self.monitor, MONITORS)
         _choice("--class-weight", self.class_weight, CLASS_WEIGHTS)
+        _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _check(0 <= self.max_skip_fraction <= 1,
                f"--max-skip-fraction must be between 0 and 1, got {self.max_skip_fraction}.")
         _check(self.max_pixels >= 1, f"--max-pixels must be positive, got {self.max_pixels}.")

@@ -44,6 +44,21 @@ def smallcnn(input_shape, weights=None, width=1.0, depth=None):
     return keras.Model(inputs, x, name="smallcnn")
 
 
+def smallvgg(input_shape, weights=None, width=1.0, depth=None):
+    """A VGG-style net with batch norm for small datasets: conv-BN-ReLU + max pooling, 32 to 256 filters."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, f in enumerate(_filters([32, 64, 128, 256], depth, width)):
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{i + 1}_bn")(x)
+        x = layers.ReLU(name=f"block{i + 1}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
+    return keras.Model(inputs, x, name="smallvgg")
+
+
 register(BackboneSpec(
     name="lenet5", build=lenet5, preprocessing="unit", default_size=32, min_size=16, unfreeze="all",
     params=2872, kind="scratch", head=HeadDefaults(pooling="flatten", dense=(120, 84), dropout=0.0),
@@ -52,3 +67,7 @@ register(BackboneSpec(
     name="smallcnn", build=smallcnn, preprocessing="unit", default_size=150, min_size=32, unfreeze="all",
     params=28640, kind="scratch", head=HeadDefaults(pooling="flatten", dense=(64,), dropout=0.5),
     fine_tune_epochs=0, description="Keras blog cats-vs-dogs convnet, from scratch (--width, --depth)"))
+register(BackboneSpec(
+    name="smallvgg", build=smallvgg, preprocessing="unit", default_size=96, min_size=32, unfreeze="all",
+    params=389856, kind="scratch", head=HeadDefaults(pooling="avg", dense=(), dropout=0.3),
+    fine_tune_epochs=0, description="VGG-style with batch norm, from scratch; the small-data preset's net"))

@@ -47,6 +47,7 @@ class AuditReport:
     duplicates: list[list[str]] = field(default_factory=list)  # groups of identical files that are used
     leaks: list[list[str]] = field(default_factory=list)  # the groups that span more than one split
     dropped: list[str] = field(default_factory=list)  # copies removed by --dedupe
+    junk: int = 0  # hidden files, ._* AppleDouble files, __MACOSX/, .DS_Store ...: ignored, but counted
 
     @property
     def skipped(self) -> list[FileCheck]:
@@ -88,9 +89,10 @@ def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: i
         split_dirs = {SPLIT_FOLDERS[f.lower()]: os.path.join(root, f) for f in folders}
     else:
         split_dirs = {"all": root}
-    layout = {split: _list_classes(folder) for split, folder in split_dirs.items()}
+    junk: list[str] = []
+    layout = {split: _list_classes(folder, junk) for split, folder in split_dirs.items()}
     report = AuditReport(unused=[p for folder in dict.fromkeys([root, *split_dirs.values()])
-                                 for p in _loose_images(folder)])
+                                 for p in _loose_images(folder)], junk=len(junk))
     candidates = [p for classes in layout.values() for paths in classes.values() for p in paths]
     report.checks = audit(candidates, root, max_pixels, cache_dir, progress)
     usable = _usable(layout, split_dirs, report, dedupe)
@@ -107,14 +109,17 @@ def _subfolders(path: str) -> list[str]:
     return sorted(e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and not is_junk(e.name))
 
 
-def _list_classes(folder: str) -> dict[str, list[str]]:
+def _list_classes(folder: str, junk: list[str]) -> dict[str, list[str]]:
     """Class name -> every non-junk file under its folder, recursively (nested folders belong to the class)."""
-    return {name: _files_under(os.path.join(folder, name)) for name in _subfolders(folder)}
+    junk += [e.path for e in os.scandir(folder) if is_junk(e.name)]
+    return {name: _files_under(os.path.join(folder, name), junk) for name in _subfolders(folder)}
 
 
-def _files_under(folder: str) -> list[str]:
+def _files_under(folder: str, junk: list[str]) -> list[str]:
+    """Files under ``folder``; junk files and folders are added to ``junk`` (a junk folder counts once)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        junk += [os.path.join(dirpath, n) for n in dirnames + filenames if is_junk(n)]
         dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
         found += [os.path.join(dirpath, f) for f in sorted(filenames) if not is_junk(f)]
     return found
@@ -192,8 +197,8 @@ def _log_report(root: str, report: AuditReport, candidates: list[str], split_dir
     nested = sum(os.path.dirname(os.path.dirname(p)) not in split_dirs.values() for p in candidates)
     if nested:
         log.info("%d image(s) in nested subfolders count for their top-level class folder", nested)
-    if report.ignored:
-        log.info("%d non-image file(s) ignored", report.ignored)
+    if report.ignored or report.junk:
+        log.info("ignored: %d non-image file(s), %d hidden or system file(s)", report.ignored, report.junk)
     if report.leaks:
         log.warning("%d image(s) appear in more than one split (exact copies: leakage); --dedupe drops them",
                     sum(len(g) - 1 for g in report.leaks))
@@ -266,6 +271,7 @@ def summary(dataset: Dataset) -> dict:
         "notes": [{"path": rel(c.path), "note": c.note} for c in used if c.note],
         "unused": [rel(p) for p in report.unused],
         "ignored": report.ignored,
+        "hidden_or_system": report.junk,
         "duplicates": [[rel(p) for p in group] for group in report.duplicates],
         "leaks": [[rel(p) for p in group] for group in report.leaks],
         "dropped": [rel(p) for p in report.dropped],
@@ -345,7 +351,7 @@ def make_tf_dataset(examples: list[Example], image_size: int, batch_size: int, *
         image.set_shape((image_size, image_size, 3))
         return image, label
 
-    paths = [e.path for e in examples]
+    paths = [os.fsencode(e.path) for e in examples]
     labels = np.array([e.label for e in examples], dtype=np.int32)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -179,7 +179,8 @@ def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_s
         image.set_shape((height, width, 3))
         return tf.cast(image, tf.float32), error
 
-    ds = (tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    names = [os.fsencode(p) for p in paths]  # bytes: any file name the OS accepts, UTF-8 or not
+    ds = (tf.data.Dataset.from_tensor_slices(names).map(load, num_parallel_calls=tf.data.AUTOTUNE)
           .batch(batch_size).prefetch(tf.data.AUTOTUNE))
     k = max(1, min(top_k, len(loaded.labels)))
     start = 0

@@ -43,13 +43,13 @@ def train(config: TrainConfig) -> TrainResult:
     spec, config = resolve(config.validate())
     if config.epochs + config.fine_tune_epochs == 0:
         raise ConfigError("--epochs and --fine-tune-epochs are both 0: nothing to train.")
+    config = dataclasses.replace(config, name=config.name or runs.default_name(os.path.basename(spec.name)))
+    run = runs.RunFolder(config.output_dir, config.name, config.overwrite)  # refuse to overwrite before slow work
     dataset = data.scan(config.data_dir, config.val_split, config.seed, max_pixels=config.max_pixels,
                         dedupe=config.dedupe, cache_dir=config.cache_dir, progress=config.verbose > 0)
     data.check_skips(dataset, config.strict, config.max_skip_fraction)
     class_weights = data.class_weights(dataset, config.class_weight)
-    config = dataclasses.replace(config, name=config.name or runs.default_name(spec.name),
-                                 data_dir=dataset.root)
-    run = runs.RunFolder(config.output_dir, config.name, config.overwrite)
+    config = dataclasses.replace(config, data_dir=dataset.root)
     log.info("classes: %s; images: %s", ", ".join(dataset.classes),
              ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
     keras.utils.set_random_seed(config.seed)
@@ -100,13 +100,14 @@ def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, 
     report = dataset.report
     info = {"root": dataset.root, "split_source": dataset.split_source, "counts": dataset.counts(),
             "class_weights": {dataset.classes[i]: w for i, w in class_weights.items()} if class_weights else None,
-            "audit": {"skipped": len(report.skipped), "ignored": report.ignored, "unused": len(report.unused),
+            "audit": {"skipped": len(report.skipped), "ignored": report.ignored + report.junk, "unused": len(report.unused),
                       "duplicate_groups": len(report.duplicates), "leaks": len(report.leaks),
                       "dropped": len(report.dropped)}}
     runs.write_json(run.path(runs.CONFIG_FILE), runs.run_record(config, dataset.classes, spec.preprocessing, info))
 
 
-def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
+def make_optimizer(name: str, lr) -> keras.optimizers.Optimizer:
+    """``lr`` is a number or a Keras learning-rate schedule."""
     return {
         "adam": lambda: keras.optimizers.Adam(lr),
         "adamw": lambda: keras.optimizers.AdamW(lr),
@@ -128,11 +129,16 @@ class _HistoryCSV(keras.callbacks.CSVLogger):
 
 def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, optimizer, lr, done, epochs) -> int:
     """Compile (needed after every change of ``trainable``) and fit one phase; return epochs done so far."""
-    model.compile(optimizer=make_optimizer(optimizer, lr), loss="sparse_categorical_crossentropy",
+    if config.lr_schedule == "cosine":
+        schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * int(train_ds.cardinality()))
+        adapt = []
+    else:
+        schedule = lr
+        adapt = [keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, factor=0.2,
+                                                   patience=max(1, config.patience // 2), min_lr=lr / 100)]
+    model.compile(optimizer=make_optimizer(optimizer, schedule), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], jit_compile=False)
-    callbacks = [
-        keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, factor=0.2, patience=max(1, config.patience // 2),
-                                          min_lr=lr / 100),
+    callbacks = adapt + [
         keras.callbacks.EarlyStopping(monitor=config.monitor, patience=config.patience),
         checkpoint,
         _HistoryCSV(run.path(runs.HISTORY_FILE), phase),

@@ -1,0 +1,54 @@
+"""Train the from-scratch preset on cats vs dogs (train/ -> validation/) and print accuracy and wall time.
+
+    python benchmarks/accuracy_scratch.py [--data ../shared/data/cats_vs_dogs] [--preset small-data-scratch]
+
+One summary line on stdout; Keras progress on stderr. Record results in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "cats_vs_dogs"))
+    parser.add_argument("--preset", default="small-data-scratch")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--image-size", type=int, default=None, help="override the preset's image size")
+    parser.add_argument("--output", default=None, help="keep the run here (default: a temporary folder)")
+    args = parser.parse_args()
+
+    import logging
+
+    from transfer.presets import apply_preset
+    from transfer.training import train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size)) if v is not None}
+    output = args.output or tempfile.mkdtemp(prefix="accuracy_scratch-")
+    config = apply_preset(args.preset, {"data_dir": args.data, "output_dir": output, "name": "scratch",
+                                        "overwrite": True, "verbose": 2, **overrides})
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # Keras' progress lines; stdout is the summary
+        result = train(config)
+    seconds = time.perf_counter() - started
+    history = [{"epoch": int(r["epoch"]) + 1, "val_accuracy": round(r["val_accuracy"], 4)} for r in result.history]
+    print(json.dumps({"benchmark": "accuracy_scratch", "preset": args.preset, "backbone": result.config.backbone,
+                      "image_size": result.config.image_size, "epochs": result.metrics["epochs"],
+                      "val_accuracy": round(result.metrics["val"]["accuracy"], 4),
+                      "wall_seconds": round(seconds, 1), "train_seconds": result.metrics["train_seconds"],
+                      "machine": f"{platform.machine()}, {os.cpu_count()} cores", "curve": history}))
+
+
+if __name__ == "__main__":
+    main()
