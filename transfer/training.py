@@ -6,8 +6,10 @@ so an interrupted run leaves earlier runs untouched.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -17,7 +19,7 @@ from typing import Any
 
 import keras
 
-from . import data, runs
+from . import data, features, runs
 from .backbones import BackboneSpec, resolve
 from .config import TrainConfig
 from .errors import ConfigError
@@ -40,6 +42,11 @@ class TrainResult:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train a classifier on ``config.data_dir`` and write its run folder. Never prints; logs to ``transfer``."""
+    with dtype_policy(config.validate().mixed_precision):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> TrainResult:
     spec, config = resolve(config.validate())
     if config.epochs + config.fine_tune_epochs == 0:
         raise ConfigError("--epochs and --fine-tune-epochs are both 0: nothing to train.")
@@ -55,6 +62,8 @@ def train(config: TrainConfig) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     model = build_model(spec, config, len(dataset.classes))
     unfreeze_index(backbone_of(model), config.unfreeze)  # a bad --unfreeze fails now, not after phase 1
+    cache = (features.FeatureCache(model, config, {c.path: c.digest for c in dataset.report.used})
+             if features.use_cache(spec, config) else None)
     run.start()
     _write_inputs(run, config, spec, dataset, class_weights)
 
@@ -63,15 +72,18 @@ def train(config: TrainConfig) -> TrainResult:
                 "max_pixels": config.max_pixels}
     train_ds = data.make_tf_dataset(dataset.splits["train"], shuffle=True, seed=config.seed, **pipeline)
     val_ds = data.make_tf_dataset(dataset.splits["val"], **pipeline)
-    checkpoint = keras.callbacks.ModelCheckpoint(run.path(runs.CHECKPOINT_FILE), monitor=config.monitor,
-                                                 save_best_only=True, save_weights_only=True)
+    checkpoint = _Checkpoint(model, run.path(runs.CHECKPOINT_FILE), monitor=config.monitor, save_best_only=True,
+                             save_weights_only=True)
     fit = {"model": model, "config": config, "run": run, "train_ds": train_ds, "val_ds": val_ds,
            "checkpoint": checkpoint, "class_weight": class_weights}
     done = 0
     if config.epochs:
         freeze_backbone(model, frozen=spec.pretrained)
         log.info("phase 1: %s", "head only, backbone frozen" if spec.pretrained else "whole network, from scratch")
-        done = _fit(**fit, phase="head", optimizer=config.optimizer, lr=config.lr, done=done, epochs=config.epochs)
+        phase1 = fit if cache is None else {**fit, **_cached_inputs(cache, dataset, config)}
+        done = _fit(**phase1, phase="head", optimizer=config.optimizer, lr=config.lr, done=done, epochs=config.epochs)
+        if cache is not None:
+            _compile(model, cache.top.optimizer, config.jit)  # the full model is saved with phase 1's optimizer
     if config.fine_tune_epochs:
         n = unfreeze_top(model, config.unfreeze, keep_batchnorm_frozen=spec.pretrained)
         log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
@@ -82,7 +94,7 @@ def train(config: TrainConfig) -> TrainResult:
     seconds = time.perf_counter() - started
 
     history = read_history(run.path(runs.HISTORY_FILE))
-    metrics = _evaluate(model, config, dataset, history, seconds)
+    metrics = _evaluate(model, config, dataset, history, seconds, cache)
     model.save(run.path(runs.MODEL_FILE))
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     _plot(history, run.path(runs.PLOT_FILE))
@@ -104,6 +116,49 @@ def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, 
                       "duplicate_groups": len(report.duplicates), "leaks": len(report.leaks),
                       "dropped": len(report.dropped)}}
     runs.write_json(run.path(runs.CONFIG_FILE), runs.run_record(config, dataset.classes, spec.preprocessing, info))
+
+
+@contextlib.contextmanager
+def dtype_policy(mode: str):
+    """``mixed_float16`` while a run builds and trains (auto: only with a GPU); the global policy is restored after.
+
+    The head's softmax layer is float32 whatever the policy, so probabilities
+    and the loss keep full precision.
+    """
+    previous = keras.mixed_precision.global_policy()
+    mixed = mode == "on" or (mode == "auto" and _has_gpu())
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    if mixed:
+        log.info("mixed precision: float16 compute, float32 weights and output")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _cached_inputs(cache: features.FeatureCache, dataset: data.Dataset, config: TrainConfig) -> dict[str, Any]:
+    """Phase 1 on cached features: the head's top trains on them; the callbacks stay those of the full model."""
+    train_ds = cache.dataset(dataset.splits["train"], shuffle=True, seed=config.seed)
+    val_ds = cache.dataset(dataset.splits["val"])
+    log.info("feature cache %s: %d image(s) from the cache, %d computed", cache.folder, cache.hits, cache.computed)
+    return {"model": cache.top, "train_ds": train_ds, "val_ds": val_ds}
+
+
+class _Checkpoint(keras.callbacks.ModelCheckpoint):
+    """Saves the full model's weights, also while ``fit`` runs on the head alone (feature caching)."""
+
+    def __init__(self, full_model: keras.Model, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.full_model = full_model
+
+    def set_model(self, model):
+        super().set_model(self.full_model)
 
 
 def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
@@ -128,8 +183,7 @@ class _HistoryCSV(keras.callbacks.CSVLogger):
 
 def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, optimizer, lr, done, epochs) -> int:
     """Compile (needed after every change of ``trainable``) and fit one phase; return epochs done so far."""
-    model.compile(optimizer=make_optimizer(optimizer, lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=False)
+    _compile(model, make_optimizer(optimizer, lr), config.jit)
     callbacks = [
         keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, factor=0.2, patience=max(1, config.patience // 2),
                                           min_lr=lr / 100),
@@ -141,6 +195,10 @@ def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, 
                         callbacks=callbacks, verbose=config.verbose, class_weight=class_weight,
                         shuffle=False)  # the dataset shuffles
     return done + len(history.history.get("loss", []))
+
+
+def _compile(model, optimizer, jit: bool) -> None:
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit)
 
 
 def _restore_best(model, checkpoint_path: str) -> None:
@@ -159,12 +217,16 @@ def read_history(path: str) -> list[dict[str, Any]]:
         return [{k: (v if k == "phase" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _evaluate(model, config, dataset, history, seconds) -> dict[str, Any]:
+def _evaluate(model, config, dataset, history, seconds, cache=None) -> dict[str, Any]:
+    if cache is not None and not config.fine_tune_epochs:  # the backbone never changed, so its features still hold
+        model, make = cache.top, cache.dataset
+    else:
+        make = functools.partial(data.make_tf_dataset, image_size=config.image_size, batch_size=config.batch_size,
+                                 resize=config.resize, cache=False, max_pixels=config.max_pixels)
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         if split in dataset.splits:
-            ds = data.make_tf_dataset(dataset.splits[split], config.image_size, config.batch_size,
-                                      resize=config.resize, cache=False, max_pixels=config.max_pixels)
+            ds = make(dataset.splits[split])
             metrics[split] = {k: float(v) for k, v in model.evaluate(ds, verbose=0, return_dict=True).items()}
             metrics[split]["images"] = len(dataset.splits[split])
     best = min if config.monitor.endswith("loss") else max
