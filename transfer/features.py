@@ -96,19 +96,20 @@ class FeatureCache:
         self.folder = os.path.join(config.cache_dir or default_cache_dir(), "features", model_key(model, config))
         self.extractor = extractor(model)
         self.top = head_top(model)
-        self.hits = 0
-        self.computed = 0
+        self.hits = 0  # images read from disk
+        self.computed = 0  # images run through the backbone
+        self._rows: dict[str, np.ndarray] = {}
         self._writable = True
 
     def features(self, examples: list[data.Example]) -> np.ndarray:
-        """One row of features per example, in order."""
-        rows: list[np.ndarray | None] = [self._read(e.path) for e in examples]
-        missing = [e for e, row in zip(examples, rows) if row is None]
-        self.hits += len(examples) - len(missing)
+        """One row of features per example, in order: from memory, from disk, or from the backbone (then stored).
+
+        Asking for every split at once runs the backbone in one pass (one trace, full batches).
+        """
+        missing = [e for e in examples if not self._recall(e.path)]
         if missing:
-            fresh = iter(self._compute(missing))
-            rows = [row if row is not None else next(fresh) for row in rows]
-        return np.stack(rows).astype(np.float32)
+            self._rows.update(zip((e.path for e in missing), self._compute(missing)))
+        return np.stack([self._rows[e.path] for e in examples]).astype(np.float32)
 
     def dataset(self, examples: list[data.Example], shuffle: bool = False, seed: int = 0):
         """Batched (features, label) in the order and batches :func:`transfer.data.make_tf_dataset` would use."""
@@ -123,11 +124,15 @@ class FeatureCache:
     def _path(self, image_path: str) -> str:
         return os.path.join(self.folder, self.digests[image_path] + ".npy")
 
-    def _read(self, image_path: str) -> np.ndarray | None:
-        try:
-            return np.load(self._path(image_path), allow_pickle=False)
-        except (OSError, ValueError):
-            return None
+    def _recall(self, image_path: str) -> bool:
+        """Whether the features of ``image_path`` are in memory, after trying to read them from disk."""
+        if image_path not in self._rows:
+            try:
+                self._rows[image_path] = np.load(self._path(image_path), allow_pickle=False)
+            except (OSError, ValueError):
+                return False
+            self.hits += 1
+        return True
 
     def _compute(self, examples: list[data.Example]) -> list[np.ndarray]:
         """Run the backbone on the images not cached yet and store what it gives, one file per image."""

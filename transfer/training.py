@@ -144,6 +144,7 @@ def _has_gpu() -> bool:
 
 def _cached_inputs(cache: features.FeatureCache, dataset: data.Dataset, config: TrainConfig) -> dict[str, Any]:
     """Phase 1 on cached features: the head's top trains on them; the callbacks stay those of the full model."""
+    cache.features(dataset.splits["train"] + dataset.splits["val"])  # one pass of the backbone over both
     train_ds = cache.dataset(dataset.splits["train"], shuffle=True, seed=config.seed)
     val_ds = cache.dataset(dataset.splits["val"])
     log.info("feature cache %s: %d image(s) from the cache, %d computed", cache.folder, cache.hits, cache.computed)
