@@ -24,7 +24,8 @@ DEFAULT_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "cats
 def parser(description: str) -> argparse.ArgumentParser:
     """The options every benchmark takes: where the photos are, which backbone, what size."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--data", default=DEFAULT_DATA, help="cats_vs_dogs with train/ and validation/ (default: %(default)s)")
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help="cats_vs_dogs with train/ and validation/ (default: %(default)s)")
     p.add_argument("--backbone", default="mobilenetv2")
     p.add_argument("--image-size", type=int, default=160)
     p.add_argument("--batch-size", type=int, default=32)
@@ -67,7 +68,16 @@ def image_paths(data: str, split: str, limit: int) -> list[str]:
 
 
 def timed(function, *args, **kwargs):
-    """(result, seconds)."""
-    start = time.perf_counter()
+    """(result, wall seconds)."""
+    result, seconds, _ = timed_cpu(function, *args, **kwargs)
+    return result, seconds
+
+
+def timed_cpu(function, *args, **kwargs):
+    """(result, wall seconds, CPU seconds of this process, all threads).
+
+    CPU time is much less disturbed than wall time by other work on a shared machine.
+    """
+    start, start_cpu = time.perf_counter(), time.process_time()
     result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - start, time.process_time() - start_cpu

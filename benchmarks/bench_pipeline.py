@@ -85,7 +85,8 @@ def main():
         consume = consumption_rate(model, args.batch_size, args.image_size)
         read_s = feature_cache_read(dataset, everything, cache_dir, args.backbone)
     decode = n / decode_s
-    print(f"bench_pipeline {args.backbone} {args.image_size}px batch {args.batch_size}: decode+resize {decode:.0f} img/s "
+    print(f"bench_pipeline {args.backbone} {args.image_size}px batch {args.batch_size}: "
+          f"decode+resize {decode:.0f} img/s "
           f"({n} images, {os.cpu_count()} cores) vs frozen backbone {consume:.1f} img/s: x{decode / consume:.1f} | "
           f"in-memory second pass {second_pass_s:.2f} s | scan of {len(everything)} images cold {cold_scan_s:.1f} s, "
           f"again {warm_scan_s:.2f} s | feature cache read of {len(everything)} images {read_s:.2f} s")

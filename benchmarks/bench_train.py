@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from _common import parser, subset, timed
+from _common import parser, subset, timed_cpu
 
 
 def run_transfer(data: str, args, work: str, name: str):
@@ -28,7 +28,7 @@ def run_transfer(data: str, args, work: str, name: str):
                          epochs=args.epochs, fine_tune_epochs=0, augment="none", batch_size=args.batch_size,
                          output_dir=os.path.join(work, "models"), name=name, cache_dir=os.path.join(work, "cache"),
                          restore_best=False, patience=10 * args.epochs, verbose=0)  # all E epochs, like the guide
-    return timed(train, config)
+    return timed_cpu(train, config)
 
 
 def run_keras_guide(data: str, args, backbone_weights, preprocessing: str):
@@ -55,8 +55,8 @@ def run_keras_guide(data: str, args, backbone_weights, preprocessing: str):
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
         return model.fit(train_ds.prefetch(2), validation_data=val_ds.prefetch(2), epochs=args.epochs, verbose=0)
 
-    history, seconds = timed(build_and_fit)
-    return history.history["val_accuracy"][-1], seconds
+    history, seconds, cpu = timed_cpu(build_and_fit)
+    return history.history["val_accuracy"][-1], seconds, cpu
 
 
 def main():
@@ -68,23 +68,22 @@ def main():
     args = p.parse_args()
     with subset(args.data, {"train": args.train_per_class, "validation": args.val_per_class}) as data, \
             tempfile.TemporaryDirectory(prefix="transfer-bench-work-") as work:
-        cold, cold_s = run_transfer(data, args, work, "cold")
-        warm, warm_s = run_transfer(data, args, work, "warm")
+        cold, cold_s, cold_cpu = run_transfer(data, args, work, "cold")
+        _, warm_s, warm_cpu = run_transfer(data, args, work, "warm")
         from transfer import backbones
         from transfer.heads import backbone_of
 
         weights = backbone_of(cold.model).get_weights()
-        guide_acc, guide_s = run_keras_guide(data, args, weights, backbones.get(args.backbone).preprocessing)
+        preprocessing = backbones.get(args.backbone).preprocessing
+        guide_acc, guide_s, guide_cpu = run_keras_guide(data, args, weights, preprocessing)
     seen = 2 * args.train_per_class * args.epochs  # training images seen: images/s = seen / seconds
-
-    def rate(seconds):
-        return seen / seconds
-
     print(f"bench_train {args.backbone} {args.image_size}px {args.epochs} epochs, "
           f"{2 * args.train_per_class}+{2 * args.val_per_class} images: "
-          f"keras-guide {guide_s:.1f} s ({rate(guide_s):.0f} img/s, val acc {guide_acc:.3f}) | "
-          f"transfer cold {cold_s:.1f} s ({rate(cold_s):.0f} img/s, val acc {cold.metrics['val']['accuracy']:.3f}) "
-          f"x{guide_s / cold_s:.1f} | warm {warm_s:.1f} s x{guide_s / warm_s:.1f}")
+          f"keras-guide {guide_s:.1f} s, cpu {guide_cpu:.0f} s ({seen / guide_s:.0f} img/s, val acc {guide_acc:.3f}) | "
+          f"transfer cold {cold_s:.1f} s, cpu {cold_cpu:.0f} s ({seen / cold_s:.0f} img/s, "
+          f"val acc {cold.metrics['val']['accuracy']:.3f}) x{guide_s / cold_s:.1f} wall, "
+          f"x{guide_cpu / cold_cpu:.1f} cpu | "
+          f"warm {warm_s:.1f} s, cpu {warm_cpu:.0f} s x{guide_s / warm_s:.1f} wall, x{guide_cpu / warm_cpu:.1f} cpu")
 
 
 if __name__ == "__main__":

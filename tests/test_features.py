@@ -147,3 +147,13 @@ def test_cache_on_refuses_what_it_cannot_cache(tmp_path, overrides, fragment):
 def test_bad_cache_mode_names_the_option():
     with pytest.raises(ConfigError, match="--cache-features must be one of auto, on, off"):
         TrainConfig(data_dir="x", cache_features="yes").validate()
+
+
+def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, trained_run, caplog):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder would go")
+    with caplog.at_level(logging.WARNING, logger="transfer"):
+        result = train(_trained_base(tmp_path, trained_run, name="run", cache_dir=str(blocker)))
+    warnings = [r.getMessage() for r in caplog.records if "could not write the feature cache" in r.getMessage()]
+    assert len(warnings) == 1 and "features are kept in memory only" in warnings[0]
+    assert result.metrics["epochs"]["head"] == 3
