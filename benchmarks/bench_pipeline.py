@@ -53,13 +53,13 @@ def feature_cache_read(dataset, examples, cache_dir: str, backbone: str) -> floa
     """Seconds to read every example's features back from the feature cache (after computing them once)."""
     import dataclasses
 
-    from transfer.features import FeatureCache
+    from transfer.features import frozen_phase_cache
 
     model, config = build(backbone, 32)
     config = dataclasses.replace(config, cache_dir=cache_dir)
     digests = {c.path: c.digest for c in dataset.report.used}
-    FeatureCache(model, config, digests).features(examples)
-    reader = FeatureCache(model, config, digests)
+    frozen_phase_cache(model, config, digests).features(examples)
+    reader = frozen_phase_cache(model, config, digests)
     _, seconds = timed(reader.features, examples)
     assert reader.computed == 0
     return seconds

@@ -36,12 +36,19 @@ def _trained_base(tmp_path, trained_run, **overrides):
     return _config(tmp_path, backbone=trained_run["run"], weights=None, image_size=None, **overrides)
 
 
-@pytest.mark.parametrize("fine_tune_epochs", [0, 1])
-def test_cached_and_uncached_frozen_training_give_the_same_model(tmp_path, trained_run, fine_tune_epochs):
+@pytest.mark.parametrize("fine_tune_epochs, unfreeze, caches", [
+    (0, None, 1),
+    (1, "all", 1),  # phase 2 on the images: nothing of the backbone stays frozen
+    (1, "after:block2_pool", 2),  # phase 2 on the activations after block 2 (boundary caching)
+])
+def test_cached_and_uncached_training_give_the_same_model(tmp_path, trained_run, caplog, fine_tune_epochs, unfreeze,
+                                                          caches):
     import keras
 
-    options = dict(fine_tune_epochs=fine_tune_epochs, fine_tune_lr=0.01)
-    cached = train(_trained_base(tmp_path, trained_run, name="cached", cache_features="on", **options))
+    options = dict(fine_tune_epochs=fine_tune_epochs, fine_tune_optimizer="adam", fine_tune_lr=0.01, unfreeze=unfreeze)
+    with caplog.at_level(logging.INFO, logger="transfer"):
+        cached = train(_trained_base(tmp_path, trained_run, name="cached", cache_features="on", **options))
+    assert len([r for r in caplog.records if r.getMessage().startswith("feature cache ")]) == caches
     plain = train(_trained_base(tmp_path, trained_run, name="plain", cache_features="off", **options))
     images = _pixels(tmp_path / "data", 32)
     expected = plain.model.predict(images, verbose=0)
@@ -53,6 +60,10 @@ def test_cached_and_uncached_frozen_training_give_the_same_model(tmp_path, train
         assert mine["loss"] == pytest.approx(theirs["loss"], abs=1e-5)
         assert mine["val_loss"] == pytest.approx(theirs["val_loss"], abs=1e-5)
     assert cached.metrics["val"]["loss"] == pytest.approx(plain.metrics["val"]["loss"], abs=1e-5)
+    if fine_tune_epochs:  # phase 2 really trained the backbone's top, so the comparison covers it
+        source = keras.saving.load_model(os.path.join(trained_run["run"], "model.keras")).get_layer("backbone")
+        top = cached.model.get_layer("backbone").get_layer("block3_conv")
+        assert not np.allclose(top.get_weights()[0], source.get_layer("block3_conv").get_weights()[0], atol=1e-3)
     saved = keras.saving.load_model(os.path.join(cached.run_dir, "model.keras"))
     assert [layer.name for layer in saved.layers] == [layer.name for layer in plain.model.layers]
     np.testing.assert_allclose(saved.predict(images, verbose=0), expected, atol=1e-5)
@@ -112,7 +123,7 @@ def test_cache_files_are_complete_and_no_temporary_file_is_left(tmp_path):
 
     def fresh_cache():
         keras.utils.set_random_seed(config.seed)
-        return features.FeatureCache(build_model(spec, config, 3), config, digests)
+        return features.frozen_phase_cache(build_model(spec, config, 3), config, digests)
 
     first = fresh_cache()
     rows = first.features(dataset.splits["train"])
@@ -157,3 +168,31 @@ def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, trained_run, c
     warnings = [r.getMessage() for r in caplog.records if "could not write the feature cache" in r.getMessage()]
     assert len(warnings) == 1 and "features are kept in memory only" in warnings[0]
     assert result.metrics["epochs"]["head"] == 3
+
+
+def test_boundary_caching_falls_back_to_the_images_over_the_memory_budget(tmp_path, trained_run, caplog,
+                                                                          monkeypatch):
+    monkeypatch.setattr(data, "memory_budget", lambda: 1000)
+    with caplog.at_level(logging.INFO, logger="transfer"):
+        result = train(_trained_base(tmp_path, trained_run, name="run", fine_tune_epochs=1,
+                                     unfreeze="after:block2_pool"))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("boundary caching is off: the activations after block2_pool need") for m in messages)
+    assert len([m for m in messages if m.startswith("feature cache ")]) == 1  # phase 1 only
+    assert result.metrics["epochs"] == {"head": 3, "fine_tune": 1}
+
+
+def test_boundary_caching_needs_a_clean_cut(tmp_path, caplog):
+    import dataclasses
+
+    import keras
+
+    spec, config = backbones.resolve(_config(tmp_path))
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(spec, config, 3)
+    # block_14_add also reads block_13's output, from before this boundary
+    inside_a_residual_block = dataclasses.replace(config, unfreeze="block_14_expand_BN")
+    with caplog.at_level(logging.INFO, logger="transfer"):
+        assert features.boundary_cache(model, inside_a_residual_block, {}, 10) is None
+    assert "boundary caching is off: the backbone cannot be cut cleanly after block_14_expand" in caplog.messages
+    assert features.boundary_cache(model, config, {}, 10) is not None  # the registry's after:block_12_add is clean

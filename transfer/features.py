@@ -12,7 +12,9 @@ name and renamed, so runs sharing the cache never read a torn file.
 
 The head's own layers (after its parameter-free pooling) are trained on the
 features; the full model shares those layer objects, so it is ready to
-evaluate and save without copying any weights.
+evaluate and save without copying any weights. Fine-tuning works the same way
+one level down (boundary caching): the activations where the frozen part of
+the backbone ends are cached, and only the unfrozen top and the head run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import uuid
 
@@ -32,7 +35,7 @@ from .audit import default_cache_dir
 from .backbones import BackboneSpec
 from .config import TrainConfig
 from .errors import ConfigError
-from .heads import HEAD_LAYER, backbone_of
+from .heads import HEAD_LAYER, backbone_of, unfreeze_index
 
 log = logging.getLogger("transfer")
 
@@ -76,26 +79,68 @@ def extractor(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name="feature_extractor")
 
 
-def model_key(model: keras.Model, config: TrainConfig) -> str:
+def model_key(model: keras.Model, config: TrainConfig, boundary: str = "") -> str:
     """Everything besides the image that decides its features, hashed; the backbone's weights by value."""
     settings = [FEATURES_VERSION, keras.__version__, config.backbone, config.image_size, config.resize,
-                model.get_layer("preprocess").mode, config.pooling, keras.mixed_precision.global_policy().name]
+                model.get_layer("preprocess").mode, config.pooling, keras.mixed_precision.global_policy().name,
+                boundary]
     digest = hashlib.sha256(json.dumps(settings).encode())
     for weights in backbone_of(model).get_weights():
         digest.update(np.ascontiguousarray(weights).tobytes())
     return digest.hexdigest()[:32]
 
 
-class FeatureCache:
-    """Pooled backbone features of images, from disk when present, computed (and stored) once otherwise."""
+def frozen_phase_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str]) -> "FeatureCache":
+    """Phase 1: pooled features of the whole frozen backbone; the head's top trains on them."""
+    return FeatureCache(extractor(model), head_top(model), model_key(model, config), config, digests)
 
-    def __init__(self, model: keras.Model, config: TrainConfig, digests: dict[str, str]):
+
+def boundary_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str],
+                   images: int) -> "FeatureCache | None":
+    """Phase 2: activations where the frozen part of the backbone ends; the unfrozen top and the head train on them.
+
+    Only for a clean cut (no later layer reads an earlier tensor than the
+    boundary) and only when the activations of ``images`` images fit the
+    in-memory budget; otherwise None, and phase 2 runs on the images.
+    """
+    backbone = backbone_of(model)
+    start = unfreeze_index(backbone, config.unfreeze)
+    if start == 0:
+        return None
+    boundary = backbone.layers[start - 1]
+    try:
+        top = keras.Model(boundary.output, backbone.outputs, name="backbone_top")
+    except ValueError:
+        log.info("boundary caching is off: the backbone cannot be cut cleanly after %s", boundary.name)
+        return None
+    size = images * 4 * math.prod(boundary.output.shape[1:])
+    if size > data.memory_budget():
+        log.info("boundary caching is off: the activations after %s need %.1f GB, over the in-memory budget",
+                 boundary.name, size / 1e9)
+        return None
+    inputs = keras.Input(boundary.output.shape[1:], name="boundary_activations")
+    trainer = keras.Model(inputs, model.get_layer(HEAD_LAYER)(top(inputs)), name="fine_tune_top")
+    image = keras.Input(model.input_shape[1:], name="image")
+    bottom = keras.Model(backbone.inputs, boundary.output)(model.get_layer("preprocess")(image))
+    return FeatureCache(keras.Model(image, bottom, name="frozen_bottom"), trainer,
+                        model_key(model, config, boundary.name), config, digests)
+
+
+class FeatureCache:
+    """What a frozen part of the model computes from each image: from disk when present, else computed and stored.
+
+    ``extractor`` maps images to those features; ``top`` is the trainable rest
+    of the model, sharing its layers with the full model.
+    """
+
+    def __init__(self, extractor: keras.Model, top: keras.Model, key: str, config: TrainConfig,
+                 digests: dict[str, str]):
         """``digests`` maps each image path to the sha1 of its bytes (the audit's)."""
         self.config = config
         self.digests = digests
-        self.folder = os.path.join(config.cache_dir or default_cache_dir(), "features", model_key(model, config))
-        self.extractor = extractor(model)
-        self.top = head_top(model)
+        self.folder = os.path.join(config.cache_dir or default_cache_dir(), "features", key)
+        self.extractor = extractor
+        self.top = top
         self.hits = 0  # images read from disk
         self.computed = 0  # images run through the backbone
         self._rows: dict[str, np.ndarray] = {}

@@ -62,8 +62,8 @@ def _train(config: TrainConfig) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     model = build_model(spec, config, len(dataset.classes))
     unfreeze_index(backbone_of(model), config.unfreeze)  # a bad --unfreeze fails now, not after phase 1
-    cache = (features.FeatureCache(model, config, {c.path: c.digest for c in dataset.report.used})
-             if features.use_cache(spec, config) else None)
+    digests = {c.path: c.digest for c in dataset.report.used}
+    cache = features.frozen_phase_cache(model, config, digests) if features.use_cache(spec, config) else None
     run.start()
     _write_inputs(run, config, spec, dataset, class_weights)
 
@@ -80,15 +80,17 @@ def _train(config: TrainConfig) -> TrainResult:
     if config.epochs:
         freeze_backbone(model, frozen=spec.pretrained)
         log.info("phase 1: %s", "head only, backbone frozen" if spec.pretrained else "whole network, from scratch")
-        phase1 = fit if cache is None else {**fit, **_cached_inputs(cache, dataset, config)}
-        done = _fit(**phase1, phase="head", optimizer=config.optimizer, lr=config.lr, done=done, epochs=config.epochs)
-        if cache is not None:
-            _compile(model, cache.top.optimizer, config.jit)  # the full model is saved with phase 1's optimizer
+        done = _fit(**_inputs(fit, cache, dataset, config), phase="head", optimizer=config.optimizer, lr=config.lr,
+                    done=done, epochs=config.epochs)
     if config.fine_tune_epochs:
         n = unfreeze_top(model, config.unfreeze, keep_batchnorm_frozen=spec.pretrained)
         log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
-        done = _fit(**fit, phase="fine_tune", optimizer=config.fine_tune_optimizer, lr=config.fine_tune_lr, done=done,
-                    epochs=config.fine_tune_epochs)
+        boundary = (features.boundary_cache(model, config, digests, len(dataset.splits["train"]) +
+                                            len(dataset.splits["val"])) if cache is not None else None)
+        # a fresh pipeline, so that phase 2 sees the same order whether phase 1 ran on images or cached features
+        fit["train_ds"] = data.make_tf_dataset(dataset.splits["train"], shuffle=True, seed=config.seed, **pipeline)
+        done = _fit(**_inputs(fit, boundary, dataset, config), phase="fine_tune", optimizer=config.fine_tune_optimizer,
+                    lr=config.fine_tune_lr, done=done, epochs=config.fine_tune_epochs)
     if config.restore_best:
         _restore_best(model, run.path(runs.CHECKPOINT_FILE))
     seconds = time.perf_counter() - started
@@ -142,13 +144,19 @@ def _has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def _cached_inputs(cache: features.FeatureCache, dataset: data.Dataset, config: TrainConfig) -> dict[str, Any]:
-    """Phase 1 on cached features: the head's top trains on them; the callbacks stay those of the full model."""
+def _inputs(fit: dict[str, Any], cache: features.FeatureCache | None, dataset: data.Dataset,
+            config: TrainConfig) -> dict[str, Any]:
+    """What a phase fits: the full model on images, or the cache's trainable top on cached features.
+
+    Either way the callbacks are those of the full model, which shares the top's layers.
+    """
+    if cache is None:
+        return fit
     cache.features(dataset.splits["train"] + dataset.splits["val"])  # one pass of the backbone over both
     train_ds = cache.dataset(dataset.splits["train"], shuffle=True, seed=config.seed)
     val_ds = cache.dataset(dataset.splits["val"])
     log.info("feature cache %s: %d image(s) from the cache, %d computed", cache.folder, cache.hits, cache.computed)
-    return {"model": cache.top, "train_ds": train_ds, "val_ds": val_ds}
+    return {**fit, "model": cache.top, "train_ds": train_ds, "val_ds": val_ds, "full_model": fit["model"]}
 
 
 class _Checkpoint(keras.callbacks.ModelCheckpoint):
@@ -182,9 +190,16 @@ class _HistoryCSV(keras.callbacks.CSVLogger):
         super().on_epoch_end(epoch, {**(logs or {}), "phase": self.phase})
 
 
-def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, optimizer, lr, done, epochs) -> int:
-    """Compile (needed after every change of ``trainable``) and fit one phase; return epochs done so far."""
+def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, optimizer, lr, done, epochs,
+         full_model=None) -> int:
+    """Compile (needed after every change of ``trainable``) and fit one phase; return epochs done so far.
+
+    ``full_model``: when ``model`` is its top, trained on cached features; it is compiled with the same
+    optimizer so that it is saved like a model trained on images.
+    """
     _compile(model, make_optimizer(optimizer, lr), config.jit)
+    if full_model is not None:
+        _compile(full_model, model.optimizer, config.jit)
     callbacks = [
         keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, factor=0.2, patience=max(1, config.patience // 2),
                                           min_lr=lr / 100),
