@@ -113,7 +113,7 @@ def boundary_cache(model: keras.Model, config: TrainConfig, digests: dict[str, s
     except ValueError:
         log.info("boundary caching is off: the backbone cannot be cut cleanly after %s", boundary.name)
         return None
-    size = images * 4 * math.prod(boundary.output.shape[1:])
+    size = 3 * images * 4 * math.prod(boundary.output.shape[1:])  # at the peak: rows, their stack, the tensor
     if size > data.memory_budget():
         log.info("boundary caching is off: the activations after %s need %.1f GB, over the in-memory budget",
                  boundary.name, size / 1e9)
