@@ -18,8 +18,8 @@ import click
 from click.core import ParameterSource
 
 from transfer import backbones as registry
-from transfer.config import (AUGMENT_PRESETS, CLASS_WEIGHTS, LR_SCHEDULES, MONITORS, OPTIMIZERS, POOLINGS,
-                             RESIZE_MODES, default)
+from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, LR_SCHEDULES, MIXED_PRECISION, MONITORS,
+                             OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
 from transfer.presets import PRESETS, apply_preset
 from transfer.errors import TransferError
 
@@ -211,6 +211,12 @@ def _print_inspection(r: dict) -> None:
               help="Validation metric for checkpoints, early stopping and LR reduction.")
 @click.option("--restore-best/--keep-last", default=default("restore_best"),
               help="End with the best epoch on validation (default) or the last one.")
+@click.option("--cache-features", type=click.Choice(CACHE_FEATURES), default=default("cache_features"),
+              show_default=True, help="Compute the frozen backbone's features once and train phase 1 on them "
+              "(auto: when the backbone is frozen and --augment none; stored under --cache-dir).")
+@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), default=default("mixed_precision"),
+              show_default=True, help="float16 compute with float32 weights and output (auto: only with a GPU).")
+@click.option("--jit/--no-jit", default=default("jit"), show_default=True, help="Compile training with XLA.")
 @click.option("-o", "--output-dir", default=default("output_dir"), show_default=True, help="Where run folders go.")
 @click.option("--name", default=None, help="Run folder name [default: timestamp-backbone].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run of the same name (once the new one finishes).")

@@ -23,6 +23,8 @@ RESIZE_MODES = ("squash", "crop")
 MONITORS = ("val_loss", "val_accuracy")
 CLASS_WEIGHTS = ("auto", "none")
 LR_SCHEDULES = ("plateau", "cosine")
+CACHE_FEATURES = ("auto", "on", "off")
+MIXED_PRECISION = ("auto", "on", "off")
 
 
 @dataclass
@@ -79,6 +81,10 @@ class TrainConfig:
     patience: int = 5
     monitor: str = "val_loss"
     restore_best: bool = True  # end with the best epoch on validation (from either phase), not the last
+    # speed
+    cache_features: str = "auto"  # auto: phase 1 on cached backbone features when it is frozen and --augment none
+    mixed_precision: str = "auto"  # auto: float16 compute only when a GPU is present
+    jit: bool = False  # compile training steps with XLA
     verbose: int = 1
 
     def validate(self) -> "TrainConfig":
@@ -91,6 +97,8 @@ class TrainConfig:
         _choice("--monitor", self.monitor, MONITORS)
         _choice("--class-weight", self.class_weight, CLASS_WEIGHTS)
         _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("--cache-features", self.cache_features, CACHE_FEATURES)
+        _choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION)
         _check(0 <= self.max_skip_fraction <= 1,
                f"--max-skip-fraction must be between 0 and 1, got {self.max_skip_fraction}.")
         _check(self.max_pixels >= 1, f"--max-pixels must be positive, got {self.max_pixels}.")

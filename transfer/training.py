@@ -6,8 +6,10 @@ so an interrupted run leaves earlier runs untouched.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -17,7 +19,7 @@ from typing import Any
 
 import keras
 
-from . import data, runs
+from . import data, features, runs
 from .backbones import BackboneSpec, resolve
 from .config import TrainConfig
 from .errors import ConfigError
@@ -40,6 +42,11 @@ class TrainResult:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train a classifier on ``config.data_dir`` and write its run folder. Never prints; logs to ``transfer``."""
+    with dtype_policy(config.validate().mixed_precision):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> TrainResult:
     spec, config = resolve(config.validate())
     if config.epochs + config.fine_tune_epochs == 0:
         raise ConfigError("--epochs and --fine-tune-epochs are both 0: nothing to train.")
@@ -55,6 +62,8 @@ def train(config: TrainConfig) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     model = build_model(spec, config, len(dataset.classes))
     unfreeze_index(backbone_of(model), config.unfreeze)  # a bad --unfreeze fails now, not after phase 1
+    digests = {c.path: c.digest for c in dataset.report.used}
+    cache = features.frozen_phase_cache(model, config, digests) if features.use_cache(spec, config) else None
     run.start()
     _write_inputs(run, config, spec, dataset, class_weights)
 
@@ -63,26 +72,31 @@ def train(config: TrainConfig) -> TrainResult:
                 "max_pixels": config.max_pixels}
     train_ds = data.make_tf_dataset(dataset.splits["train"], shuffle=True, seed=config.seed, **pipeline)
     val_ds = data.make_tf_dataset(dataset.splits["val"], **pipeline)
-    checkpoint = keras.callbacks.ModelCheckpoint(run.path(runs.CHECKPOINT_FILE), monitor=config.monitor,
-                                                 save_best_only=True, save_weights_only=True)
+    checkpoint = _Checkpoint(model, run.path(runs.CHECKPOINT_FILE), monitor=config.monitor, save_best_only=True,
+                             save_weights_only=True)
     fit = {"model": model, "config": config, "run": run, "train_ds": train_ds, "val_ds": val_ds,
            "checkpoint": checkpoint, "class_weight": class_weights}
     done = 0
     if config.epochs:
         freeze_backbone(model, frozen=spec.pretrained)
         log.info("phase 1: %s", "head only, backbone frozen" if spec.pretrained else "whole network, from scratch")
-        done = _fit(**fit, phase="head", optimizer=config.optimizer, lr=config.lr, done=done, epochs=config.epochs)
+        done = _fit(**_inputs(fit, cache, dataset, config), phase="head", optimizer=config.optimizer, lr=config.lr,
+                    done=done, epochs=config.epochs)
     if config.fine_tune_epochs:
         n = unfreeze_top(model, config.unfreeze, keep_batchnorm_frozen=spec.pretrained)
         log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
-        done = _fit(**fit, phase="fine_tune", optimizer=config.fine_tune_optimizer, lr=config.fine_tune_lr, done=done,
-                    epochs=config.fine_tune_epochs)
+        boundary = (features.boundary_cache(model, config, digests, len(dataset.splits["train"]) +
+                                            len(dataset.splits["val"])) if cache is not None else None)
+        # a fresh pipeline, so that phase 2 sees the same order whether phase 1 ran on images or cached features
+        fit["train_ds"] = data.make_tf_dataset(dataset.splits["train"], shuffle=True, seed=config.seed, **pipeline)
+        done = _fit(**_inputs(fit, boundary, dataset, config), phase="fine_tune", optimizer=config.fine_tune_optimizer,
+                    lr=config.fine_tune_lr, done=done, epochs=config.fine_tune_epochs)
     if config.restore_best:
         _restore_best(model, run.path(runs.CHECKPOINT_FILE))
     seconds = time.perf_counter() - started
 
     history = read_history(run.path(runs.HISTORY_FILE))
-    metrics = _evaluate(model, config, dataset, history, seconds)
+    metrics = _evaluate(model, config, dataset, history, seconds, cache)
     model.save(run.path(runs.MODEL_FILE))
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     _plot(history, run.path(runs.PLOT_FILE))
@@ -106,6 +120,56 @@ def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, 
     runs.write_json(run.path(runs.CONFIG_FILE), runs.run_record(config, dataset.classes, spec.preprocessing, info))
 
 
+@contextlib.contextmanager
+def dtype_policy(mode: str):
+    """``mixed_float16`` while a run builds and trains (auto: only with a GPU); the global policy is restored after.
+
+    The head's softmax layer is float32 whatever the policy, so probabilities
+    and the loss keep full precision.
+    """
+    previous = keras.mixed_precision.global_policy()
+    mixed = mode == "on" or (mode == "auto" and _has_gpu())
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    if mixed:
+        log.info("mixed precision: float16 compute, float32 weights and output")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _inputs(fit: dict[str, Any], cache: features.FeatureCache | None, dataset: data.Dataset,
+            config: TrainConfig) -> dict[str, Any]:
+    """What a phase fits: the full model on images, or the cache's trainable top on cached features.
+
+    Either way the callbacks are those of the full model, which shares the top's layers.
+    """
+    if cache is None:
+        return fit
+    cache.features(dataset.splits["train"] + dataset.splits["val"])  # one pass of the backbone over both
+    train_ds = cache.dataset(dataset.splits["train"], shuffle=True, seed=config.seed)
+    val_ds = cache.dataset(dataset.splits["val"])
+    log.info("feature cache %s: %d image(s) from the cache, %d computed", cache.folder, cache.hits, cache.computed)
+    return {**fit, "model": cache.top, "train_ds": train_ds, "val_ds": val_ds, "full_model": fit["model"]}
+
+
+class _Checkpoint(keras.callbacks.ModelCheckpoint):
+    """Saves the full model's weights, also while ``fit`` runs on the head alone (feature caching)."""
+
+    def __init__(self, full_model: keras.Model, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.full_model = full_model
+
+    def set_model(self, model):
+        super().set_model(self.full_model)
+
+
 def make_optimizer(name: str, lr) -> keras.optimizers.Optimizer:
     """``lr`` is a number or a Keras learning-rate schedule."""
     return {
@@ -127,8 +191,13 @@ class _HistoryCSV(keras.callbacks.CSVLogger):
         super().on_epoch_end(epoch, {**(logs or {}), "phase": self.phase})
 
 
-def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, optimizer, lr, done, epochs) -> int:
-    """Compile (needed after every change of ``trainable``) and fit one phase; return epochs done so far."""
+def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, optimizer, lr, done, epochs,
+         full_model=None) -> int:
+    """Compile (needed after every change of ``trainable``) and fit one phase; return epochs done so far.
+
+    ``full_model``: when ``model`` is its top, trained on cached features; it is compiled with the same
+    optimizer so that it is saved like a model trained on images.
+    """
     if config.lr_schedule == "cosine":
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * int(train_ds.cardinality()))
         adapt = []
@@ -136,8 +205,9 @@ def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, 
         schedule = lr
         adapt = [keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, factor=0.2,
                                                    patience=max(1, config.patience // 2), min_lr=lr / 100)]
-    model.compile(optimizer=make_optimizer(optimizer, schedule), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=False)
+    _compile(model, make_optimizer(optimizer, schedule), config.jit)
+    if full_model is not None:
+        _compile(full_model, model.optimizer, config.jit)
     callbacks = adapt + [
         keras.callbacks.EarlyStopping(monitor=config.monitor, patience=config.patience),
         checkpoint,
@@ -147,6 +217,10 @@ def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, 
                         callbacks=callbacks, verbose=config.verbose, class_weight=class_weight,
                         shuffle=False)  # the dataset shuffles
     return done + len(history.history.get("loss", []))
+
+
+def _compile(model, optimizer, jit: bool) -> None:
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit)
 
 
 def _restore_best(model, checkpoint_path: str) -> None:
@@ -165,12 +239,16 @@ def read_history(path: str) -> list[dict[str, Any]]:
         return [{k: (v if k == "phase" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _evaluate(model, config, dataset, history, seconds) -> dict[str, Any]:
+def _evaluate(model, config, dataset, history, seconds, cache=None) -> dict[str, Any]:
+    if cache is not None and not config.fine_tune_epochs:  # the backbone never changed, so its features still hold
+        model, make = cache.top, cache.dataset
+    else:
+        make = functools.partial(data.make_tf_dataset, image_size=config.image_size, batch_size=config.batch_size,
+                                 resize=config.resize, cache=False, max_pixels=config.max_pixels)
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         if split in dataset.splits:
-            ds = data.make_tf_dataset(dataset.splits[split], config.image_size, config.batch_size,
-                                      resize=config.resize, cache=False, max_pixels=config.max_pixels)
+            ds = make(dataset.splits[split])
             metrics[split] = {k: float(v) for k, v in model.evaluate(ds, verbose=0, return_dict=True).items()}
             metrics[split]["images"] = len(dataset.splits[split])
     best = min if config.monitor.endswith("loss") else max

@@ -1,0 +1,105 @@
+"""Prediction: `transfer predict` against a naive loop and against the FLOP bound of this machine.
+
+Naive loop: for each image, Pillow open, convert, resize, model.predict on a
+batch of one (what a first script does). FLOP bound: the model's FLOPs per
+image (2 x multiply-adds of every kernel, counted from the layers) divided into
+the GFLOP/s of a large float32 matmul measured here; no convnet reaches it,
+depthwise convolutions (MobileNetV2) least of all. The model has random
+weights: the timing does not depend on them.
+
+    python benchmarks/bench_predict.py --images 1000 --naive-images 200
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from _common import image_paths, parser, timed
+
+
+def model_flops(model) -> float:
+    """FLOPs of one forward pass: 2 x kernel size x output positions, for every layer with a kernel."""
+    total = 0.0
+    for layer in _all_layers(model):
+        kernels = [getattr(layer, name, None) for name in ("kernel", "depthwise_kernel", "pointwise_kernel")]
+        sizes = [math.prod(k.shape) for k in kernels if k is not None]
+        if sizes:
+            total += 2.0 * sum(sizes) * math.prod(layer.output.shape[1:-1])
+    return total
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Best of ``repeats`` float32 n x n matmuls, in GFLOP/s."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    tf.linalg.matmul(a, b).numpy()  # warm up
+    best = min(timed(lambda: tf.linalg.matmul(a, b).numpy())[1] for _ in range(repeats))
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def naive_loop(model, paths, size):
+    from PIL import Image
+
+    for path in paths:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB").resize((size, size)), dtype=np.float32)
+        model.predict(pixels[None], verbose=0)
+
+
+def saved_model(args, work: str) -> str:
+    """A model built like a run's (random weights), saved as a .keras file."""
+    import keras
+
+    from transfer import backbones
+    from transfer.config import TrainConfig
+    from transfer.heads import build_model
+
+    spec, config = backbones.resolve(TrainConfig(data_dir="x", backbone=args.backbone, weights="none",
+                                                 image_size=args.image_size, augment="none"))
+    keras.utils.set_random_seed(0)
+    path = os.path.join(work, "model.keras")
+    build_model(spec, config, 2).save(path)
+    return path
+
+
+def main():
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--naive-images", type=int, default=200, help="the naive loop runs on the first N (it is slow)")
+    args = p.parse_args()
+    from transfer.predict import load_model, predict
+
+    paths = image_paths(args.data, "train", args.images)
+    peak = matmul_gflops()  # measured before and after: the better of the two is the bound (the machine is shared)
+    with tempfile.TemporaryDirectory(prefix="transfer-bench-") as work:
+        loaded = load_model(saved_model(args, work))
+        predict(loaded, paths[:args.batch_size], batch_size=args.batch_size)  # warm up (tracing)
+        result, seconds = timed(predict, loaded, paths, batch_size=args.batch_size)
+        naive_loop(loaded.keras_model, paths[:2], args.image_size)
+        _, naive_s = timed(naive_loop, loaded.keras_model, paths[:args.naive_images], args.image_size)
+    assert len(result.predictions) == len(paths), result.failures
+    flops = model_flops(loaded.keras_model)
+    gflops = max(peak, matmul_gflops())
+    ours, naive, bound = len(paths) / seconds, args.naive_images / naive_s, gflops * 1e9 / flops
+    print(f"bench_predict {args.backbone} {args.image_size}px batch {args.batch_size}: transfer predict "
+          f"{len(paths)} images {ours:.1f} img/s | naive loop ({args.naive_images} images) {naive:.1f} img/s "
+          f"x{ours / naive:.1f} "
+          f"| FLOP bound {bound:.1f} img/s ({flops / 1e9:.3f} GFLOP/image at {gflops:.0f} GFLOP/s matmul): "
+          f"{ours / bound:.0%} of it")
+
+
+if __name__ == "__main__":
+    main()

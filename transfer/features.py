@@ -1,0 +1,208 @@
+"""Feature caching for the frozen phase: run the frozen backbone once per image, not once per epoch.
+
+While the backbone is frozen and augmentation is off, the head sees the same
+pooled features for an image in every epoch, so recomputing them (what the
+Keras transfer-learning guide does) is nearly the whole cost of phase 1 on a
+CPU. Here they are computed once and stored on disk, one file per image, keyed
+by the image's content (the audit's sha1) inside a folder keyed by everything
+else that decides them: the backbone, a fingerprint of its actual weights (so
+``--weights none`` with another seed never reuses them), input size, resize
+mode, preprocessing, pooling and dtype policy. Files are written to a temporary
+name and renamed, so runs sharing the cache never read a torn file.
+
+The head's own layers (after its parameter-free pooling) are trained on the
+features; the full model shares those layer objects, so it is ready to
+evaluate and save without copying any weights. Fine-tuning works the same way
+one level down (boundary caching): the activations where the frozen part of
+the backbone ends are cached, and only the unfrozen top and the head run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import uuid
+
+import keras
+import numpy as np
+
+from . import data
+from .audit import default_cache_dir
+from .backbones import BackboneSpec
+from .config import TrainConfig
+from .errors import ConfigError
+from .heads import HEAD_LAYER, backbone_of, unfreeze_index
+
+log = logging.getLogger("transfer")
+
+FEATURES_VERSION = 1
+POOL_LAYER = "pool"
+
+
+def use_cache(spec: BackboneSpec, config: TrainConfig) -> bool:
+    """Whether phase 1 trains on cached features; says why not (and refuses ``on`` where it cannot apply)."""
+    if config.cache_features == "off" or not config.epochs:
+        return False
+    if not spec.pretrained:
+        reason = f"{os.path.basename(spec.name)} is trained from scratch, so its backbone is not frozen in phase 1"
+    elif config.augment != "none":
+        reason = f"--augment {config.augment} changes every image in every epoch"
+    else:
+        return True
+    if config.cache_features == "on":
+        raise ConfigError(f"--cache-features on cannot apply: {reason}. Use --cache-features auto or off.")
+    log.info("feature caching is off: %s", reason)
+    return False
+
+
+def head_top(model: keras.Model) -> keras.Model:
+    """The head after its pooling layer, as a model of its own (the same layer objects, so the same weights)."""
+    head = model.get_layer(HEAD_LAYER)
+    pool = head.get_layer(POOL_LAYER)
+    inputs = keras.Input(pool.output.shape[1:], name="pooled_features")
+    x = inputs
+    for layer in head.layers[head.layers.index(pool) + 1:]:
+        x = layer(x)
+    return keras.Model(inputs, x, name="head_top")
+
+
+def extractor(model: keras.Model) -> keras.Model:
+    """Image (0-255) -> preprocess -> backbone -> pooling: what :func:`head_top` takes (augmentation is off)."""
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    x = model.get_layer("preprocess")(inputs)
+    x = keras.tree.flatten(backbone_of(model)(x))[0]  # the backbone returns a one-element list
+    x = model.get_layer(HEAD_LAYER).get_layer(POOL_LAYER)(x)
+    return keras.Model(inputs, x, name="feature_extractor")
+
+
+def model_key(model: keras.Model, config: TrainConfig, boundary: str = "") -> str:
+    """Everything besides the image that decides its features, hashed; the backbone's weights by value."""
+    settings = [FEATURES_VERSION, keras.__version__, config.backbone, config.image_size, config.resize,
+                model.get_layer("preprocess").mode, config.pooling, keras.mixed_precision.global_policy().name,
+                boundary]
+    digest = hashlib.sha256(json.dumps(settings).encode())
+    for weights in backbone_of(model).get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def frozen_phase_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str]) -> "FeatureCache":
+    """Phase 1: pooled features of the whole frozen backbone; the head's top trains on them."""
+    return FeatureCache(extractor(model), head_top(model), model_key(model, config), config, digests)
+
+
+def boundary_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str],
+                   images: int) -> "FeatureCache | None":
+    """Phase 2: activations where the frozen part of the backbone ends; the unfrozen top and the head train on them.
+
+    Only for a clean cut (no later layer reads an earlier tensor than the
+    boundary) and only when the activations of ``images`` images fit the
+    in-memory budget; otherwise None, and phase 2 runs on the images.
+    """
+    backbone = backbone_of(model)
+    start = unfreeze_index(backbone, config.unfreeze)
+    if start == 0:
+        return None
+    boundary = backbone.layers[start - 1]
+    try:
+        top = keras.Model(boundary.output, backbone.outputs, name="backbone_top")
+    except ValueError:
+        log.info("boundary caching is off: the backbone cannot be cut cleanly after %s", boundary.name)
+        return None
+    size = 3 * images * 4 * math.prod(boundary.output.shape[1:])  # at the peak: rows, their stack, the tensor
+    if size > data.memory_budget():
+        log.info("boundary caching is off: the activations after %s need %.1f GB, over the in-memory budget",
+                 boundary.name, size / 1e9)
+        return None
+    inputs = keras.Input(boundary.output.shape[1:], name="boundary_activations")
+    trainer = keras.Model(inputs, model.get_layer(HEAD_LAYER)(top(inputs)), name="fine_tune_top")
+    image = keras.Input(model.input_shape[1:], name="image")
+    bottom = keras.Model(backbone.inputs, boundary.output)(model.get_layer("preprocess")(image))
+    return FeatureCache(keras.Model(image, bottom, name="frozen_bottom"), trainer,
+                        model_key(model, config, boundary.name), config, digests)
+
+
+class FeatureCache:
+    """What a frozen part of the model computes from each image: from disk when present, else computed and stored.
+
+    ``extractor`` maps images to those features; ``top`` is the trainable rest
+    of the model, sharing its layers with the full model.
+    """
+
+    def __init__(self, extractor: keras.Model, top: keras.Model, key: str, config: TrainConfig,
+                 digests: dict[str, str]):
+        """``digests`` maps each image path to the sha1 of its bytes (the audit's)."""
+        self.config = config
+        self.digests = digests
+        self.folder = os.path.join(config.cache_dir or default_cache_dir(), "features", key)
+        self.extractor = extractor
+        self.top = top
+        self.hits = 0  # images read from disk
+        self.computed = 0  # images run through the backbone
+        self._rows: dict[str, np.ndarray] = {}
+        self._writable = True
+
+    def features(self, examples: list[data.Example]) -> np.ndarray:
+        """One row of features per example, in order: from memory, from disk, or from the backbone (then stored).
+
+        Asking for every split at once runs the backbone in one pass (one trace, full batches).
+        """
+        missing = [e for e in examples if not self._recall(e.path)]
+        if missing:
+            self._rows.update(zip((e.path for e in missing), self._compute(missing)))
+        return np.stack([self._rows[e.path] for e in examples]).astype(np.float32)
+
+    def dataset(self, examples: list[data.Example], shuffle: bool = False, seed: int = 0):
+        """Batched (features, label) in the order and batches :func:`transfer.data.make_tf_dataset` would use."""
+        import tensorflow as tf
+
+        labels = np.array([e.label for e in examples], dtype=np.int32)
+        ds = tf.data.Dataset.from_tensor_slices((self.features(examples), labels))
+        if shuffle:
+            ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(self.config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def _path(self, image_path: str) -> str:
+        return os.path.join(self.folder, self.digests[image_path] + ".npy")
+
+    def _recall(self, image_path: str) -> bool:
+        """Whether the features of ``image_path`` are in memory, after trying to read them from disk."""
+        if image_path not in self._rows:
+            try:
+                self._rows[image_path] = np.load(self._path(image_path), allow_pickle=False)
+            except (OSError, ValueError):
+                return False
+            self.hits += 1
+        return True
+
+    def _compute(self, examples: list[data.Example]) -> list[np.ndarray]:
+        """Run the backbone on the images not cached yet and store what it gives, one file per image."""
+        config = self.config
+        images = data.make_tf_dataset(examples, config.image_size, config.batch_size, resize=config.resize,
+                                      cache=False, max_pixels=config.max_pixels)
+        rows = list(np.asarray(self.extractor.predict(images, verbose=0), dtype=np.float32))
+        self.computed += len(rows)
+        for example, row in zip(examples, rows):
+            self._write(self._path(example.path), row)
+        return rows
+
+    def _write(self, path: str, row: np.ndarray) -> None:
+        """Atomically (temporary file, then rename); a cache that cannot be written only costs time."""
+        if not self._writable:
+            return
+        tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.save(f, row, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            self._writable = False
+            log.warning("could not write the feature cache %s: %s; features are kept in memory only",
+                        self.folder, error)
