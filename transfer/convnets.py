@@ -18,30 +18,28 @@ def _filters(base: list[int], depth: int | None, width: float) -> list[int]:
     return [max(1, round(f * width)) for f in filters[: depth or len(base)]]
 
 
-def lenet5(input_shape, weights=None, width=1.0, depth=None):
-    """LeNet-5's feature extractor: 5x5 conv + average pooling, 6 then 16 filters."""
+def _conv_pool_net(name, input_shape, filters, kernel, pool, classic_blocks):
+    """Blocks of conv(ReLU) + 2x2 pooling; the classic blocks use 'valid' padding, extra ones 'same'."""
     import keras
     from keras import layers
 
     inputs = keras.Input(input_shape)
     x = inputs
-    for i, f in enumerate(_filters([6, 16], depth, width)):
-        x = layers.Conv2D(f, 5, padding="valid" if i < 2 else "same", activation="relu", name=f"block{i + 1}_conv")(x)
-        x = layers.AveragePooling2D(2, name=f"block{i + 1}_pool")(x)
-    return keras.Model(inputs, x, name="lenet5")
+    for i, f in enumerate(filters):
+        padding = "valid" if i < classic_blocks else "same"
+        x = layers.Conv2D(f, kernel, padding=padding, activation="relu", name=f"block{i + 1}_conv")(x)
+        x = getattr(layers, pool)(2, name=f"block{i + 1}_pool")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def lenet5(input_shape, weights=None, width=1.0, depth=None):
+    """LeNet-5's feature extractor: 5x5 conv + average pooling, 6 then 16 filters."""
+    return _conv_pool_net("lenet5", input_shape, _filters([6, 16], depth, width), 5, "AveragePooling2D", 2)
 
 
 def smallcnn(input_shape, weights=None, width=1.0, depth=None):
     """The Keras blog's cats-vs-dogs convnet: 3x3 conv + max pooling blocks of 32, 32, 64 filters."""
-    import keras
-    from keras import layers
-
-    inputs = keras.Input(input_shape)
-    x = inputs
-    for i, f in enumerate(_filters([32, 32, 64], depth, width)):
-        x = layers.Conv2D(f, 3, padding="valid" if i < 3 else "same", activation="relu", name=f"block{i + 1}_conv")(x)
-        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
-    return keras.Model(inputs, x, name="smallcnn")
+    return _conv_pool_net("smallcnn", input_shape, _filters([32, 32, 64], depth, width), 3, "MaxPooling2D", 3)
 
 
 def smallvgg(input_shape, weights=None, width=1.0, depth=None):
