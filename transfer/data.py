@@ -334,10 +334,18 @@ def read_manifest(path: str, root: str, classes: list[str]) -> dict[str, list[Ex
 
 def make_tf_dataset(examples: list[Example], image_size: int, batch_size: int, *, shuffle: bool = False,
                     seed: int = 0, resize: str = "squash", cache: bool = True, max_pixels: int = MAX_PIXELS):
-    """A batched ``tf.data`` pipeline of (float32 pixels 0-255, int label).
+    """A batched ``tf.data`` pipeline of (float32 pixels 0-255, int label)."""
+    images = decoded_images(examples, image_size, resize=resize, cache=cache, max_pixels=max_pixels)
+    return batches(images, batch_size, shuffle=shuffle, seed=seed)
 
-    Decoding runs in parallel; decoded, resized images are cached in memory
-    after the first epoch when they fit, so later epochs decode nothing.
+
+def decoded_images(examples: list[Example], image_size: int, *, resize: str = "squash", cache: bool = True,
+                   max_pixels: int = MAX_PIXELS):
+    """(uint8 image, label) pairs, decoded in parallel.
+
+    When they fit, decoded images are cached in memory after the first pass;
+    every pipeline :func:`batches` derives from this dataset shares that cache,
+    so a new shuffle order (a new phase) decodes nothing again.
     """
     import tensorflow as tf
 
@@ -357,8 +365,17 @@ def make_tf_dataset(examples: list[Example], image_size: int, batch_size: int, *
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache and len(examples) * image_size * image_size * 3 <= memory_budget():
         ds = ds.cache()
+    return ds
+
+
+def batches(images, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+    """Shuffled (seeded, fresh for each call) float32 batches of :func:`decoded_images`."""
+    import tensorflow as tf
+
     if shuffle:
-        ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+        ds = images.shuffle(int(images.cardinality()), seed=seed, reshuffle_each_iteration=True)
+    else:
+        ds = images
     ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 

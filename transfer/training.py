@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import functools
 import logging
 import os
 import time
@@ -68,10 +67,10 @@ def _train(config: TrainConfig) -> TrainResult:
     _write_inputs(run, config, spec, dataset, class_weights)
 
     started = time.perf_counter()
-    pipeline = {"image_size": config.image_size, "batch_size": config.batch_size, "resize": config.resize,
-                "max_pixels": config.max_pixels}
-    train_ds = data.make_tf_dataset(dataset.splits["train"], shuffle=True, seed=config.seed, **pipeline)
-    val_ds = data.make_tf_dataset(dataset.splits["val"], **pipeline)
+    decode = {"image_size": config.image_size, "resize": config.resize, "max_pixels": config.max_pixels}
+    train_images = data.decoded_images(dataset.splits["train"], **decode)
+    train_ds = data.batches(train_images, config.batch_size, shuffle=True, seed=config.seed)
+    val_ds = data.batches(data.decoded_images(dataset.splits["val"], **decode), config.batch_size)
     checkpoint = _Checkpoint(model, run.path(runs.CHECKPOINT_FILE), monitor=config.monitor, save_best_only=True,
                              save_weights_only=True)
     fit = {"model": model, "config": config, "run": run, "train_ds": train_ds, "val_ds": val_ds,
@@ -87,8 +86,9 @@ def _train(config: TrainConfig) -> TrainResult:
         log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
         boundary = (features.boundary_cache(model, config, digests, len(dataset.splits["train"]) +
                                             len(dataset.splits["val"])) if cache is not None else None)
-        # a fresh pipeline, so that phase 2 sees the same order whether phase 1 ran on images or cached features
-        fit["train_ds"] = data.make_tf_dataset(dataset.splits["train"], shuffle=True, seed=config.seed, **pipeline)
+        # a fresh shuffle (over the same decoded images), so that phase 2 sees the same order whether phase 1
+        # ran on images or on cached features
+        fit["train_ds"] = data.batches(train_images, config.batch_size, shuffle=True, seed=config.seed)
         done = _fit(**_inputs(fit, boundary, dataset, config), phase="fine_tune", optimizer=config.fine_tune_optimizer,
                     lr=config.fine_tune_lr, done=done, epochs=config.fine_tune_epochs)
     if config.restore_best:
@@ -96,7 +96,7 @@ def _train(config: TrainConfig) -> TrainResult:
     seconds = time.perf_counter() - started
 
     history = read_history(run.path(runs.HISTORY_FILE))
-    metrics = _evaluate(model, config, dataset, history, seconds, cache)
+    metrics = _evaluate(model, config, dataset, history, seconds, cache, val_ds)
     model.save(run.path(runs.MODEL_FILE))
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     _plot(history, run.path(runs.PLOT_FILE))
@@ -239,17 +239,24 @@ def read_history(path: str) -> list[dict[str, Any]]:
         return [{k: (v if k == "phase" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def _evaluate(model, config, dataset, history, seconds, cache=None) -> dict[str, Any]:
-    if cache is not None and not config.fine_tune_epochs:  # the backbone never changed, so its features still hold
-        model, make = cache.top, cache.dataset
-    else:
-        make = functools.partial(data.make_tf_dataset, image_size=config.image_size, batch_size=config.batch_size,
-                                 resize=config.resize, cache=False, max_pixels=config.max_pixels)
+def _evaluate(model, config, dataset, history, seconds, cache, val_ds) -> dict[str, Any]:
+    """Final metrics; validation reuses its pipeline (decoded images already in memory) or the feature cache."""
+    on_features = cache is not None and not config.fine_tune_epochs  # the backbone never changed
+
+    def pipeline(split):
+        if on_features:
+            return cache.dataset(dataset.splits[split])
+        if split == "val":
+            return val_ds
+        return data.make_tf_dataset(dataset.splits[split], config.image_size, config.batch_size,
+                                    resize=config.resize, cache=False, max_pixels=config.max_pixels)
+
+    evaluated = cache.top if on_features else model
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         if split in dataset.splits:
-            ds = make(dataset.splits[split])
-            metrics[split] = {k: float(v) for k, v in model.evaluate(ds, verbose=0, return_dict=True).items()}
+            results = evaluated.evaluate(pipeline(split), verbose=0, return_dict=True)
+            metrics[split] = {k: float(v) for k, v in results.items()}
             metrics[split]["images"] = len(dataset.splits[split])
     best = min if config.monitor.endswith("loss") else max
     best_row = best(history, key=lambda row: row[config.monitor])
