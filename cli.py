@@ -214,6 +214,9 @@ def _print_inspection(r: dict) -> None:
 @click.option("--cache-features", type=click.Choice(CACHE_FEATURES), default=default("cache_features"),
               show_default=True, help="Compute the frozen backbone's features once and train phase 1 on them "
               "(auto: when the backbone is frozen and --augment none; stored under --cache-dir).")
+@click.option("--cache-memory", default=default("cache_memory"), show_default=True,
+              help="RAM for each in-memory cache (decoded images, cached features): a size (4G, 512M) or a "
+              "percentage of RAM. Cached features beyond it are streamed from --cache-dir.")
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), default=default("mixed_precision"),
               show_default=True, help="float16 compute with float32 weights and output (auto: only with a GPU).")
 @click.option("--jit/--no-jit", default=default("jit"), show_default=True, help="Compile training with XLA.")

@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--preset", default="small-data-scratch")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--image-size", type=int, default=None, help="override the preset's image size")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any other setting of the preset, e.g. --set augment=strong --set depth=4")
     parser.add_argument("--output", default=None, help="keep the run here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -35,6 +37,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size)) if v is not None}
+    overrides.update(_setting(item) for item in args.set)
     output = args.output or tempfile.mkdtemp(prefix="accuracy_scratch-")
     config = apply_preset(args.preset, {"data_dir": args.data, "output_dir": output, "name": "scratch",
                                         "overwrite": True, "verbose": 2, **overrides})
@@ -43,11 +46,21 @@ def main() -> None:
         result = train(config)
     seconds = time.perf_counter() - started
     history = [{"epoch": int(r["epoch"]) + 1, "val_accuracy": round(r["val_accuracy"], 4)} for r in result.history]
-    print(json.dumps({"benchmark": "accuracy_scratch", "preset": args.preset, "backbone": result.config.backbone,
+    print(json.dumps({"benchmark": "accuracy_scratch", "preset": args.preset, "overrides": overrides,
+                      "backbone": result.config.backbone,
                       "image_size": result.config.image_size, "epochs": result.metrics["epochs"],
                       "val_accuracy": round(result.metrics["val"]["accuracy"], 4),
                       "wall_seconds": round(seconds, 1), "train_seconds": result.metrics["train_seconds"],
                       "machine": f"{platform.machine()}, {os.cpu_count()} cores", "curve": history}))
+
+
+def _setting(item: str) -> tuple[str, object]:
+    """``key=value`` with the value read as JSON where it parses (numbers, true/false), else as a string."""
+    key, _, value = item.partition("=")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
 
 
 if __name__ == "__main__":

@@ -36,19 +36,23 @@ def _trained_base(tmp_path, trained_run, **overrides):
     return _config(tmp_path, backbone=trained_run["run"], weights=None, image_size=None, **overrides)
 
 
-@pytest.mark.parametrize("fine_tune_epochs, unfreeze, caches", [
-    (0, None, 1),
-    (1, "all", 1),  # phase 2 on the images: nothing of the backbone stays frozen
-    (1, "after:block2_pool", 2),  # phase 2 on the activations after block 2 (boundary caching)
+@pytest.mark.parametrize("fine_tune_epochs, unfreeze, caches, cache_memory", [
+    (0, None, 1, "25%"),
+    (1, "all", 1, "25%"),  # phase 2 on the images: nothing of the backbone stays frozen
+    (1, "after:block2_pool", 2, "25%"),  # phase 2 on the activations after block 2 (boundary caching)
+    (1, "after:block2_pool", 2, "1K"),  # both phases streamed from the cache folder (spilled)
 ])
 def test_cached_and_uncached_training_give_the_same_model(tmp_path, trained_run, caplog, fine_tune_epochs, unfreeze,
-                                                          caches):
+                                                          caches, cache_memory):
     import keras
 
     options = dict(fine_tune_epochs=fine_tune_epochs, fine_tune_optimizer="adam", fine_tune_lr=0.01, unfreeze=unfreeze)
     with caplog.at_level(logging.INFO, logger="transfer"):
-        cached = train(_trained_base(tmp_path, trained_run, name="cached", cache_features="on", **options))
+        cached = train(_trained_base(tmp_path, trained_run, name="cached", cache_features="on",
+                                     cache_memory=cache_memory, **options))
     assert len([r for r in caplog.records if r.getMessage().startswith("feature cache ")]) == caches
+    spilled = [r.getMessage() for r in caplog.records if "over --cache-memory 1K: streaming them from" in r.getMessage()]
+    assert len(spilled) == (caches if cache_memory == "1K" else 0)
     plain = train(_trained_base(tmp_path, trained_run, name="plain", cache_features="off", **options))
     images = _pixels(tmp_path / "data", 32)
     expected = plain.model.predict(images, verbose=0)
@@ -170,16 +174,54 @@ def test_a_cache_that_cannot_be_written_only_costs_time(tmp_path, trained_run, c
     assert result.metrics["epochs"]["head"] == 3
 
 
-def test_boundary_caching_falls_back_to_the_images_over_the_memory_budget(tmp_path, trained_run, caplog,
-                                                                          monkeypatch):
-    monkeypatch.setattr(data, "memory_budget", lambda: 1000)
+def test_spilled_features_are_streamed_from_disk_not_held_in_ram(tmp_path, trained_run, monkeypatch):
+    import keras
+
+    config = _trained_base(tmp_path, trained_run, cache_memory="1K", unfreeze="after:block2_pool")
+    spec, config = backbones.resolve(config)
+    dataset = data.scan(config.data_dir, cache_dir=config.cache_dir)
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(spec, config, 3)
+    cache = features.boundary_cache(model, config, {c.path: c.digest for c in dataset.report.used})
+    examples = dataset.splits["train"]
+    assert cache.prepare(examples) and cache.in_memory is False and not cache._rows
+    batches = list(cache.dataset(examples).as_numpy_iterator())
+    streamed = np.concatenate([x for x, _ in batches])
+    assert len(os.listdir(cache.folder)) == len(examples) == len(streamed)
+    np.testing.assert_allclose(streamed, cache.extractor.predict(_stack(examples, config), verbose=0),
+                               atol=1e-5)
+
+
+def _stack(examples, config):
+    return np.stack([load_image(e.path, (config.image_size,) * 2, "squash") for e in examples]).astype(np.float32)
+
+
+def test_over_the_memory_budget_with_no_writable_cache_training_runs_on_images(tmp_path, trained_run, caplog):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder would go")
     with caplog.at_level(logging.INFO, logger="transfer"):
-        result = train(_trained_base(tmp_path, trained_run, name="run", fine_tune_epochs=1,
-                                     unfreeze="after:block2_pool"))
+        result = train(_trained_base(tmp_path, trained_run, name="run", fine_tune_epochs=1, cache_memory="1K",
+                                     unfreeze="after:block2_pool", cache_dir=str(blocker)))
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("boundary caching is off: the activations after block2_pool need") for m in messages)
-    assert len([m for m in messages if m.startswith("feature cache ")]) == 1  # phase 1 only
+    assert len([m for m in messages if m.startswith("cached features fit neither --cache-memory")]) == 2
+    assert not any(m.startswith("feature cache ") for m in messages)
     assert result.metrics["epochs"] == {"head": 3, "fine_tune": 1}
+    assert 0 <= result.metrics["val"]["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("value", ["lots", "-1G", "150%", "4X"])
+def test_bad_cache_memory_names_the_option(value):
+    with pytest.raises(ConfigError, match="--cache-memory"):
+        TrainConfig(data_dir="x", cache_memory=value).validate()
+
+
+def test_cache_memory_sizes():
+    from transfer.config import parse_memory
+
+    assert parse_memory("4G") == 4 << 30
+    assert parse_memory("512m") == 512 << 20
+    assert parse_memory("1.5GB") == 3 << 29
+    assert parse_memory("25%", total=1000) == 250
 
 
 def test_boundary_caching_needs_a_clean_cut(tmp_path, caplog):
@@ -193,6 +235,6 @@ def test_boundary_caching_needs_a_clean_cut(tmp_path, caplog):
     # block_14_add also reads block_13's output, from before this boundary
     inside_a_residual_block = dataclasses.replace(config, unfreeze="block_14_expand_BN")
     with caplog.at_level(logging.INFO, logger="transfer"):
-        assert features.boundary_cache(model, inside_a_residual_block, {}, 10) is None
+        assert features.boundary_cache(model, inside_a_residual_block, {}) is None
     assert "boundary caching is off: the backbone cannot be cut cleanly after block_14_expand" in caplog.messages
-    assert features.boundary_cache(model, config, {}, 10) is not None  # the registry's after:block_12_add is clean
+    assert features.boundary_cache(model, config, {}) is not None  # the registry's after:block_12_add is clean

@@ -1,5 +1,8 @@
 """--mixed-precision and --jit, on a CPU: the plumbing and the global state they touch."""
 
+import json
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -43,6 +46,14 @@ def test_mixed_precision_trains_with_a_float32_softmax(tmp_path):
     probabilities = result.model.predict(np.full((2, 32, 32, 3), 128, np.float32), verbose=0)
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    with open(os.path.join(result.run_dir, "config.json")) as f:
+        assert json.load(f)["config"]["mixed_precision"] == "on"
+
+
+def test_config_json_records_the_precision_auto_chose(tmp_path):
+    result = _train(tmp_path, mixed_precision="auto", epochs=1)
+    with open(os.path.join(result.run_dir, "config.json")) as f:
+        assert json.load(f)["config"]["mixed_precision"] == "off"  # no GPU here; "auto" would say nothing
 
 
 def test_jit_compiles_training_with_xla(tmp_path, monkeypatch):

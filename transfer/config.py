@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,7 @@ class TrainConfig:
     restore_best: bool = True  # end with the best epoch on validation (from either phase), not the last
     # speed
     cache_features: str = "auto"  # auto: phase 1 on cached backbone features when it is frozen and --augment none
+    cache_memory: str = "25%"  # RAM for each in-memory cache (decoded images, features): bytes (4G, 512M) or % of RAM
     mixed_precision: str = "auto"  # auto: float16 compute only when a GPU is present
     jit: bool = False  # compile training steps with XLA
     verbose: int = 1
@@ -102,6 +104,7 @@ class TrainConfig:
         _check(0 <= self.max_skip_fraction <= 1,
                f"--max-skip-fraction must be between 0 and 1, got {self.max_skip_fraction}.")
         _check(self.max_pixels >= 1, f"--max-pixels must be positive, got {self.max_pixels}.")
+        parse_memory(self.cache_memory)
         if self.pooling is not None:
             _choice("--pooling", self.pooling, POOLINGS)
         _check(0 < self.val_split < 1, f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}.")
@@ -160,3 +163,27 @@ def _check(ok: bool, message: str) -> None:
 
 def _choice(option: str, value: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, f"{option} must be one of {', '.join(choices)}; got {value!r}.")
+
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_memory(text: str, total: int | None = None) -> int:
+    """Bytes from ``4G``, ``512M``, ``1.5G``, ``1000000`` or ``25%`` (of ``total``, default physical RAM)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(%|[KMGT]?)(?:I?B)?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"--cache-memory must be a size such as 4G, 512M or 25% (of RAM); got {text!r}.")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    if unit == "%":
+        if number > 100:
+            raise ConfigError(f"--cache-memory {text!r}: a percentage of RAM must be at most 100%.")
+        return int(number / 100 * (total if total is not None else physical_memory()))
+    return int(number * _UNITS[unit])
+
+
+def physical_memory() -> int:
+    """Bytes of RAM (8 GiB where the platform cannot say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30

@@ -47,11 +47,13 @@ def smallvgg(input_shape, weights=None, width=1.0, depth=None):
     import keras
     from keras import layers
 
+    from .layers import FusedBatchNormalization
+
     inputs = keras.Input(input_shape)
     x = inputs
     for i, f in enumerate(_filters([32, 64, 128, 256], depth, width)):
         x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv")(x)
-        x = layers.BatchNormalization(name=f"block{i + 1}_bn")(x)
+        x = FusedBatchNormalization(momentum=0.9, name=f"block{i + 1}_bn")(x)
         x = layers.ReLU(name=f"block{i + 1}_relu")(x)
         x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
     return keras.Model(inputs, x, name="smallvgg")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .audit import FileCheck, audit, is_junk
+from .config import parse_memory
 from .errors import DataError
 from .images import MAX_PIXELS, is_image_name, load_image
 
@@ -340,10 +341,11 @@ def make_tf_dataset(examples: list[Example], image_size: int, batch_size: int, *
 
 
 def decoded_images(examples: list[Example], image_size: int, *, resize: str = "squash", cache: bool = True,
-                   max_pixels: int = MAX_PIXELS):
+                   max_pixels: int = MAX_PIXELS, budget: int | None = None):
     """(uint8 image, label) pairs, decoded in parallel.
 
-    When they fit, decoded images are cached in memory after the first pass;
+    When they fit ``budget`` bytes (default :func:`memory_budget`), decoded
+    images are cached in memory after the first pass;
     every pipeline :func:`batches` derives from this dataset shares that cache,
     so a new shuffle order (a new phase) decodes nothing again.
     """
@@ -363,7 +365,7 @@ def decoded_images(examples: list[Example], image_size: int, *, resize: str = "s
     labels = np.array([e.label for e in examples], dtype=np.int32)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if cache and len(examples) * image_size * image_size * 3 <= memory_budget():
+    if cache and decoded_bytes(examples, image_size) <= (memory_budget() if budget is None else budget):
         ds = ds.cache()
     return ds
 
@@ -380,9 +382,11 @@ def batches(images, batch_size: int, *, shuffle: bool = False, seed: int = 0):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def memory_budget() -> int:
-    """Bytes of decoded images worth caching in RAM: a quarter of physical memory."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):
-        return 2 << 30
+def decoded_bytes(examples: list[Example], image_size: int) -> int:
+    """RAM that the decoded images of ``examples`` take in :func:`decoded_images`' cache."""
+    return len(examples) * image_size * image_size * 3
+
+
+def memory_budget(limit: str = "25%") -> int:
+    """Bytes an in-memory cache may use: ``--cache-memory`` (a size, or a percentage of RAM)."""
+    return parse_memory(limit)

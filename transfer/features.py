@@ -95,13 +95,12 @@ def frozen_phase_cache(model: keras.Model, config: TrainConfig, digests: dict[st
     return FeatureCache(extractor(model), head_top(model), model_key(model, config), config, digests)
 
 
-def boundary_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str],
-                   images: int) -> "FeatureCache | None":
+def boundary_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str]) -> "FeatureCache | None":
     """Phase 2: activations where the frozen part of the backbone ends; the unfrozen top and the head train on them.
 
     Only for a clean cut (no later layer reads an earlier tensor than the
-    boundary) and only when the activations of ``images`` images fit the
-    in-memory budget; otherwise None, and phase 2 runs on the images.
+    boundary); otherwise None, and phase 2 runs on the images. Activations
+    over ``--cache-memory`` are streamed from the cache folder instead of RAM.
     """
     backbone = backbone_of(model)
     start = unfreeze_index(backbone, config.unfreeze)
@@ -112,11 +111,6 @@ def boundary_cache(model: keras.Model, config: TrainConfig, digests: dict[str, s
         top = keras.Model(boundary.output, backbone.outputs, name="backbone_top")
     except ValueError:
         log.info("boundary caching is off: the backbone cannot be cut cleanly after %s", boundary.name)
-        return None
-    size = 3 * images * 4 * math.prod(boundary.output.shape[1:])  # at the peak: rows, their stack, the tensor
-    if size > data.memory_budget():
-        log.info("boundary caching is off: the activations after %s need %.1f GB, over the in-memory budget",
-                 boundary.name, size / 1e9)
         return None
     inputs = keras.Input(boundary.output.shape[1:], name="boundary_activations")
     trainer = keras.Model(inputs, model.get_layer(HEAD_LAYER)(top(inputs)), name="fine_tune_top")
@@ -130,7 +124,10 @@ class FeatureCache:
     """What a frozen part of the model computes from each image: from disk when present, else computed and stored.
 
     ``extractor`` maps images to those features; ``top`` is the trainable rest
-    of the model, sharing its layers with the full model.
+    of the model, sharing its layers with the full model. Features that fit
+    ``--cache-memory`` are held in RAM; beyond it they are streamed from their
+    files in the cache folder every epoch (spilled), which needs that folder
+    to be writable.
     """
 
     def __init__(self, extractor: keras.Model, top: keras.Model, key: str, config: TrainConfig,
@@ -141,19 +138,48 @@ class FeatureCache:
         self.folder = os.path.join(config.cache_dir or default_cache_dir(), "features", key)
         self.extractor = extractor
         self.top = top
+        self.shape = tuple(extractor.output.shape[1:])
+        self.row_bytes = 4 * math.prod(self.shape)  # float32
+        self.budget = data.memory_budget(config.cache_memory)
+        self.in_memory: bool | None = None  # decided by the first prepare()
+        self.ready = False  # every prepared row can be read (False after a failed spill)
         self.hits = 0  # images read from disk
         self.computed = 0  # images run through the backbone
-        self._rows: dict[str, np.ndarray] = {}
+        self._rows: dict[str, np.ndarray] = {}  # in RAM
+        self._spilled: set[str] = set()  # on disk, streamed every epoch
         self._writable = True
 
-    def features(self, examples: list[data.Example]) -> np.ndarray:
-        """One row of features per example, in order: from memory, from disk, or from the backbone (then stored).
+    def prepare(self, examples: list[data.Example]) -> bool:
+        """Have the features of every example ready, computing the missing ones in one pass of the backbone.
 
-        Asking for every split at once runs the backbone in one pass (one trace, full batches).
+        The first call decides between RAM and spilling to disk; False when
+        they fit neither (over the budget, and the cache folder cannot be written).
         """
+        if self.in_memory is None:
+            need = 3 * len(examples) * self.row_bytes  # at the peak: the rows, their stack, the tensor
+            self.in_memory = need <= self.budget
+            if not self.in_memory:
+                log.info("cached features need %.1f GB, over --cache-memory %s: streaming them from %s",
+                         need / 1e9, self.config.cache_memory, self.folder)
         missing = [e for e in examples if not self._recall(e.path)]
-        if missing:
-            self._rows.update(zip((e.path for e in missing), self._compute(missing)))
+        chunk = len(missing) if self.in_memory else max(self.config.batch_size, self.budget // (2 * self.row_bytes))
+        for i in range(0, len(missing), max(1, chunk)):
+            if not (self.in_memory or self._writable):
+                break  # spilling failed: the caller falls back to the images
+            part = missing[i:i + chunk]
+            rows = self._compute(part)
+            if self.in_memory:
+                self._rows.update(zip((e.path for e in part), rows))
+            elif self._writable:
+                self._spilled.update(e.path for e in part)
+        self.ready = self.in_memory or self._writable
+        return self.ready
+
+    def features(self, examples: list[data.Example]) -> np.ndarray:
+        """One row of features per example, in order (held in RAM; for tests and small sets)."""
+        self.prepare(examples)
+        if not self.in_memory:
+            return np.stack([np.load(self._path(e.path), allow_pickle=False) for e in examples])
         return np.stack([self._rows[e.path] for e in examples]).astype(np.float32)
 
     def dataset(self, examples: list[data.Example], shuffle: bool = False, seed: int = 0):
@@ -161,22 +187,47 @@ class FeatureCache:
         import tensorflow as tf
 
         labels = np.array([e.label for e in examples], dtype=np.int32)
-        ds = tf.data.Dataset.from_tensor_slices((self.features(examples), labels))
-        if shuffle:
+        self.prepare(examples)
+        if self.in_memory:
+            ds = tf.data.Dataset.from_tensor_slices((self.features(examples), labels))
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(([self._path(e.path) for e in examples], labels))
+        if shuffle:  # the same order either way: it depends only on the seed and the count
             ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+        if not self.in_memory:
+            ds = ds.map(self._read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.batch(self.config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def _read(self, path, label):
+        """One spilled row, read by tf.data without Python: the float32 data is the last bytes of the .npy."""
+        import tensorflow as tf
+
+        raw = tf.io.read_file(path)
+        body = tf.strings.substr(raw, tf.strings.length(raw) - self.row_bytes, self.row_bytes)
+        return tf.reshape(tf.io.decode_raw(body, tf.float32), self.shape), label
 
     def _path(self, image_path: str) -> str:
         return os.path.join(self.folder, self.digests[image_path] + ".npy")
 
     def _recall(self, image_path: str) -> bool:
-        """Whether the features of ``image_path`` are in memory, after trying to read them from disk."""
-        if image_path not in self._rows:
+        """Whether the features of ``image_path`` are ready: in RAM (read from disk if need be) or, spilled, on disk."""
+        if image_path in self._rows or image_path in self._spilled:
+            return True
+        path = self._path(image_path)
+        if not self.in_memory:
             try:
-                self._rows[image_path] = np.load(self._path(image_path), allow_pickle=False)
-            except (OSError, ValueError):
+                if os.path.getsize(path) < self.row_bytes:
+                    return False
+            except OSError:
                 return False
+            self._spilled.add(image_path)
             self.hits += 1
+            return True
+        try:
+            self._rows[image_path] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return False
+        self.hits += 1
         return True
 
     def _compute(self, examples: list[data.Example]) -> list[np.ndarray]:
@@ -189,7 +240,6 @@ class FeatureCache:
         for example, row in zip(examples, rows):
             self._write(self._path(example.path), row)
         return rows
-
     def _write(self, path: str, row: np.ndarray) -> None:
         """Atomically (temporary file, then rename); a cache that cannot be written only costs time."""
         if not self._writable:

@@ -41,7 +41,10 @@ class TrainResult:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train a classifier on ``config.data_dir`` and write its run folder. Never prints; logs to ``transfer``."""
-    with dtype_policy(config.validate().mixed_precision):
+    mixed = config.validate().mixed_precision
+    config = dataclasses.replace(config, mixed_precision="on" if mixed == "on" or (mixed == "auto" and _has_gpu())
+                                 else "off")  # config.json records what was used, not "auto"
+    with dtype_policy(config.mixed_precision):
         return _train(config)
 
 
@@ -68,9 +71,11 @@ def _train(config: TrainConfig) -> TrainResult:
 
     started = time.perf_counter()
     decode = {"image_size": config.image_size, "resize": config.resize, "max_pixels": config.max_pixels}
-    train_images = data.decoded_images(dataset.splits["train"], **decode)
+    budget = data.memory_budget(config.cache_memory)  # shared by the decoded training and validation images
+    train_images = data.decoded_images(dataset.splits["train"], **decode, budget=budget)
+    budget -= data.decoded_bytes(dataset.splits["train"], config.image_size)
     train_ds = data.batches(train_images, config.batch_size, shuffle=True, seed=config.seed)
-    val_ds = data.batches(data.decoded_images(dataset.splits["val"], **decode), config.batch_size)
+    val_ds = data.batches(data.decoded_images(dataset.splits["val"], **decode, budget=budget), config.batch_size)
     checkpoint = _Checkpoint(model, run.path(runs.CHECKPOINT_FILE), monitor=config.monitor, save_best_only=True,
                              save_weights_only=True)
     fit = {"model": model, "config": config, "run": run, "train_ds": train_ds, "val_ds": val_ds,
@@ -84,8 +89,7 @@ def _train(config: TrainConfig) -> TrainResult:
     if config.fine_tune_epochs:
         n = unfreeze_top(model, config.unfreeze, keep_batchnorm_frozen=spec.pretrained)
         log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
-        boundary = (features.boundary_cache(model, config, digests, len(dataset.splits["train"]) +
-                                            len(dataset.splits["val"])) if cache is not None else None)
+        boundary = features.boundary_cache(model, config, digests) if cache is not None else None
         # a fresh shuffle (over the same decoded images), so that phase 2 sees the same order whether phase 1
         # ran on images or on cached features
         fit["train_ds"] = data.batches(train_images, config.batch_size, shuffle=True, seed=config.seed)
@@ -152,7 +156,10 @@ def _inputs(fit: dict[str, Any], cache: features.FeatureCache | None, dataset: d
     """
     if cache is None:
         return fit
-    cache.features(dataset.splits["train"] + dataset.splits["val"])  # one pass of the backbone over both
+    if not cache.prepare(dataset.splits["train"] + dataset.splits["val"]):  # one pass of the backbone over both
+        log.warning("cached features fit neither --cache-memory nor the cache folder %s; training on images",
+                    cache.folder)
+        return fit
     train_ds = cache.dataset(dataset.splits["train"], shuffle=True, seed=config.seed)
     val_ds = cache.dataset(dataset.splits["val"])
     log.info("feature cache %s: %d image(s) from the cache, %d computed", cache.folder, cache.hits, cache.computed)
@@ -241,7 +248,7 @@ def read_history(path: str) -> list[dict[str, Any]]:
 
 def _evaluate(model, config, dataset, history, seconds, cache, val_ds) -> dict[str, Any]:
     """Final metrics; validation reuses its pipeline (decoded images already in memory) or the feature cache."""
-    on_features = cache is not None and not config.fine_tune_epochs  # the backbone never changed
+    on_features = cache is not None and cache.ready and not config.fine_tune_epochs  # the backbone never changed
 
     def pipeline(split):
         if on_features:
