@@ -73,7 +73,8 @@ def _train(config: TrainConfig) -> TrainResult:
     decode = {"image_size": config.image_size, "resize": config.resize, "max_pixels": config.max_pixels}
     budget = data.memory_budget(config.cache_memory)  # shared by the decoded training and validation images
     train_images = data.decoded_images(dataset.splits["train"], **decode, budget=budget)
-    budget -= data.decoded_bytes(dataset.splits["train"], config.image_size)
+    train_bytes = data.decoded_bytes(dataset.splits["train"], config.image_size)
+    budget -= train_bytes if train_bytes <= budget else 0  # what the training images' cache takes, if they have one
     train_ds = data.batches(train_images, config.batch_size, shuffle=True, seed=config.seed)
     val_ds = data.batches(data.decoded_images(dataset.splits["val"], **decode, budget=budget), config.batch_size)
     checkpoint = _Checkpoint(model, run.path(runs.CHECKPOINT_FILE), monitor=config.monitor, save_best_only=True,
