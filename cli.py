@@ -186,6 +186,9 @@ def _print_inspection(r: dict) -> None:
               help="Training-time augmentation preset.")
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default=default("resize"), show_default=True,
               help="squash to the input size, or keep aspect ratio and centre-crop.")
+@click.option("--tta/--no-tta", default=default("tta"), show_default=True,
+              help="Test-time augmentation: the model averages its predictions on each image and its mirror "
+              "image (validation, predict and export alike; twice the inference cost).")
 @click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default=default("class_weight"), show_default=True,
               help="auto: balanced class weights when the largest class is over 1.5x the smallest.")
 @audit_options

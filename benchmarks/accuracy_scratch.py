@@ -50,8 +50,31 @@ def main() -> None:
                       "backbone": result.config.backbone,
                       "image_size": result.config.image_size, "epochs": result.metrics["epochs"],
                       "val_accuracy": round(result.metrics["val"]["accuracy"], 4),
+                      **({"val_accuracy_without_tta": round(_without_tta(result, args.data), 4)}
+                         if result.config.tta else {}),
                       "wall_seconds": round(seconds, 1), "train_seconds": result.metrics["train_seconds"],
                       "machine": f"{platform.machine()}, {os.cpu_count()} cores", "curve": history}))
+
+
+def _without_tta(result, data: str) -> float:
+    """The same weights' accuracy on validation/ without test-time mirroring: what --tta adds."""
+    import keras
+    import numpy as np
+
+    from transfer.images import load_image
+
+    model = result.model
+    inputs = keras.Input(model.input_shape[1:])
+    x = keras.tree.flatten(model.get_layer("backbone")(model.get_layer("preprocess")(inputs)))[0]
+    plain = keras.Model(inputs, model.get_layer("head")(x))
+    size, correct, total = (result.config.image_size,) * 2, 0, 0
+    for index, label in enumerate(result.labels):
+        folder = os.path.join(data, "validation", label)
+        images = np.stack([load_image(os.path.join(folder, name), size, result.config.resize)
+                           for name in sorted(os.listdir(folder))]).astype("float32")
+        correct += int((plain.predict(images, batch_size=64, verbose=0).argmax(1) == index).sum())
+        total += len(images)
+    return correct / total
 
 
 def _setting(item: str) -> tuple[str, object]:

@@ -87,6 +87,16 @@ def test_scratch_width_and_depth():
     assert [c.filters for c in convs] == [64, 64, 128, 256]
 
 
+def test_smallresnet_has_a_residual_pair_after_every_second_stage():
+    spec, config = _resolved("smallresnet", width=0.5, depth=4)
+    base = backbone_of(build_model(spec, config, 2))
+    adds = [layer for layer in base.layers if isinstance(layer, keras.layers.Add)]
+    assert [a.name for a in adds] == ["stage2_add", "stage4_add"]
+    convs = [layer for layer in base.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [16, 32, 32, 32, 64, 128, 128, 128]
+    assert base.output_shape[1:3] == (2, 2)  # four poolings of the 32 px input
+
+
 def test_resolve_fills_backbone_defaults():
     spec, config = backbones.resolve(TrainConfig(data_dir="x", backbone="ResNet50"))
     assert (config.backbone, config.weights, config.image_size, config.unfreeze) == (

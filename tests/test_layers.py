@@ -69,7 +69,7 @@ def test_saved_and_reloaded_with_its_weights(tmp_path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
-@pytest.mark.parametrize("net", ["smallvgg"])
+@pytest.mark.parametrize("net", ["smallvgg", "smallresnet"])
 def test_scratch_nets_use_it(net):
     from transfer import backbones
 

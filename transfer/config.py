@@ -61,6 +61,7 @@ class TrainConfig:
     batch_size: int = 32
     augment: str = "light"
     resize: str = "squash"
+    tta: bool = False  # predict (and validate) on each image and its mirror image, averaged; costs 2x at inference
     class_weight: str = "auto"  # auto: balanced weights when the largest class is over 1.5x the smallest
     # the dataset audit
     max_pixels: int = 90_000_000

@@ -64,6 +64,34 @@ def smallvgg(input_shape, weights=None, width=1.0, depth=None):
     return keras.Model(inputs, x, name="smallvgg")
 
 
+def smallresnet(input_shape, weights=None, width=1.0, depth=None):
+    """A ResNet-9-style net for small datasets: stages of conv-BN-ReLU + max pooling, 32 to 256 filters,
+    with a residual pair of convolutions after every second stage.
+
+    The residual pairs double the depth where the feature maps are small, so
+    they add layers (and a receptive field that covers the image) for little
+    compute; the shape follows the fast CIFAR-10 ResNet-9 (Page, 2018).
+    """
+    import keras
+    from keras import layers
+
+    from .layers import FusedBatchNormalization
+
+    def conv_bn_relu(x, filters, name):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = FusedBatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        return layers.ReLU(name=f"{name}_relu")(x)
+
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, f in enumerate(_filters([32, 64, 128, 256], depth, width)):
+        x = layers.MaxPooling2D(2, name=f"stage{i + 1}_pool")(conv_bn_relu(x, f, f"stage{i + 1}"))
+        if i % 2:
+            r = conv_bn_relu(conv_bn_relu(x, f, f"stage{i + 1}_res1"), f, f"stage{i + 1}_res2")
+            x = layers.Add(name=f"stage{i + 1}_add")([x, r])
+    return keras.Model(inputs, x, name="smallresnet")
+
+
 register(BackboneSpec(
     name="lenet5", build=lenet5, preprocessing="unit", default_size=32, min_size=16, unfreeze="all",
     params=2872, kind="scratch", head=HeadDefaults(pooling="flatten", dense=(120, 84), dropout=0.0),
@@ -76,3 +104,7 @@ register(BackboneSpec(
     name="smallvgg", build=smallvgg, preprocessing="unit", default_size=96, min_size=32, unfreeze="all",
     params=389856, kind="scratch", head=HeadDefaults(pooling="avg", dense=(), dropout=0.3),
     fine_tune_epochs=0, description="VGG-style with batch norm, from scratch; the small-data preset's net"))
+register(BackboneSpec(
+    name="smallresnet", build=smallresnet, preprocessing="unit", default_size=64, min_size=32, unfreeze="all",
+    params=1645792, kind="scratch", head=HeadDefaults(pooling="avg", dense=(), dropout=0.3),
+    fine_tune_epochs=0, description="ResNet-9 style with batch norm, from scratch (--width, --depth)"))

@@ -2,7 +2,8 @@
 
 The model is ``image -> augment -> preprocess -> backbone -> head``, each a
 named layer, so that later stages (feature caching, Grad-CAM, export) can take
-it apart without guessing. It takes raw RGB pixels in 0-255.
+it apart without guessing; ``--tta`` adds ``tta_mirror`` after augment and
+``tta_mean`` after the head. It takes raw RGB pixels in 0-255.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from keras import layers
 from .backbones import BACKBONE_LAYER, BackboneSpec, build_backbone
 from .config import TrainConfig
 from .errors import ConfigError
-from .layers import Preprocess
+from .layers import MirrorBatch, MirrorMean, Preprocess
 
 INPUT_NAME = "image"
 HEAD_LAYER = "head"
@@ -67,9 +68,13 @@ def build_model(spec: BackboneSpec, config: TrainConfig, num_classes: int) -> ke
     backbone = build_backbone(spec, config)
     inputs = keras.Input((config.image_size, config.image_size, 3), name=INPUT_NAME)
     x = augmentation(config.augment)(inputs)
+    if config.tta:
+        x = MirrorBatch(name="tta_mirror")(x)
     x = Preprocess(spec.preprocessing, name="preprocess")(x)
     x = backbone(x)
     outputs = build_head(backbone.output_shape[1:], num_classes, config)(x)
+    if config.tta:
+        outputs = MirrorMean(name="tta_mean")(outputs)
     return keras.Model(inputs, outputs, name="transfer_" + re.sub(r"\W", "_", os.path.basename(spec.name)))
 
 

@@ -84,3 +84,37 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         else:
             y = tf.compat.v1.nn.fused_batch_norm(x, is_training=False, **params)[0]
         return ops.cast(y, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="transfer")
+class MirrorBatch(keras.layers.Layer):
+    """Test-time augmentation, first half: at inference, append every image's mirror image to the batch.
+
+    :class:`MirrorMean` after the head averages each image's two predictions.
+    Being layers of the model, they apply wherever the model goes (validation,
+    ``predict``, the exported SavedModel) without a flag to remember. In training
+    both pass their input through: the random flips of augmentation already show
+    the net mirrored images.
+    """
+
+    def call(self, inputs, training=None):
+        if training:
+            return inputs
+        return ops.concatenate([inputs, ops.flip(inputs, axis=2)], axis=0)  # axis 2: width, in NHWC
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="transfer")
+class MirrorMean(keras.layers.Layer):
+    """Test-time augmentation, second half: the mean of each image's prediction and its mirror image's."""
+
+    def call(self, inputs, training=None):
+        if training:
+            return inputs
+        half = ops.shape(inputs)[0] // 2
+        return (inputs[:half] + inputs[half:]) / 2
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

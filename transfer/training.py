@@ -249,7 +249,8 @@ def read_history(path: str) -> list[dict[str, Any]]:
 
 def _evaluate(model, config, dataset, history, seconds, cache, val_ds) -> dict[str, Any]:
     """Final metrics; validation reuses its pipeline (decoded images already in memory) or the feature cache."""
-    on_features = cache is not None and cache.ready and not config.fine_tune_epochs  # the backbone never changed
+    # the backbone never changed, and the head alone is the model (test-time mirroring needs the images)
+    on_features = cache is not None and cache.ready and not config.fine_tune_epochs and not config.tta
 
     def pipeline(split):
         if on_features:
