@@ -201,6 +201,9 @@ def _print_inspection(r: dict) -> None:
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=default("optimizer"), show_default=True)
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=default("lr_schedule"), show_default=True,
               help="plateau: divide by 5 when validation stalls; cosine: decay to 0 over each phase.")
+@click.option("--weight-decay", type=float, default=None,
+              help="Decoupled weight decay for either phase's optimizer [default: the optimizer's own, "
+              "0.004 for adamw, none for the others].")
 @click.option("--fine-tune-epochs", type=int, default=None,
               help="Phase 2 epochs [default: 10 for pretrained backbones, 0 for from-scratch nets].")
 @click.option("--fine-tune-lr", type=float, default=default("fine_tune_lr"), show_default=True)

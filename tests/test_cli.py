@@ -77,6 +77,7 @@ def test_one_class_only(runner, tmp_path):
     (["--backbone", "resnet50", "--depth", "3"], "--depth"),
     (["--epochs", "0", "--fine-tune-epochs", "0", "--backbone", "smallcnn"], "nothing to train"),
     (["--cache-memory", "lots"], "--cache-memory must be a size"),
+    (["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
 ])
 def test_bad_options(runner, colours_dir, tmp_path, args, fragment):
     _one_line_error(runner.invoke(main, ["train", colours_dir, "-o", str(tmp_path / "m")] + args), fragment)

@@ -79,6 +79,21 @@ def test_scratch_nets_train_their_base_in_phase1(tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(fresh.get_weights(), backbone_of(result.model).get_weights()))
 
 
+def test_weight_decay_reaches_the_optimizer_and_shrinks_the_weights(tmp_path):
+    import keras
+
+    norms = {}
+    for decay in (None, 2.0):
+        keras.utils.set_random_seed(42)
+        result = _train(tmp_path / str(decay), None, backbone="smallcnn", epochs=2, fine_tune_epochs=0,
+                        image_size=32, optimizer="adam", weight_decay=decay)
+        assert result.model.optimizer.weight_decay == decay
+        assert result.config.weight_decay == decay
+        kernel = backbone_of(result.model).get_layer("block1_conv").get_weights()[0]
+        norms[decay] = float(np.linalg.norm(kernel))
+    assert norms[2.0] < 0.9 * norms[None]
+
+
 def test_weights_file_of_another_architecture_is_refused(tmp_path, base_weights):
     path, _, _ = base_weights
     with pytest.raises(WeightsError, match="does not fit efficientnetb0"):

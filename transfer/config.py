@@ -74,6 +74,7 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"
     lr_schedule: str = "plateau"  # plateau: reduce on a validation plateau; cosine: decay to 0 over each phase
+    weight_decay: float | None = None  # decoupled, both phases; None: the optimizer's default (AdamW 0.004)
     # phase 2: fine-tuning the top of the backbone
     fine_tune_epochs: int | None = None
     fine_tune_lr: float = 1e-4
@@ -116,6 +117,8 @@ class TrainConfig:
         _check(self.lr > 0 and self.fine_tune_lr > 0, "--lr and --fine-tune-lr must be positive.")
         _check(self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}.")
         _check(self.l2 >= 0, f"--l2 must be 0 or more, got {self.l2}.")
+        _check(self.weight_decay is None or self.weight_decay >= 0,
+               f"--weight-decay must be 0 or more, got {self.weight_decay}.")
         _check(self.patience >= 1, f"--patience must be at least 1, got {self.patience}.")
         _check(self.width > 0, f"--width must be positive, got {self.width}.")
         _check(self.depth is None or self.depth >= 1, f"--depth must be at least 1, got {self.depth}.")

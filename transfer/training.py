@@ -178,13 +178,14 @@ class _Checkpoint(keras.callbacks.ModelCheckpoint):
         super().set_model(self.full_model)
 
 
-def make_optimizer(name: str, lr) -> keras.optimizers.Optimizer:
-    """``lr`` is a number or a Keras learning-rate schedule."""
+def make_optimizer(name: str, lr, weight_decay: float | None = None) -> keras.optimizers.Optimizer:
+    """``lr`` is a number or a Keras learning-rate schedule; ``weight_decay`` None keeps the optimizer's default."""
+    decay = {} if weight_decay is None else {"weight_decay": weight_decay}
     return {
-        "adam": lambda: keras.optimizers.Adam(lr),
-        "adamw": lambda: keras.optimizers.AdamW(lr),
-        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
-        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9),
+        "adam": lambda: keras.optimizers.Adam(lr, **decay),
+        "adamw": lambda: keras.optimizers.AdamW(lr, **decay),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr, **decay),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, **decay),
     }[name]()
 
 
@@ -213,7 +214,7 @@ def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, 
         schedule = lr
         adapt = [keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, factor=0.2,
                                                    patience=max(1, config.patience // 2), min_lr=lr / 100)]
-    _compile(model, make_optimizer(optimizer, schedule), config.jit)
+    _compile(model, make_optimizer(optimizer, schedule, config.weight_decay), config.jit)
     if full_model is not None:
         _compile(full_model, model.optimizer, config.jit)
     callbacks = adapt + [
