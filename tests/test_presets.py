@@ -20,7 +20,7 @@ def test_presets_are_valid_configs(name):
 
 def test_explicit_settings_win_over_the_preset():
     config = apply_preset("small-data-scratch", {"data_dir": "x", "epochs": 3, "image_size": 64})
-    assert (config.epochs, config.image_size, config.backbone) == (3, 64, "smallvgg")
+    assert (config.epochs, config.image_size, config.backbone, config.tta) == (3, 64, "smallvgg", True)
     with pytest.raises(ConfigError, match="--preset must be one of"):
         apply_preset("nope", {})
 
