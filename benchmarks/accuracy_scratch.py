@@ -61,12 +61,11 @@ def _without_tta(result, data: str) -> float:
     import keras
     import numpy as np
 
+    from transfer.features import extractor, head_top
     from transfer.images import load_image
 
-    model = result.model
-    inputs = keras.Input(model.input_shape[1:])
-    x = keras.tree.flatten(model.get_layer("backbone")(model.get_layer("preprocess")(inputs)))[0]
-    plain = keras.Model(inputs, model.get_layer("head")(x))
+    inputs = keras.Input(result.model.input_shape[1:])
+    plain = keras.Model(inputs, head_top(result.model)(extractor(result.model)(inputs)))  # no tta_* layers
     size, correct, total = (result.config.image_size,) * 2, 0, 0
     for index, label in enumerate(result.labels):
         folder = os.path.join(data, "validation", label)

@@ -42,25 +42,31 @@ def smallcnn(input_shape, weights=None, width=1.0, depth=None):
     return _conv_pool_net("smallcnn", input_shape, _filters([32, 32, 64], depth, width), 3, "MaxPooling2D", 3)
 
 
-def smallvgg(input_shape, weights=None, width=1.0, depth=None):
-    """A VGG-style net with batch norm for small datasets: conv-BN-ReLU + max pooling, 32 to 256 filters.
+def _conv_bn_relu(x, filters: int, name: str):
+    """3x3 conv (no bias: batch norm follows) -> fused batch norm -> ReLU, the block of smallvgg and smallresnet.
 
     Batch norm is the fused kernel (about 2x faster training on a CPU) with
     momentum 0.9, so its moving statistics keep up within the few hundred steps
     that a small dataset gives.
     """
-    import keras
     from keras import layers
 
     from .layers import FusedBatchNormalization
 
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = FusedBatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def smallvgg(input_shape, weights=None, width=1.0, depth=None):
+    """A VGG-style net with batch norm for small datasets: conv-BN-ReLU + max pooling, 32 to 256 filters."""
+    import keras
+    from keras import layers
+
     inputs = keras.Input(input_shape)
     x = inputs
     for i, f in enumerate(_filters([32, 64, 128, 256], depth, width)):
-        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv")(x)
-        x = FusedBatchNormalization(momentum=0.9, name=f"block{i + 1}_bn")(x)
-        x = layers.ReLU(name=f"block{i + 1}_relu")(x)
-        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(_conv_bn_relu(x, f, f"block{i + 1}"))
     return keras.Model(inputs, x, name="smallvgg")
 
 
@@ -75,19 +81,12 @@ def smallresnet(input_shape, weights=None, width=1.0, depth=None):
     import keras
     from keras import layers
 
-    from .layers import FusedBatchNormalization
-
-    def conv_bn_relu(x, filters, name):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-        x = FusedBatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
-        return layers.ReLU(name=f"{name}_relu")(x)
-
     inputs = keras.Input(input_shape)
     x = inputs
     for i, f in enumerate(_filters([32, 64, 128, 256], depth, width)):
-        x = layers.MaxPooling2D(2, name=f"stage{i + 1}_pool")(conv_bn_relu(x, f, f"stage{i + 1}"))
+        x = layers.MaxPooling2D(2, name=f"stage{i + 1}_pool")(_conv_bn_relu(x, f, f"stage{i + 1}"))
         if i % 2:
-            r = conv_bn_relu(conv_bn_relu(x, f, f"stage{i + 1}_res1"), f, f"stage{i + 1}_res2")
+            r = _conv_bn_relu(_conv_bn_relu(x, f, f"stage{i + 1}_res1"), f, f"stage{i + 1}_res2")
             x = layers.Add(name=f"stage{i + 1}_add")([x, r])
     return keras.Model(inputs, x, name="smallresnet")
 

@@ -240,6 +240,7 @@ class FeatureCache:
         for example, row in zip(examples, rows):
             self._write(self._path(example.path), row)
         return rows
+
     def _write(self, path: str, row: np.ndarray) -> None:
         """Atomically (temporary file, then rename); a cache that cannot be written only costs time."""
         if not self._writable:

@@ -41,9 +41,9 @@ class TrainResult:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train a classifier on ``config.data_dir`` and write its run folder. Never prints; logs to ``transfer``."""
-    mixed = config.validate().mixed_precision
-    config = dataclasses.replace(config, mixed_precision="on" if mixed == "on" or (mixed == "auto" and _has_gpu())
-                                 else "off")  # config.json records what was used, not "auto"
+    config = config.validate()
+    # config.json records what was used, not "auto"
+    config = dataclasses.replace(config, mixed_precision="on" if _mixed(config.mixed_precision) else "off")
     with dtype_policy(config.mixed_precision):
         return _train(config)
 
@@ -133,7 +133,7 @@ def dtype_policy(mode: str):
     and the loss keep full precision.
     """
     previous = keras.mixed_precision.global_policy()
-    mixed = mode == "on" or (mode == "auto" and _has_gpu())
+    mixed = _mixed(mode)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     if mixed:
         log.info("mixed precision: float16 compute, float32 weights and output")
@@ -141,6 +141,11 @@ def dtype_policy(mode: str):
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def _mixed(mode: str) -> bool:
+    """Whether ``--mixed-precision on|off|auto`` means float16 compute here (auto: only with a GPU)."""
+    return mode == "on" or (mode == "auto" and _has_gpu())
 
 
 def _has_gpu() -> bool:
