@@ -204,6 +204,8 @@ def _print_inspection(r: dict) -> None:
 @click.option("--weight-decay", type=float, default=None,
               help="Decoupled weight decay for either phase's optimizer [default: the optimizer's own, "
               "0.004 for adamw, none for the others].")
+@click.option("--label-smoothing", type=float, default=default("label_smoothing"), show_default=True,
+              help="Train towards 1 - s + s/n for the true class and s/n for the others instead of 1 and 0.")
 @click.option("--fine-tune-epochs", type=int, default=None,
               help="Phase 2 epochs [default: 10 for pretrained backbones, 0 for from-scratch nets].")
 @click.option("--fine-tune-lr", type=float, default=default("fine_tune_lr"), show_default=True)
@@ -212,11 +214,18 @@ def _print_inspection(r: dict) -> None:
 @click.option("--unfreeze", default=None,
               help="Where fine-tuning starts: all, N (top N layers), LAYER or after:LAYER [default: the backbone's].")
 @click.option("--patience", type=int, default=default("patience"), show_default=True,
-              help="Early-stopping patience in epochs.")
+              help="Early-stopping patience in epochs (in validations with --validation-freq).")
 @click.option("--monitor", type=click.Choice(MONITORS), default=default("monitor"), show_default=True,
               help="Validation metric for checkpoints, early stopping and LR reduction.")
 @click.option("--restore-best/--keep-last", default=default("restore_best"),
               help="End with the best epoch on validation (default) or the last one.")
+@click.option("--time-limit", default=None, metavar="DURATION",
+              help="Stop training after this long (90s, 15m, 1.5h; counted from the start, the last validation "
+              "and saving follow), whatever --epochs says; with --lr-schedule cosine the decay follows the time, "
+              "so it ends on schedule on any machine. none: no limit.")
+@click.option("--validation-freq", type=int, default=default("validation_freq"), show_default=True,
+              help="Validate every N epochs and on each phase's last one (validation is skipped in between, "
+              "which saves its time; --patience then counts validations).")
 @click.option("--cache-features", type=click.Choice(CACHE_FEATURES), default=default("cache_features"),
               show_default=True, help="Compute the frozen backbone's features once and train phase 1 on them "
               "(auto: when the backbone is frozen and --augment none; stored under --cache-dir).")

@@ -45,7 +45,8 @@ def main() -> None:
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress lines; stdout is the summary
         result = train(config)
     seconds = time.perf_counter() - started
-    history = [{"epoch": int(r["epoch"]) + 1, "val_accuracy": round(r["val_accuracy"], 4)} for r in result.history]
+    history = [{"epoch": int(r["epoch"]) + 1, "val_accuracy": round(r["val_accuracy"], 4)} for r in result.history
+               if r["val_accuracy"] == r["val_accuracy"]]  # not NaN: the epochs that --validation-freq validated
     print(json.dumps({"benchmark": "accuracy_scratch", "preset": args.preset, "overrides": overrides,
                       "backbone": result.config.backbone,
                       "image_size": result.config.image_size, "epochs": result.metrics["epochs"],

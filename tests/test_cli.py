@@ -78,6 +78,9 @@ def test_one_class_only(runner, tmp_path):
     (["--epochs", "0", "--fine-tune-epochs", "0", "--backbone", "smallcnn"], "nothing to train"),
     (["--cache-memory", "lots"], "--cache-memory must be a size"),
     (["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+    (["--validation-freq", "0"], "--validation-freq must be at least 1"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+    (["--time-limit", "5d"], "--time-limit must be a duration"),
 ])
 def test_bad_options(runner, colours_dir, tmp_path, args, fragment):
     _one_line_error(runner.invoke(main, ["train", colours_dir, "-o", str(tmp_path / "m")] + args), fragment)

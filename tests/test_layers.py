@@ -75,3 +75,18 @@ def test_scratch_nets_use_it(net):
 
     base = backbones.get(net).build((32, 32, 3))
     assert any(isinstance(layer, FusedBatchNormalization) for layer in base.layers)
+
+
+def test_label_smoothing_loss_is_cross_entropy_against_smoothed_targets():
+    from transfer.layers import SparseSmoothedCrossentropy
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], "float32")
+    labels = np.array([0, 2])
+    s = 0.3
+    targets = np.full((2, 3), s / 3) + np.eye(3)[labels] * (1 - s)  # 1 - s + s/n for the true class, s/n else
+    expected = float(np.mean(-(targets * np.log(probs)).sum(axis=1)))
+    assert float(SparseSmoothedCrossentropy(s)(labels, probs)) == pytest.approx(expected, rel=1e-5)
+    plain = keras.losses.SparseCategoricalCrossentropy()(labels, probs)
+    assert float(SparseSmoothedCrossentropy(0.0)(labels[:, None], probs)) == pytest.approx(float(plain), rel=1e-5)
+    restored = SparseSmoothedCrossentropy.from_config(SparseSmoothedCrossentropy(s).get_config())
+    assert restored.label_smoothing == s

@@ -137,3 +137,16 @@ def test_legacy_h5_weights_file_like_the_keras_downloads(tmp_path, base_weights)
     result = _train(tmp_path, path, epochs=1, fine_tune_epochs=0)
     for before, after in zip(saved, backbone_of(result.model).get_weights()):
         np.testing.assert_array_equal(before, after)
+
+
+def test_label_smoothing_trains_with_the_smoothed_loss_and_the_run_reloads(tmp_path):
+    from transfer.layers import SparseSmoothedCrossentropy
+    from transfer.predict import load_model
+
+    result = _train(tmp_path, None, backbone="smallcnn", epochs=2, fine_tune_epochs=0, image_size=32,
+                    label_smoothing=0.2)
+    assert isinstance(result.model.loss, SparseSmoothedCrossentropy) and result.model.loss.label_smoothing == 0.2
+    assert result.config.label_smoothing == 0.2
+    # smoothed targets have entropy > 0.48 for 3 classes at s = 0.2: no epoch's loss can go below it
+    assert min(row["loss"] for row in result.history) > 0.48
+    assert load_model(result.run_dir).keras_model.loss.label_smoothing == 0.2  # the saved model recompiles

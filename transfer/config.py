@@ -75,6 +75,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr_schedule: str = "plateau"  # plateau: reduce on a validation plateau; cosine: decay to 0 over each phase
     weight_decay: float | None = None  # decoupled, both phases; None: the optimizer's default (AdamW 0.004)
+    label_smoothing: float = 0.0  # targets 1 - s + s/n and s/n instead of 1 and 0
     # phase 2: fine-tuning the top of the backbone
     fine_tune_epochs: int | None = None
     fine_tune_lr: float = 1e-4
@@ -84,6 +85,8 @@ class TrainConfig:
     patience: int = 5
     monitor: str = "val_loss"
     restore_best: bool = True  # end with the best epoch on validation (from either phase), not the last
+    validation_freq: int = 1  # validate every N epochs, and on each phase's last epoch
+    time_limit: str | None = None  # stop training after this long (90s, 15m, 1.5h), counted from the start
     # speed
     cache_features: str = "auto"  # auto: phase 1 on cached backbone features when it is frozen and --augment none
     cache_memory: str = "25%"  # RAM for each in-memory cache (decoded images, features): bytes (4G, 512M) or % of RAM
@@ -107,6 +110,7 @@ class TrainConfig:
                f"--max-skip-fraction must be between 0 and 1, got {self.max_skip_fraction}.")
         _check(self.max_pixels >= 1, f"--max-pixels must be positive, got {self.max_pixels}.")
         parse_memory(self.cache_memory)
+        parse_duration(self.time_limit)
         if self.pooling is not None:
             _choice("--pooling", self.pooling, POOLINGS)
         _check(0 < self.val_split < 1, f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}.")
@@ -119,7 +123,9 @@ class TrainConfig:
         _check(self.l2 >= 0, f"--l2 must be 0 or more, got {self.l2}.")
         _check(self.weight_decay is None or self.weight_decay >= 0,
                f"--weight-decay must be 0 or more, got {self.weight_decay}.")
+        _check(0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
         _check(self.patience >= 1, f"--patience must be at least 1, got {self.patience}.")
+        _check(self.validation_freq >= 1, f"--validation-freq must be at least 1, got {self.validation_freq}.")
         _check(self.width > 0, f"--width must be positive, got {self.width}.")
         _check(self.depth is None or self.depth >= 1, f"--depth must be at least 1, got {self.depth}.")
         _check(not self.dense or all(d >= 1 for d in self.dense), f"--dense sizes must be positive, got {self.dense}.")
@@ -167,6 +173,19 @@ def _check(ok: bool, message: str) -> None:
 
 def _choice(option: str, value: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, f"{option} must be one of {', '.join(choices)}; got {value!r}.")
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds from ``90s``, ``15m``, ``1.5h`` or a number of seconds; None for None or ``none``."""
+    if text is None or str(text).strip().lower() == "none":
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text), re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"--time-limit must be a duration such as 90s, 15m or 1.5h (or none); got {text!r}.")
+    return float(match.group(1)) * _SECONDS[(match.group(2) or "s").lower()]
 
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

@@ -42,7 +42,7 @@ def smallcnn(input_shape, weights=None, width=1.0, depth=None):
     return _conv_pool_net("smallcnn", input_shape, _filters([32, 32, 64], depth, width), 3, "MaxPooling2D", 3)
 
 
-def _conv_bn_relu(x, filters: int, name: str):
+def _conv_bn_relu(x, filters: int, name: str, strides: int = 1):
     """3x3 conv (no bias: batch norm follows) -> fused batch norm -> ReLU, the block of smallvgg and smallresnet.
 
     Batch norm is the fused kernel (about 2x faster training on a CPU) with
@@ -53,20 +53,29 @@ def _conv_bn_relu(x, filters: int, name: str):
 
     from .layers import FusedBatchNormalization
 
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = FusedBatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
 def smallvgg(input_shape, weights=None, width=1.0, depth=None):
-    """A VGG-style net with batch norm for small datasets: conv-BN-ReLU + max pooling, 32 to 256 filters."""
+    """A VGG-style net with batch norm for small datasets: conv-BN-ReLU + max pooling, 32 to 256 filters.
+
+    The first block halves the image with a stride-2 convolution instead of
+    convolving at full resolution and pooling: the same weights and output size,
+    about 20 % less training time on a CPU (BENCHMARKS.md), and no measurable loss
+    of accuracy on cats vs dogs.
+    """
     import keras
     from keras import layers
 
     inputs = keras.Input(input_shape)
     x = inputs
     for i, f in enumerate(_filters([32, 64, 128, 256], depth, width)):
-        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(_conv_bn_relu(x, f, f"block{i + 1}"))
+        if i == 0:
+            x = _conv_bn_relu(x, f, "block1", strides=2)
+        else:
+            x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(_conv_bn_relu(x, f, f"block{i + 1}"))
     return keras.Model(inputs, x, name="smallvgg")
 
 

@@ -1,4 +1,4 @@
-"""Custom Keras layers that are saved inside every model.
+"""Custom Keras layers (and the loss) that are saved inside every model.
 
 Preprocessing lives inside the model so that every caller (predict, the
 exported SavedModel, a notebook) feeds raw RGB pixels in 0-255 and none can get
@@ -118,3 +118,25 @@ class MirrorMean(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+@keras.saving.register_keras_serializable(package="transfer")
+class SparseSmoothedCrossentropy(keras.losses.Loss):
+    """Cross-entropy on integer labels with label smoothing, which Keras' sparse loss lacks.
+
+    The target of class k is ``1 - s + s/n`` for k and ``s/n`` for the others
+    (``--label-smoothing s``), so the net is not pushed to ever more confident
+    outputs on a small training set. Registered so that a saved model recompiles on load.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "sparse_smoothed_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        targets = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(targets, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import dataclasses
 import logging
+import math
 import os
 import time
 import warnings
@@ -20,9 +21,10 @@ import keras
 
 from . import data, features, runs
 from .backbones import BackboneSpec, resolve
-from .config import TrainConfig
+from .config import TrainConfig, parse_duration
 from .errors import ConfigError
 from .heads import backbone_of, build_model, freeze_backbone, unfreeze_index, unfreeze_top
+from .layers import SparseSmoothedCrossentropy
 
 log = logging.getLogger("transfer")
 
@@ -41,14 +43,15 @@ class TrainResult:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train a classifier on ``config.data_dir`` and write its run folder. Never prints; logs to ``transfer``."""
+    started = time.monotonic()  # --time-limit counts from here: the scan and decoding are part of the run
     config = config.validate()
     # config.json records what was used, not "auto"
     config = dataclasses.replace(config, mixed_precision="on" if _mixed(config.mixed_precision) else "off")
     with dtype_policy(config.mixed_precision):
-        return _train(config)
+        return _train(config, started)
 
 
-def _train(config: TrainConfig) -> TrainResult:
+def _train(config: TrainConfig, started: float) -> TrainResult:
     spec, config = resolve(config.validate())
     if config.epochs + config.fine_tune_epochs == 0:
         raise ConfigError("--epochs and --fine-tune-epochs are both 0: nothing to train.")
@@ -69,7 +72,7 @@ def _train(config: TrainConfig) -> TrainResult:
     run.start()
     _write_inputs(run, config, spec, dataset, class_weights)
 
-    started = time.perf_counter()
+    fit_started = time.perf_counter()
     decode = {"image_size": config.image_size, "resize": config.resize, "max_pixels": config.max_pixels}
     budget = data.memory_budget(config.cache_memory)  # shared by the decoded training and validation images
     train_images = data.decoded_images(dataset.splits["train"], **decode, budget=budget)
@@ -79,14 +82,18 @@ def _train(config: TrainConfig) -> TrainResult:
     val_ds = data.batches(data.decoded_images(dataset.splits["val"], **decode, budget=budget), config.batch_size)
     checkpoint = _Checkpoint(model, run.path(runs.CHECKPOINT_FILE), monitor=config.monitor, save_best_only=True,
                              save_weights_only=True)
+    limit = parse_duration(config.time_limit)
+    deadline = started + limit if limit else None
     fit = {"model": model, "config": config, "run": run, "train_ds": train_ds, "val_ds": val_ds,
            "checkpoint": checkpoint, "class_weight": class_weights}
     done = 0
     if config.epochs:
         freeze_backbone(model, frozen=spec.pretrained)
         log.info("phase 1: %s", "head only, backbone frozen" if spec.pretrained else "whole network, from scratch")
+        share = deadline and time.monotonic() + (deadline - time.monotonic()) * config.epochs / (
+            config.epochs + config.fine_tune_epochs)  # phase 2 gets what phase 1 leaves
         done = _fit(**_inputs(fit, cache, dataset, config), phase="head", optimizer=config.optimizer, lr=config.lr,
-                    done=done, epochs=config.epochs)
+                    done=done, epochs=config.epochs, deadline=share)
     if config.fine_tune_epochs:
         n = unfreeze_top(model, config.unfreeze, keep_batchnorm_frozen=spec.pretrained)
         log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
@@ -95,10 +102,10 @@ def _train(config: TrainConfig) -> TrainResult:
         # ran on images or on cached features
         fit["train_ds"] = data.batches(train_images, config.batch_size, shuffle=True, seed=config.seed)
         done = _fit(**_inputs(fit, boundary, dataset, config), phase="fine_tune", optimizer=config.fine_tune_optimizer,
-                    lr=config.fine_tune_lr, done=done, epochs=config.fine_tune_epochs)
+                    lr=config.fine_tune_lr, done=done, epochs=config.fine_tune_epochs, deadline=deadline)
     if config.restore_best:
         _restore_best(model, run.path(runs.CHECKPOINT_FILE))
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - fit_started
 
     history = read_history(run.path(runs.HISTORY_FILE))
     metrics = _evaluate(model, config, dataset, history, seconds, cache, val_ds)
@@ -195,46 +202,138 @@ def make_optimizer(name: str, lr, weight_decay: float | None = None) -> keras.op
 
 
 class _HistoryCSV(keras.callbacks.CSVLogger):
-    """CSVLogger that appends across phases and says which phase each epoch belongs to."""
+    """CSVLogger that appends across phases, with each epoch's phase and learning rate (the same columns in
+    every row, so that the phases' rows line up)."""
 
     def __init__(self, path: str, phase: str):
         super().__init__(path, append=True)
         self.phase = phase
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, {**(logs or {}), "phase": self.phase})
+        learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs = {**(logs or {}), "phase": self.phase, "learning_rate": learning_rate}
+        if self.keys is None:  # the columns: validation's too, even if the first epoch was not validated
+            self.keys = sorted({*logs, *(f"val_{name}" for name in ("loss", "accuracy"))})
+        super().on_epoch_end(epoch, logs)
 
 
 def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, optimizer, lr, done, epochs,
-         full_model=None) -> int:
+         deadline=None, full_model=None) -> int:
     """Compile (needed after every change of ``trainable``) and fit one phase; return epochs done so far.
 
+    ``deadline``: the ``time.monotonic()`` at which the phase stops (``--time-limit``).
     ``full_model``: when ``model`` is its top, trained on cached features; it is compiled with the same
     optimizer so that it is saved like a model trained on images.
     """
-    if config.lr_schedule == "cosine":
-        schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * int(train_ds.cardinality()))
+    steps = epochs * int(train_ds.cardinality())
+    timer = [_TimeLimit(deadline, lr if config.lr_schedule == "cosine" else None, steps)] if deadline else []
+    if config.lr_schedule == "cosine":  # over the phase's steps, or over its time (the timer sets it)
+        schedule = lr if timer else keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps)
         adapt = []
     else:
         schedule = lr
         adapt = [keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, factor=0.2,
                                                    patience=max(1, config.patience // 2), min_lr=lr / 100)]
-    _compile(model, make_optimizer(optimizer, schedule, config.weight_decay), config.jit)
+    _compile(model, make_optimizer(optimizer, schedule, config.weight_decay), config)
     if full_model is not None:
-        _compile(full_model, model.optimizer, config.jit)
-    callbacks = adapt + [
-        keras.callbacks.EarlyStopping(monitor=config.monitor, patience=config.patience),
-        checkpoint,
+        _compile(full_model, model.optimizer, config)
+    watchers = adapt + [keras.callbacks.EarlyStopping(monitor=config.monitor, patience=config.patience), checkpoint]
+    callbacks = timer + [
+        _Validation(val_ds, config.validation_freq, last_epoch=done + epochs - 1),
+        *(_WhenValidated(watcher, config.monitor) for watcher in watchers),
         _HistoryCSV(run.path(runs.HISTORY_FILE), phase),
     ]
-    history = model.fit(train_ds, validation_data=val_ds, initial_epoch=done, epochs=done + epochs,
-                        callbacks=callbacks, verbose=config.verbose, class_weight=class_weight,
-                        shuffle=False)  # the dataset shuffles
+    history = model.fit(train_ds, initial_epoch=done, epochs=done + epochs, callbacks=callbacks,
+                        verbose=config.verbose, class_weight=class_weight, shuffle=False)  # the dataset shuffles
     return done + len(history.history.get("loss", []))
 
 
-def _compile(model, optimizer, jit: bool) -> None:
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit)
+class _Validation(keras.callbacks.Callback):
+    """Validates every ``freq`` epochs and on the phase's last epoch (also when ``--time-limit`` ends it),
+    adding ``val_*`` to that epoch's logs.
+
+    Used instead of ``fit(validation_data=...)`` because Keras' ``validation_freq``
+    may skip the last epoch, the one a cosine schedule ends on. The callbacks
+    after this one (and Keras' progress bar, which comes last) see the metrics.
+    """
+
+    def __init__(self, val_ds, freq: int, last_epoch: int):
+        super().__init__()
+        self.val_ds, self.freq, self.last_epoch = val_ds, freq, last_epoch
+        self.first_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.first_epoch = epoch if self.first_epoch is None else self.first_epoch
+        if (epoch - self.first_epoch + 1) % self.freq and epoch < self.last_epoch and not self.model.stop_training:
+            return
+        results = self.model.evaluate(self.val_ds, verbose=0, return_dict=True)
+        logs.update({f"val_{name}": float(value) for name, value in results.items()})
+
+
+class _TimeLimit(keras.callbacks.Callback):
+    """Ends a phase at ``deadline`` (after the batch that reaches it) and, given ``lr``, decays the
+    learning rate from ``lr`` to 0 on a cosine over the phase's time or its ``steps``, whichever
+    runs out first.
+
+    So a run with ``--time-limit`` ends its schedule on time on any machine: a slow
+    machine trains fewer epochs, not an unfinished schedule.
+    """
+
+    def __init__(self, deadline: float, lr: float | None, steps: int, clock=time.monotonic):
+        super().__init__()
+        self.deadline, self.lr, self.steps, self.clock = deadline, lr, steps, clock
+        self.start, self.done, self.reached = None, 0, False
+
+    def on_train_begin(self, logs=None):
+        self.start = self.clock()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.lr is not None:
+            progress = max((self.clock() - self.start) / max(self.deadline - self.start, 1e-9), self.done / self.steps)
+            self.model.optimizer.learning_rate = self.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
+        if self.clock() >= self.deadline:
+            self.model.stop_training = self.reached = True
+
+    def on_train_end(self, logs=None):
+        if self.reached:
+            log.info("--time-limit reached: this phase stops here")
+
+
+class _WhenValidated(keras.callbacks.Callback):
+    """Runs ``inner`` (early stopping, checkpoint, LR reduction) only on the epochs that were validated,
+    so that ``--patience`` counts validations and no epoch without a metric counts as a worse one."""
+
+    def __init__(self, inner: keras.callbacks.Callback, monitor: str):
+        super().__init__()
+        self.inner, self.monitor = inner, monitor
+
+    def set_model(self, model):
+        self.inner.set_model(model)
+
+    def set_params(self, params):
+        self.inner.set_params(params)
+
+    def on_train_begin(self, logs=None):
+        self.inner.on_train_begin(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.inner.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor in (logs or {}):
+            self.inner.on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self.inner.on_train_end(logs)
+
+
+def _compile(model, optimizer, config: TrainConfig) -> None:
+    smoothing = config.label_smoothing
+    loss = SparseSmoothedCrossentropy(smoothing) if smoothing else "sparse_categorical_crossentropy"
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=config.jit)
 
 
 def _restore_best(model, checkpoint_path: str) -> None:
@@ -248,9 +347,10 @@ def _restore_best(model, checkpoint_path: str) -> None:
 
 
 def read_history(path: str) -> list[dict[str, Any]]:
-    """history.csv as rows of numbers (the phase stays a string)."""
+    """history.csv as rows of numbers (the phase stays a string; NaN where an epoch was not validated)."""
     with open(path, newline="") as f:
-        return [{k: (v if k == "phase" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: (v if k == "phase" else float("nan") if v == "NA" else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def _evaluate(model, config, dataset, history, seconds, cache, val_ds) -> dict[str, Any]:
@@ -274,7 +374,8 @@ def _evaluate(model, config, dataset, history, seconds, cache, val_ds) -> dict[s
             metrics[split] = {k: float(v) for k, v in results.items()}
             metrics[split]["images"] = len(dataset.splits[split])
     best = min if config.monitor.endswith("loss") else max
-    best_row = best(history, key=lambda row: row[config.monitor])
+    validated = [row for row in history if not math.isnan(row[config.monitor])] or history[-1:]
+    best_row = best(validated, key=lambda row: row[config.monitor])
     metrics.update({
         "monitor": config.monitor,
         "best_epoch": int(best_row["epoch"]) + 1,
