@@ -105,3 +105,14 @@ def test_durations(text, seconds):
     from transfer.config import parse_duration
 
     assert parse_duration(text) == seconds
+
+
+def test_time_limit_gives_phase_one_its_share_of_the_time_by_epochs():
+    import time
+
+    from transfer.training import _share
+
+    config = TrainConfig(data_dir="x", epochs=3, fine_tune_epochs=1)
+    deadline = time.monotonic() + 100
+    assert _share(deadline, config) - time.monotonic() == pytest.approx(75, abs=1)
+    assert _share(None, config) is None

@@ -70,12 +70,10 @@ def smallvgg(input_shape, weights=None, width=1.0, depth=None):
     from keras import layers
 
     inputs = keras.Input(input_shape)
-    x = inputs
-    for i, f in enumerate(_filters([32, 64, 128, 256], depth, width)):
-        if i == 0:
-            x = _conv_bn_relu(x, f, "block1", strides=2)
-        else:
-            x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(_conv_bn_relu(x, f, f"block{i + 1}"))
+    first, *rest = _filters([32, 64, 128, 256], depth, width)
+    x = _conv_bn_relu(inputs, first, "block1", strides=2)
+    for i, f in enumerate(rest, start=2):
+        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(_conv_bn_relu(x, f, f"block{i}"))
     return keras.Model(inputs, x, name="smallvgg")
 
 

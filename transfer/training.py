@@ -90,10 +90,8 @@ def _train(config: TrainConfig, started: float) -> TrainResult:
     if config.epochs:
         freeze_backbone(model, frozen=spec.pretrained)
         log.info("phase 1: %s", "head only, backbone frozen" if spec.pretrained else "whole network, from scratch")
-        share = deadline and time.monotonic() + (deadline - time.monotonic()) * config.epochs / (
-            config.epochs + config.fine_tune_epochs)  # phase 2 gets what phase 1 leaves
         done = _fit(**_inputs(fit, cache, dataset, config), phase="head", optimizer=config.optimizer, lr=config.lr,
-                    done=done, epochs=config.epochs, deadline=share)
+                    done=done, epochs=config.epochs, deadline=_share(deadline, config))
     if config.fine_tune_epochs:
         n = unfreeze_top(model, config.unfreeze, keep_batchnorm_frozen=spec.pretrained)
         log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
@@ -115,6 +113,14 @@ def _train(config: TrainConfig, started: float) -> TrainResult:
     run_dir = run.commit()
     log.info("run saved to %s", run_dir)
     return TrainResult(run_dir, model, dataset.classes, metrics, history, config)
+
+
+def _share(deadline: float | None, config: TrainConfig) -> float | None:
+    """Phase 1's deadline: its share of the time left, by epochs (phase 2 gets what phase 1 leaves)."""
+    if deadline is None:
+        return None
+    now = time.monotonic()
+    return now + (deadline - now) * config.epochs / (config.epochs + config.fine_tune_epochs)
 
 
 def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, dataset: data.Dataset,
@@ -239,7 +245,7 @@ def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, 
         _compile(full_model, model.optimizer, config)
     watchers = adapt + [keras.callbacks.EarlyStopping(monitor=config.monitor, patience=config.patience), checkpoint]
     callbacks = timer + [
-        _Validation(val_ds, config.validation_freq, last_epoch=done + epochs - 1),
+        _Validation(val_ds, config.validation_freq, first_epoch=done, last_epoch=done + epochs - 1),
         *(_WhenValidated(watcher, config.monitor) for watcher in watchers),
         _HistoryCSV(run.path(runs.HISTORY_FILE), phase),
     ]
@@ -257,13 +263,11 @@ class _Validation(keras.callbacks.Callback):
     after this one (and Keras' progress bar, which comes last) see the metrics.
     """
 
-    def __init__(self, val_ds, freq: int, last_epoch: int):
+    def __init__(self, val_ds, freq: int, first_epoch: int, last_epoch: int):
         super().__init__()
-        self.val_ds, self.freq, self.last_epoch = val_ds, freq, last_epoch
-        self.first_epoch = None
+        self.val_ds, self.freq, self.first_epoch, self.last_epoch = val_ds, freq, first_epoch, last_epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        self.first_epoch = epoch if self.first_epoch is None else self.first_epoch
         if (epoch - self.first_epoch + 1) % self.freq and epoch < self.last_epoch and not self.model.stop_training:
             return
         results = self.model.evaluate(self.val_ds, verbose=0, return_dict=True)
