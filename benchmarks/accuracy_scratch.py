@@ -2,7 +2,9 @@
 
     python benchmarks/accuracy_scratch.py [--data ../shared/data/cats_vs_dogs] [--preset small-data-scratch]
 
-One summary line on stdout; Keras progress on stderr. Record results in BENCHMARKS.md.
+One summary line on stdout; Keras progress on stderr. Record results in BENCHMARKS.md. The summary's
+``curve`` is validation accuracy against training time: each validated epoch with the seconds since the
+run started (``elapsed_seconds`` in the run's history.csv).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def main() -> None:
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress lines; stdout is the summary
         result = train(config)
     seconds = time.perf_counter() - started
-    history = [{"epoch": int(r["epoch"]) + 1, "val_accuracy": round(r["val_accuracy"], 4)} for r in result.history
+    history = [{"epoch": int(r["epoch"]) + 1, "seconds": round(r["elapsed_seconds"]),
+                "val_accuracy": round(r["val_accuracy"], 4)} for r in result.history
                if r["val_accuracy"] == r["val_accuracy"]]  # not NaN: the epochs that --validation-freq validated
     print(json.dumps({"benchmark": "accuracy_scratch", "preset": args.preset, "overrides": overrides,
                       "backbone": result.config.backbone,

@@ -97,11 +97,11 @@ def test_smallresnet_has_a_residual_pair_after_every_second_stage():
     assert base.output_shape[1:3] == (2, 2)  # four poolings of the 32 px input
 
 
-def test_smallvgg_halves_the_image_with_a_strided_first_convolution():
+def test_smallvgg_halves_the_image_with_a_strided_first_convolution_and_keeps_256_filters_beyond_four_blocks():
     spec, config = _resolved("smallvgg", width=0.5, depth=5, image_size=80)
     base = backbone_of(build_model(spec, config, 2))
     convs = [layer for layer in base.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert [(c.filters, c.strides) for c in convs] == [(16, (2, 2))] + [(f, (1, 1)) for f in (32, 64, 128, 256)]
+    assert [(c.filters, c.strides) for c in convs] == [(16, (2, 2))] + [(f, (1, 1)) for f in (32, 64, 128, 128)]
     assert "block1_pool" not in [layer.name for layer in base.layers]
     assert base.get_layer("block1_relu").output.shape[1:3] == (40, 40)
     assert base.output_shape[1:3] == (2, 2)  # the stride, then four poolings of the 80 px input

@@ -24,6 +24,7 @@ def test_validates_every_n_epochs_and_on_each_phases_last(tmp_path, recwarn):
     assert validated == [2, 3, 5]  # the 3rd and last of phase 1 (4 epochs), the last of phase 2 (2 epochs)
     assert [row["phase"] for row in result.history] == ["head"] * 4 + ["fine_tune"] * 2  # columns line up
     assert all(row["learning_rate"] > 0 for row in result.history)
+    assert result.metrics["time_limit_stopped"] == []  # no --time-limit: the epochs ran out
     with open(os.path.join(result.run_dir, "history.csv"), newline="") as f:
         assert len({len(row) for row in csv.reader(f)}) == 1
     # patience 1 counted validations, not the epochs in between: nothing stopped early
@@ -98,6 +99,9 @@ def test_time_limit_ends_the_run_early_and_validates_its_last_epoch(tmp_path):
     assert validated == [int(result.history[-1]["epoch"])]  # only the epoch the limit ended
     assert result.history[-1]["learning_rate"] < 0.01 * 0.2  # the time-based cosine is near its end
     assert result.config.time_limit == "6s"
+    assert result.metrics["time_limit_stopped"] == ["head"]
+    elapsed = [row["elapsed_seconds"] for row in result.history]  # accuracy against time, from history.csv
+    assert elapsed == sorted(elapsed) and 0 < elapsed[0] and 6 <= elapsed[-1] < 60
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("1.5h", 5400), ("120", 120), ("none", None)])

@@ -85,13 +85,14 @@ def _train(config: TrainConfig, started: float) -> TrainResult:
     limit = parse_duration(config.time_limit)
     deadline = started + limit if limit else None
     fit = {"model": model, "config": config, "run": run, "train_ds": train_ds, "val_ds": val_ds,
-           "checkpoint": checkpoint, "class_weight": class_weights}
-    done = 0
+           "checkpoint": checkpoint, "class_weight": class_weights, "started": started}
+    done, timed_out = 0, []
     if config.epochs:
         freeze_backbone(model, frozen=spec.pretrained)
         log.info("phase 1: %s", "head only, backbone frozen" if spec.pretrained else "whole network, from scratch")
-        done = _fit(**_inputs(fit, cache, dataset, config), phase="head", optimizer=config.optimizer, lr=config.lr,
-                    done=done, epochs=config.epochs, deadline=_share(deadline, config))
+        done, cut = _fit(**_inputs(fit, cache, dataset, config), phase="head", optimizer=config.optimizer, lr=config.lr,
+                         done=done, epochs=config.epochs, deadline=_share(deadline, config))
+        timed_out += ["head"] if cut else []
     if config.fine_tune_epochs:
         n = unfreeze_top(model, config.unfreeze, keep_batchnorm_frozen=spec.pretrained)
         log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
@@ -99,14 +100,16 @@ def _train(config: TrainConfig, started: float) -> TrainResult:
         # a fresh shuffle (over the same decoded images), so that phase 2 sees the same order whether phase 1
         # ran on images or on cached features
         fit["train_ds"] = data.batches(train_images, config.batch_size, shuffle=True, seed=config.seed)
-        done = _fit(**_inputs(fit, boundary, dataset, config), phase="fine_tune", optimizer=config.fine_tune_optimizer,
-                    lr=config.fine_tune_lr, done=done, epochs=config.fine_tune_epochs, deadline=deadline)
+        done, cut = _fit(**_inputs(fit, boundary, dataset, config), phase="fine_tune",
+                         optimizer=config.fine_tune_optimizer, lr=config.fine_tune_lr, done=done,
+                         epochs=config.fine_tune_epochs, deadline=deadline)
+        timed_out += ["fine_tune"] if cut else []
     if config.restore_best:
         _restore_best(model, run.path(runs.CHECKPOINT_FILE))
     seconds = time.perf_counter() - fit_started
 
     history = read_history(run.path(runs.HISTORY_FILE))
-    metrics = _evaluate(model, config, dataset, history, seconds, cache, val_ds)
+    metrics = {**_evaluate(model, config, dataset, history, seconds, cache, val_ds), "time_limit_stopped": timed_out}
     model.save(run.path(runs.MODEL_FILE))
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     _plot(history, run.path(runs.PLOT_FILE))
@@ -208,25 +211,29 @@ def make_optimizer(name: str, lr, weight_decay: float | None = None) -> keras.op
 
 
 class _HistoryCSV(keras.callbacks.CSVLogger):
-    """CSVLogger that appends across phases, with each epoch's phase and learning rate (the same columns in
-    every row, so that the phases' rows line up)."""
+    """CSVLogger that appends across phases, with each epoch's phase, learning rate and the seconds since the
+    run ``started`` (so accuracy can be read against time), in the same columns in every row, so that the
+    phases' rows line up."""
 
-    def __init__(self, path: str, phase: str):
+    def __init__(self, path: str, phase: str, started: float):
         super().__init__(path, append=True)
-        self.phase = phase
+        self.phase, self.started = phase, started
 
     def on_epoch_end(self, epoch, logs=None):
         learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        logs = {**(logs or {}), "phase": self.phase, "learning_rate": learning_rate}
+        logs = {**(logs or {}), "phase": self.phase, "learning_rate": learning_rate,
+                "elapsed_seconds": round(time.monotonic() - self.started, 2)}
         if self.keys is None:  # the columns: validation's too, even if the first epoch was not validated
             self.keys = sorted({*logs, *(f"val_{name}" for name in ("loss", "accuracy"))})
         super().on_epoch_end(epoch, logs)
 
 
-def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, optimizer, lr, done, epochs,
-         deadline=None, full_model=None) -> int:
-    """Compile (needed after every change of ``trainable``) and fit one phase; return epochs done so far.
+def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, started, phase, optimizer, lr, done, epochs,
+         deadline=None, full_model=None) -> tuple[int, bool]:
+    """Compile (needed after every change of ``trainable``) and fit one phase; return the epochs done so far
+    and whether ``--time-limit`` cut the phase short.
 
+    ``started``: the ``time.monotonic()`` at which the run started (history's ``elapsed_seconds``).
     ``deadline``: the ``time.monotonic()`` at which the phase stops (``--time-limit``).
     ``full_model``: when ``model`` is its top, trained on cached features; it is compiled with the same
     optimizer so that it is saved like a model trained on images.
@@ -247,11 +254,11 @@ def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, phase, 
     callbacks = timer + [
         _Validation(val_ds, config.validation_freq, first_epoch=done, last_epoch=done + epochs - 1),
         *(_WhenValidated(watcher, config.monitor) for watcher in watchers),
-        _HistoryCSV(run.path(runs.HISTORY_FILE), phase),
+        _HistoryCSV(run.path(runs.HISTORY_FILE), phase, started),
     ]
     history = model.fit(train_ds, initial_epoch=done, epochs=done + epochs, callbacks=callbacks,
                         verbose=config.verbose, class_weight=class_weight, shuffle=False)  # the dataset shuffles
-    return done + len(history.history.get("loss", []))
+    return done + len(history.history.get("loss", [])), bool(timer and timer[0].reached)
 
 
 class _Validation(keras.callbacks.Callback):
