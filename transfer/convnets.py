@@ -67,7 +67,7 @@ def smallvgg(input_shape, weights=None, width=1.0, depth=None):
     of accuracy on cats vs dogs. Extra blocks (``depth`` > 4) keep 256 filters
     rather than doubling: a fifth block of 512 made each step 1.1-1.2 times
     longer and, on a 2-core CPU, ran about half its epochs at half speed, so
-    the preset's 14 minutes held 22 epochs instead of 33-36 (83 % instead of
+    the preset's 14 minutes held 22 epochs instead of 33-39 (83 % instead of
     85-86 % on cats vs dogs).
     """
     import keras
