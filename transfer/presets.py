@@ -8,9 +8,10 @@ than strong augmentation, 80 px rather than 96 and a fifth block of 256
 filters rather than 512 (more epochs in the budget) and test-time mirroring
 each helped; four runs reached 85.4-85.7 % in 14.1-14.5 minutes (see
 BENCHMARKS.md). Its budget is a ``time_limit`` rather than a number of
-epochs, because the same 2 cores run an epoch in 21 s one hour and 45 s the
-next: the cosine schedule follows the time, so a slow machine gets fewer
-epochs and still a finished schedule (and a lower accuracy).
+epochs, because an epoch's time varies from machine to machine and, on the
+same 2 cores, between about 20 s and 41 s: the cosine schedule follows the
+time, so a slow machine gets fewer epochs and still a finished schedule (and
+a lower accuracy).
 """
 
 from __future__ import annotations
