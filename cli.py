@@ -18,8 +18,8 @@ import click
 from click.core import ParameterSource
 
 from transfer import backbones as registry
-from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, LR_SCHEDULES, MIXED_PRECISION, MONITORS,
-                             OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
+from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, FEATURE_ENGINES, LR_SCHEDULES,
+                             MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
 from transfer.presets import PRESETS, apply_preset
 from transfer.errors import TransferError
 
@@ -83,14 +83,14 @@ def main():
 @main.command("backbones")
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
 def backbones_command(as_json):
-    """List the backbones: name, input size, parameters, preprocessing, default unfreeze point."""
+    """List the backbones: name, input size, parameters, preprocessing, unfreeze point, where weights come from."""
     rows = [registry.describe(registry.get(name)) for name in registry.names()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    header = ("name", "kind", "size", "params", "preprocessing", "unfreeze")
+    header = ("name", "kind", "size", "params", "preprocessing", "unfreeze", "imagenet weights")
     table = [header] + [(r["name"], r["kind"], str(r["input_size"]), _count(r["params"]),
-                         r["preprocessing"], r["unfreeze"]) for r in rows]
+                         r["preprocessing"], r["unfreeze"], r["weights"]) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -234,6 +234,9 @@ def _print_inspection(r: dict) -> None:
               "percentage of RAM. Cached features beyond it are streamed from --cache-dir.")
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), default=default("mixed_precision"),
               show_default=True, help="float16 compute with float32 weights and output (auto: only with a GPU).")
+@click.option("--feature-engine", type=click.Choice(FEATURE_ENGINES), default=default("feature_engine"),
+              show_default=True, help="What computes cached features: auto (TFLite/XNNPACK on a CPU, several times "
+              "faster for EfficientNet-Lite and MobileNet, checked against Keras on the first batch), tflite, keras.")
 @click.option("--jit/--no-jit", default=default("jit"), show_default=True, help="Compile training with XLA.")
 @click.option("-o", "--output-dir", default=default("output_dir"), show_default=True, help="Where run folders go.")
 @click.option("--name", default=None, help="Run folder name [default: timestamp-backbone].")

@@ -33,7 +33,7 @@ def variant(stride_stem: bool, most: int | None):
         import keras
         from keras import layers
 
-        from transfer.convnets import _conv_bn_relu, _filters
+        from transfer.backbones.scratch import _conv_bn_relu, _filters
 
         inputs = keras.Input(input_shape)
         x = inputs

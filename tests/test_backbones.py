@@ -39,8 +39,11 @@ def test_entry_builds_and_classifies(name):
 def test_default_sizes():
     assert backbones.get("inceptionv3").default_size == 299
     assert backbones.get("xception").default_size == 299
-    for name in ("vgg16", "resnet50", "resnet50v2", "mobilenetv2", "efficientnetb0", "densenet121"):
+    for name in ("vgg16", "resnet50", "resnet50v2", "mobilenetv2", "efficientnetb0", "densenet121",
+                 "efficientnet_lite0"):
         assert backbones.get(name).default_size == 224
+    assert (backbones.get("efficientnet_lite1").default_size, backbones.get("efficientnet_lite2").default_size) == (
+        240, 260)
 
 
 APP_MODULES = {"inceptionv3": "inception_v3", "vgg16": "vgg16", "resnet50": "resnet50", "resnet50v2": "resnet_v2",
@@ -48,7 +51,7 @@ APP_MODULES = {"inceptionv3": "inception_v3", "vgg16": "vgg16", "resnet50": "res
                "densenet121": "densenet"}
 
 
-@pytest.mark.parametrize("name", PRETRAINED)
+@pytest.mark.parametrize("name", list(APP_MODULES))
 def test_preprocessing_matches_keras_applications(name):
     """The in-model Preprocess layer must compute exactly what keras.applications.<m>.preprocess_input does."""
     x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
@@ -57,8 +60,20 @@ def test_preprocessing_matches_keras_applications(name):
     np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-5, atol=1e-4)
 
 
+LITE = [n for n in PRETRAINED if n.startswith("efficientnet_lite")]
+
+
 def test_every_pretrained_entry_is_checked_against_keras():
-    assert set(PRETRAINED) == set(APP_MODULES)
+    assert set(PRETRAINED) == set(APP_MODULES) | set(LITE)
+    assert LITE == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+@pytest.mark.parametrize("name", LITE)
+def test_lite_preprocessing_is_the_original_release_scaling(name):
+    """EfficientNet-Lite's TensorFlow release feeds (x - 127) / 128."""
+    x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    got = keras.ops.convert_to_numpy(Preprocess(backbones.get(name).preprocessing)(x))
+    np.testing.assert_allclose(got, (x - 127) / 128, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("unfreeze, expect", [("all", 0), ("3", "len-3"), ("block2_conv", "index"),

@@ -62,7 +62,7 @@ def check_file(path: str, root: str, max_pixels: int = MAX_PIXELS) -> FileCheck:
     except ImageError as error:
         return FileCheck(path, "skipped", str(error))
     note = f"animated ({info.frames} frames): the first frame is used" if info.frames > 1 else ""
-    return FileCheck(path, "ok", "", info.format, rgb.width, rgb.height, _digest(path), note)
+    return FileCheck(path, "ok", "", info.format, rgb.width, rgb.height, file_digest(path), note)
 
 
 def _starts_like_image(path: str) -> bool:
@@ -73,12 +73,13 @@ def _starts_like_image(path: str) -> bool:
         return False
 
 
-def _digest(path: str) -> str:
-    sha1 = hashlib.sha1()
+def file_digest(path: str, algorithm: str = "sha1") -> str:
+    """Hex digest of a file's bytes, read in blocks (images here, weights files in the backbones)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
-            sha1.update(block)
-    return sha1.hexdigest()
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def audit(paths: list[str], root: str, max_pixels: int = MAX_PIXELS, cache_dir: str | None = None,

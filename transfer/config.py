@@ -26,6 +26,7 @@ CLASS_WEIGHTS = ("auto", "none")
 LR_SCHEDULES = ("plateau", "cosine")
 CACHE_FEATURES = ("auto", "on", "off")
 MIXED_PRECISION = ("auto", "on", "off")
+FEATURE_ENGINES = ("auto", "tflite", "keras")
 
 
 @dataclass
@@ -45,7 +46,7 @@ class TrainConfig:
     name: str | None = None
     overwrite: bool = False
     # model
-    backbone: str = "mobilenetv2"
+    backbone: str = "efficientnet_lite0"  # ImageNet weights from pip: works offline
     weights: str | None = None
     image_size: int | None = None
     width: float = 1.0
@@ -91,6 +92,7 @@ class TrainConfig:
     cache_features: str = "auto"  # auto: phase 1 on cached backbone features when it is frozen and --augment none
     cache_memory: str = "25%"  # RAM for each in-memory cache (decoded images, features): bytes (4G, 512M) or % of RAM
     mixed_precision: str = "auto"  # auto: float16 compute only when a GPU is present
+    feature_engine: str = "auto"  # auto: cached features through TFLite/XNNPACK on a CPU, checked against Keras
     jit: bool = False  # compile training steps with XLA
     verbose: int = 1
 
@@ -106,6 +108,7 @@ class TrainConfig:
         _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("--cache-features", self.cache_features, CACHE_FEATURES)
         _choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("--feature-engine", self.feature_engine, FEATURE_ENGINES)
         _check(0 <= self.max_skip_fraction <= 1,
                f"--max-skip-fraction must be between 0 and 1, got {self.max_skip_fraction}.")
         _check(self.max_pixels >= 1, f"--max-pixels must be positive, got {self.max_pixels}.")

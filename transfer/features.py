@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import time
 import uuid
 
 import keras
@@ -34,6 +35,7 @@ from . import data
 from .audit import default_cache_dir
 from .backbones import BackboneSpec
 from .config import TrainConfig
+from .devices import has_gpu
 from .errors import ConfigError
 from .heads import HEAD_LAYER, backbone_of, unfreeze_index
 
@@ -41,6 +43,8 @@ log = logging.getLogger("transfer")
 
 FEATURES_VERSION = 1
 POOL_LAYER = "pool"
+#: TFLite's features may differ from Keras' by this much, relative to their largest value (float32 rounding)
+ENGINE_TOLERANCE = 1e-3
 
 
 def use_cache(spec: BackboneSpec, config: TrainConfig) -> bool:
@@ -148,6 +152,8 @@ class FeatureCache:
         self._rows: dict[str, np.ndarray] = {}  # in RAM
         self._spilled: set[str] = set()  # on disk, streamed every epoch
         self._writable = True
+        self._run = None  # the engine, chosen on the first batch to compute
+        self.seconds = 0.0  # spent computing features (decoding the images included)
 
     def prepare(self, examples: list[data.Example]) -> bool:
         """Have the features of every example ready, computing the missing ones in one pass of the backbone.
@@ -235,11 +241,25 @@ class FeatureCache:
         config = self.config
         images = data.make_tf_dataset(examples, config.image_size, config.batch_size, resize=config.resize,
                                       cache=False, max_pixels=config.max_pixels)
-        rows = list(np.asarray(self.extractor.predict(images, verbose=0), dtype=np.float32))
+        started = time.monotonic()
+        run = self._engine()
+        rows = [row for batch, _ in images for row in run(batch.numpy())]
+        self.seconds += time.monotonic() - started
         self.computed += len(rows)
         for example, row in zip(examples, rows):
             self._write(self._path(example.path), row)
         return rows
+
+    def _engine(self):
+        """What computes the features: TFLite with XNNPACK where it applies and agrees with Keras, else Keras.
+
+        The choice is made once per cache, on the first batch it computes:
+        both engines run it, and TFLite is kept only if its features match
+        Keras' to within :data:`ENGINE_TOLERANCE` (relative).
+        """
+        if self._run is None:
+            self._run = _Engine(self.extractor, self.config.feature_engine)
+        return self._run
 
     def _write(self, path: str, row: np.ndarray) -> None:
         """Atomically (temporary file, then rename); a cache that cannot be written only costs time."""
@@ -257,3 +277,56 @@ class FeatureCache:
             self._writable = False
             log.warning("could not write the feature cache %s: %s; features are kept in memory only",
                         self.folder, error)
+
+
+
+class _Engine:
+    """A function from a batch of images (numpy) to features, per ``--feature-engine``.
+
+    ``auto`` takes TFLite (XNNPACK) on a CPU in float32 and checks it on the
+    first batch against Keras (with a GPU or mixed precision Keras is the
+    faster engine); ``tflite`` insists, failing with an error where it cannot
+    apply; ``keras`` never converts.
+    """
+
+    def __init__(self, extractor: keras.Model, mode: str):
+        self.extractor, self.mode = extractor, mode
+        self.runner = None
+        self.checked = False
+        if mode == "tflite" or (mode == "auto" and not has_gpu()
+                                and keras.mixed_precision.global_policy().name == "float32"):
+            self.runner = self._convert()
+
+    def _convert(self):
+        from . import tflite
+
+        try:
+            return tflite.Runner(tflite.convert(self.extractor))
+        except Exception as error:  # a model TFLite cannot convert: Keras computes the same, slower
+            self._refuse(f"the frozen part cannot be converted to TFLite ({error})")
+            return None
+
+    def _refuse(self, reason: str) -> None:
+        if self.mode == "tflite":
+            raise ConfigError(f"--feature-engine tflite: {reason}. Use --feature-engine auto or keras.")
+        log.warning("%s; computing features with Keras", reason)
+
+    def keras(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.extractor.predict_on_batch(batch), dtype=np.float32)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.runner is None:
+            return self.keras(batch)
+        got = self.runner(batch)
+        if not self.checked:
+            from .tflite import agreement
+
+            expected = self.keras(batch)
+            diff = agreement(expected, got)
+            self.checked = True
+            if diff > ENGINE_TOLERANCE:
+                self.runner = None
+                self._refuse(f"TFLite's features differ from Keras' by {diff:.2g} (relative)")
+                return expected
+            log.info("features computed with TFLite/XNNPACK (checked against Keras: relative difference %.1g)", diff)
+        return got

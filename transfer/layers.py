@@ -19,6 +19,7 @@ _MODES = {
     "tf": (1 / 127.5, -1.0, None, None, False),  # [-1, 1]: Inception, Xception, MobileNetV2, ResNetV2
     "torch": (1 / 255.0, 0.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),  # DenseNet
     "caffe": (1.0, 0.0, (103.939, 116.779, 123.68), None, True),  # BGR minus ImageNet mean: VGG, ResNet
+    "lite": (1 / 128.0, -127 / 128.0, None, None, False),  # (x - 127) / 128: EfficientNet-Lite's TensorFlow release
 }
 PREPROCESSING_MODES = tuple(_MODES)
 

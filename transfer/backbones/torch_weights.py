@@ -1,0 +1,229 @@
+"""Read a PyTorch state dict (``.pth``) into numpy arrays without importing torch.
+
+A ``.pth`` file is a pickle, and unpickling can call any function the file
+names: ``torch.load`` of an untrusted file can run code. This reader never
+imports torch (the project does not depend on it) and unpickles with an
+allowlist: the few globals a state dict of tensors needs (:data:`ALLOWED_GLOBALS`)
+resolve to inert stand-ins, and any other global is refused in ``find_class``,
+before anything is called. A weights file therefore cannot run code here.
+
+Both formats ``torch.save`` writes are read:
+
+- legacy (torch < 1.6, or ``_use_new_zipfile_serialization=False``): pickles of
+  the magic number, the protocol version, the sys info and the state dict, a
+  pickle of the storage keys, then per key an int64 element count and the raw
+  storage bytes;
+- zip (torch >= 1.6): ``<archive>/data.pkl`` and the storages in ``<archive>/data/<key>``.
+
+Tensors are views of storages (an offset, a size and a stride); each becomes a
+contiguous numpy array in native byte order.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import struct
+import zipfile
+from typing import NamedTuple
+
+import numpy as np
+
+from ..errors import WeightsError
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+class _StorageType(NamedTuple):
+    """Stand-in for ``torch.FloatStorage`` etc.: only the numpy dtype code (no byte order)."""
+    dtype: str
+
+
+class _Storage(NamedTuple):
+    """Stand-in for a storage named by a persistent id; its bytes are read after the pickle."""
+    key: str
+    dtype: str
+    view_offset: int = 0
+    view_size: int | None = None
+
+
+class _Tensor(NamedTuple):
+    """Stand-in for a tensor: a strided view of a storage, made an array once the storages are read."""
+    storage: _Storage
+    offset: int
+    size: tuple
+    stride: tuple
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
+    """Stand-in for ``torch._utils._rebuild_tensor(_v2)``; requires_grad and hooks are dropped."""
+    return _Tensor(storage, storage_offset, tuple(size), tuple(stride))
+
+
+_STORAGE_DTYPES = {"FloatStorage": "f4", "DoubleStorage": "f8", "HalfStorage": "f2", "LongStorage": "i8",
+                   "IntStorage": "i4", "ShortStorage": "i2", "CharStorage": "i1", "ByteStorage": "u1",
+                   "BoolStorage": "b1"}
+_GLOBALS = {"collections.OrderedDict": collections.OrderedDict,
+            "torch._utils._rebuild_tensor": _rebuild_tensor,
+            "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
+            **{f"torch.{name}": _StorageType(code) for name, code in _STORAGE_DTYPES.items()}}
+ALLOWED_GLOBALS = frozenset(_GLOBALS)
+"""The only ``module.name`` globals a weights file may name; everything else is refused."""
+
+
+def _not_torch(path):
+    return WeightsError(f"{path}: not a PyTorch weights file (a .pth state dict saved by torch.save); "
+                        "check the path, or save model.state_dict() with torch.save.")
+
+
+def _corrupt(path, detail):
+    return WeightsError(f"{path}: the weights file is truncated or corrupt ({detail}); download or reinstall it.")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only :data:`ALLOWED_GLOBALS`, to stand-ins; records each storage's dtype by key."""
+
+    def __init__(self, file, path, storage_dtypes):
+        super().__init__(file, encoding="utf-8")
+        self.path, self.storage_dtypes = path, storage_dtypes
+
+    def find_class(self, module, name):
+        full = f"{module}.{name}"
+        if full in _GLOBALS:
+            return _GLOBALS[full]
+        if full == "torch.BFloat16Storage":
+            raise WeightsError(f"{self.path}: holds bfloat16 tensors, which numpy cannot represent; "
+                               "convert the state dict to float32 (tensor.float()) and save it again.")
+        raise WeightsError(f"{self.path}: refusing to load: the file's pickle names {full}, which a PyTorch "
+                           "state dict never needs; a weights file must not run code.")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        if self.storage_dtypes.setdefault(pid[2], pid[1].dtype) != pid[1].dtype:
+            raise pickle.UnpicklingError(f"storage {pid[2]} is named with two types")
+        view = pid[5] if len(pid) == 6 else None  # legacy storage view: (view_key, offset, size)
+        return _Storage(pid[2], pid[1].dtype) if view is None else _Storage(pid[2], pid[1].dtype, view[1], view[2])
+
+
+def _unpickle(file, path, storage_dtypes, on_error):
+    """One pickle from ``file``; a refused global propagates, any other failure becomes ``on_error()``."""
+    try:
+        return _RestrictedUnpickler(file, path, storage_dtypes).load()
+    except WeightsError:
+        raise
+    except Exception as error:
+        raise on_error(error) from None
+
+
+def _load_legacy(path, f):
+    """Magic, protocol, sys info, state dict, storage keys, then each storage's count and bytes."""
+    dtypes = {}
+    magic = _unpickle(f, path, dtypes, lambda e: _not_torch(path))
+    if type(magic) is not int or magic != MAGIC_NUMBER:
+        raise _not_torch(path)
+    corrupt = lambda e: _corrupt(path, f"{type(e).__name__}: {e}")  # noqa: E731
+    if _unpickle(f, path, dtypes, corrupt) != PROTOCOL_VERSION:
+        raise _corrupt(path, "unknown torch serialization protocol")
+    sys_info = _unpickle(f, path, dtypes, corrupt)
+    order = "<" if not isinstance(sys_info, dict) or sys_info.get("little_endian", True) else ">"
+    state = _unpickle(f, path, dtypes, corrupt)
+    keys = _unpickle(f, path, dtypes, corrupt)
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or set(keys) != set(dtypes):
+        raise _corrupt(path, "the storage keys do not match the tensors")
+    size, storages = os.fstat(f.fileno()).st_size, {}
+    for key in keys:
+        head = f.read(8)
+        count = struct.unpack(order + "q", head)[0] if len(head) == 8 else -1
+        dtype = np.dtype(order + dtypes[key])
+        if count < 0 or count * dtype.itemsize > size - f.tell():
+            raise _corrupt(path, f"storage {key} is shorter than announced")
+        storages[key] = np.frombuffer(f.read(count * dtype.itemsize), dtype)
+    return state, storages
+
+
+def _load_zip(path):
+    """``<archive>/data.pkl`` with the storages in ``<archive>/data/<key>`` (torch >= 1.6)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            pickles = [n for n in names if os.path.basename(n) == "data.pkl" and n.count("/") <= 1]
+            if len(pickles) != 1:
+                raise _not_torch(path)
+            prefix, dtypes = pickles[0][:-len("data.pkl")], {}
+            order = archive.read(prefix + "byteorder") if prefix + "byteorder" in names else b"little"
+            order = ">" if order.strip() == b"big" else "<"
+            data = io.BytesIO(archive.read(pickles[0]))
+            state = _unpickle(data, path, dtypes, lambda e: _corrupt(path, f"{type(e).__name__}: {e}"))
+            storages = {key: archive.read(f"{prefix}data/{key}") for key in dtypes}
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError) as error:
+        raise _corrupt(path, f"{type(error).__name__}: {error}") from None
+    return state, {key: np.frombuffer(raw, order + dtypes[key], len(raw) // np.dtype(dtypes[key]).itemsize)
+                   for key, raw in storages.items()}
+
+
+def _to_array(path, name, tensor, storages):
+    """The tensor's strided view of its storage, copied to a contiguous native-order array."""
+    st = tensor.storage
+    if not isinstance(st, _Storage) or len(tensor.size) != len(tensor.stride) or any(
+            type(i) is not int or i < 0 for i in (tensor.offset, st.view_offset, st.view_size or 0, *tensor.size,
+                                                  *tensor.stride)):
+        raise _corrupt(path, f"tensor {name} has an invalid layout")
+    base = storages[st.key][st.view_offset:]
+    base = base if st.view_size is None else base[:st.view_size]
+    native = base.dtype.newbyteorder("=")
+    if 0 in tensor.size:
+        return np.zeros(tensor.size, native)
+    last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))
+    if last >= base.size:
+        raise _corrupt(path, f"tensor {name} reaches past the end of its storage")
+    strides = [s * base.itemsize if n > 1 else 0 for n, s in zip(tensor.size, tensor.stride)]
+    view = np.lib.stride_tricks.as_strided(base[tensor.offset:], tensor.size, strides, writeable=False)
+    return np.array(view, dtype=native, order="C")
+
+
+def _is_tensor_dict(obj):
+    return isinstance(obj, dict) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, _Tensor) for k, v in obj.items())
+
+
+def _state_dict(path, obj):
+    """The dict of tensors: the top-level object, or a checkpoint's only ``state_dict``/``model`` entry."""
+    if _is_tensor_dict(obj):
+        return obj
+    inner = [obj[k] for k in ("state_dict", "model") if isinstance(obj, dict) and _is_tensor_dict(obj.get(k))]
+    if len(inner) == 1:
+        return inner[0]
+    what = f"a dict with keys {list(obj)[:6]!r:.120}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+    raise WeightsError(f"{path}: holds {what}, not a state dict of tensors; save model.state_dict() "
+                       "(not the whole model) with torch.save.")
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """The tensors of the ``.pth`` file at ``path`` as numpy arrays, keyed and ordered as in the file.
+
+    No torch import and no code from the file can run (see the module docstring).
+    Raises :class:`WeightsError` naming ``path`` when the file is missing, is not a
+    PyTorch state dict, is truncated or corrupt, or names a global outside :data:`ALLOWED_GLOBALS`.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == ZIP_MAGIC
+            f.seek(0)
+            state, storages = _load_zip(path) if is_zip else _load_legacy(path, f)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise WeightsError(f"{path}: weights file not found; check the path or reinstall the package "
+                           "that provides it.") from None
+    except OSError as error:
+        raise WeightsError(f"{path}: cannot read the weights file ({error.strerror or error}).") from None
+    state = _state_dict(path, state)
+    try:
+        return {name: _to_array(path, name, tensor, storages) for name, tensor in state.items()}
+    except (KeyError, ValueError, OverflowError, TypeError, AttributeError) as error:
+        raise _corrupt(path, f"{type(error).__name__}: {error}") from None
