@@ -47,6 +47,7 @@ def _setup_logging(quiet: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
+    logger.handlers[0].setStream(sys.stderr)  # the current stderr (a test runner swaps it per command)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 

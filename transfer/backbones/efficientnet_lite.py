@@ -203,7 +203,8 @@ def imagenet_base(variant: Variant, input_shape, padding: str = PADDING, cache_d
     base = build_base(variant, input_shape, padding)
     source = weights_file(variant)
     folder = os.path.join(cache_dir or default_cache_dir(), "weights")
-    cached = os.path.join(folder, f"{variant.name}-v{CONVERSION_VERSION}-{file_digest(source, "sha256")[:16]}.weights.h5")
+    key = file_digest(source, "sha256")[:16]
+    cached = os.path.join(folder, f"{variant.name}-v{CONVERSION_VERSION}-{key}.weights.h5")
     if os.path.isfile(cached):
         try:
             base.load_weights(cached)
