@@ -48,6 +48,7 @@ def _setup_logging(quiet: bool) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.handlers[0].setStream(sys.stderr)  # the current stderr (a test runner swaps it per command)
+    logger.propagate = False  # TensorFlow's absl handler on the root logger would print every line twice
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
@@ -183,8 +184,10 @@ def _print_inspection(r: dict) -> None:
               help="Validation fraction when DATA_DIR has no val/ folder.")
 @click.option("--seed", type=int, default=default("seed"), show_default=True, help="Seed for the split and training.")
 @click.option("--batch-size", type=int, default=default("batch_size"), show_default=True)
-@click.option("--augment", type=click.Choice(AUGMENT_PRESETS), default=default("augment"), show_default=True,
-              help="Training-time augmentation preset.")
+@click.option("--augment", type=click.Choice(AUGMENT_PRESETS), default=None,
+              help="Training-time augmentation: flip (mirror images; feature caching keeps it, so it costs one more "
+              "pass of the backbone), light or strong (flips, rotation, translation, zoom[, contrast]: every epoch "
+              "runs the backbone) [default: flip for pretrained backbones, light for from-scratch nets].")
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default=default("resize"), show_default=True,
               help="squash to the input size, or keep aspect ratio and centre-crop.")
 @click.option("--tta/--no-tta", default=default("tta"), show_default=True,
@@ -229,7 +232,7 @@ def _print_inspection(r: dict) -> None:
               "which saves its time; --patience then counts validations).")
 @click.option("--cache-features", type=click.Choice(CACHE_FEATURES), default=default("cache_features"),
               show_default=True, help="Compute the frozen backbone's features once and train phase 1 on them "
-              "(auto: when the backbone is frozen and --augment none; stored under --cache-dir).")
+              "(auto: when the backbone is frozen and --augment none or flip; stored under --cache-dir).")
 @click.option("--cache-memory", default=default("cache_memory"), show_default=True,
               help="RAM for each in-memory cache (decoded images, cached features): a size (4G, 512M) or a "
               "percentage of RAM. Cached features beyond it are streamed from --cache-dir.")

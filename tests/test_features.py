@@ -142,7 +142,8 @@ def test_auto_is_off_with_augmentation_and_says_why(tmp_path, trained_run, caplo
     with caplog.at_level(logging.INFO, logger="transfer"):
         train(_trained_base(tmp_path, trained_run, name="run", epochs=1, augment="light"))
     messages = [r.getMessage() for r in caplog.records]
-    assert "feature caching is off: --augment light changes every image in every epoch" in messages
+    assert ("feature caching is off: --augment light changes every image in every epoch (--augment flip is cached)"
+            in messages)
     assert not any(m.startswith("feature cache ") for m in messages)
     assert not (tmp_path / "cache" / "features").exists()
 
@@ -238,3 +239,28 @@ def test_boundary_caching_needs_a_clean_cut(tmp_path, caplog):
         assert features.boundary_cache(model, inside_a_residual_block, {}) is None
     assert "boundary caching is off: the backbone cannot be cut cleanly after block_14_expand" in caplog.messages
     assert features.boundary_cache(model, config, {}) is not None  # the registry's after:block_12_add is clean
+
+
+def test_flip_and_tta_are_cached_as_two_views_that_reproduce_the_image_model(tmp_path, trained_run):
+    """--augment flip --tta: phase 1 caches each image's and its mirror image's features; the head, averaged over
+    the two views, is exactly the full model with test-time mirroring on the images."""
+    config = _trained_base(tmp_path, trained_run, name="flip", augment="flip", tta=True, epochs=4, lr=0.05)
+    result = train(config)
+    resolved = result.config
+    dataset = data.scan(resolved.data_dir, cache_dir=resolved.cache_dir)
+    cache = features.frozen_phase_cache(result.model, resolved, {c.path: c.digest for c in dataset.report.used})
+    examples = dataset.splits["val"]
+    rows = cache.features(examples)
+    assert cache.computed == 0 and rows.shape[1] == 2  # both views, read back from the run's cache
+    images = np.stack([load_image(e.path, (32, 32)) for e in examples]).astype(np.float32)
+    mirrored = cache.extractor.predict(images[:, :, ::-1], verbose=0)
+    np.testing.assert_allclose(rows[:, 1], mirrored, rtol=1e-4, atol=1e-4)
+    on_features = cache.top.predict(rows, verbose=0)
+    np.testing.assert_allclose(on_features, result.model.predict(images, verbose=0), atol=1e-5)
+    assert result.metrics["val"]["accuracy"] == pytest.approx(
+        float(np.mean(on_features.argmax(1) == [e.label for e in examples])))
+    assert np.abs(rows[0, 0] - rows[0, 1]).max() > 1e-4
+    epochs = cache.dataset(examples[:1], shuffle=True, seed=3, pick="random")
+    mirror = [np.abs(x[0, 0] - rows[0, 1]).max() < np.abs(x[0, 0] - rows[0, 0]).max()
+              for _ in range(40) for x, _ in epochs.as_numpy_iterator()]
+    assert 5 < sum(mirror) < 35  # the mirror view is drawn about half the time, anew each epoch

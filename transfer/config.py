@@ -19,7 +19,7 @@ from .errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 POOLINGS = ("avg", "max", "flatten")
-AUGMENT_PRESETS = ("none", "light", "strong")
+AUGMENT_PRESETS = ("none", "flip", "light", "strong")
 RESIZE_MODES = ("squash", "crop")
 MONITORS = ("val_loss", "val_accuracy")
 CLASS_WEIGHTS = ("auto", "none")
@@ -60,7 +60,7 @@ class TrainConfig:
     val_split: float = 0.2
     seed: int = 42
     batch_size: int = 32
-    augment: str = "light"
+    augment: str | None = None  # None: the backbone's (flip for pretrained ones: feature caching keeps it; light)
     resize: str = "squash"
     tta: bool = False  # predict (and validate) on each image and its mirror image, averaged; costs 2x at inference
     class_weight: str = "auto"  # auto: balanced weights when the largest class is over 1.5x the smallest
@@ -89,7 +89,7 @@ class TrainConfig:
     validation_freq: int = 1  # validate every N epochs, and on each phase's last epoch
     time_limit: str | None = None  # stop training after this long (90s, 15m, 1.5h), counted from the start
     # speed
-    cache_features: str = "auto"  # auto: phase 1 on cached backbone features when it is frozen and --augment none
+    cache_features: str = "auto"  # auto: phase 1 on cached backbone features when it is frozen, --augment none|flip
     cache_memory: str = "25%"  # RAM for each in-memory cache (decoded images, features): bytes (4G, 512M) or % of RAM
     mixed_precision: str = "auto"  # auto: float16 compute only when a GPU is present
     feature_engine: str = "auto"  # auto: cached features through TFLite/XNNPACK on a CPU, checked against Keras
@@ -101,7 +101,8 @@ class TrainConfig:
         _check(bool(self.data_dir), "DATA_DIR is required.")
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--fine-tune-optimizer", self.fine_tune_optimizer, OPTIMIZERS)
-        _choice("--augment", self.augment, AUGMENT_PRESETS)
+        if self.augment is not None:
+            _choice("--augment", self.augment, AUGMENT_PRESETS)
         _choice("--resize", self.resize, RESIZE_MODES)
         _choice("--monitor", self.monitor, MONITORS)
         _choice("--class-weight", self.class_weight, CLASS_WEIGHTS)

@@ -41,7 +41,7 @@ from .heads import HEAD_LAYER, backbone_of, unfreeze_index
 
 log = logging.getLogger("transfer")
 
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2  # 2: rows hold a views axis (the image, and its mirror image with --augment flip or --tta)
 POOL_LAYER = "pool"
 #: TFLite's features may differ from Keras' by this much, relative to their largest value (float32 rounding)
 ENGINE_TOLERANCE = 1e-3
@@ -53,8 +53,8 @@ def use_cache(spec: BackboneSpec, config: TrainConfig) -> bool:
         return False
     if not spec.pretrained:
         reason = f"{os.path.basename(spec.name)} is trained from scratch, so its backbone is not frozen in phase 1"
-    elif config.augment != "none":
-        reason = f"--augment {config.augment} changes every image in every epoch"
+    elif config.augment not in ("none", "flip"):
+        reason = f"--augment {config.augment} changes every image in every epoch (--augment flip is cached)"
     else:
         return True
     if config.cache_features == "on":
@@ -64,14 +64,19 @@ def use_cache(spec: BackboneSpec, config: TrainConfig) -> bool:
 
 
 def head_top(model: keras.Model) -> keras.Model:
-    """The head after its pooling layer, as a model of its own (the same layer objects, so the same weights)."""
+    """The head after its pooling layer, as a model of its own (the same layer objects, so the same weights).
+
+    It takes the pooled features of one or more views of each image
+    (``(batch, views, features)``: the image, and its mirror image) and
+    averages its predictions over the views, as ``--tta`` does on images.
+    """
     head = model.get_layer(HEAD_LAYER)
     pool = head.get_layer(POOL_LAYER)
-    inputs = keras.Input(pool.output.shape[1:], name="pooled_features")
+    inputs = keras.Input((None, *pool.output.shape[1:]), name="pooled_features")
     x = inputs
     for layer in head.layers[head.layers.index(pool) + 1:]:
-        x = layer(x)
-    return keras.Model(inputs, x, name="head_top")
+        x = layer(x)  # dense layers act on the last axis, so each view goes through the same head
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling1D(name="view_mean")(x), name="head_top")
 
 
 def extractor(model: keras.Model) -> keras.Model:
@@ -83,20 +88,28 @@ def extractor(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name="feature_extractor")
 
 
-def model_key(model: keras.Model, config: TrainConfig, boundary: str = "") -> str:
+def model_key(model: keras.Model, config: TrainConfig, boundary: str = "", views: int = 1) -> str:
     """Everything besides the image that decides its features, hashed; the backbone's weights by value."""
     settings = [FEATURES_VERSION, keras.__version__, config.backbone, config.image_size, config.resize,
                 model.get_layer("preprocess").mode, config.pooling, keras.mixed_precision.global_policy().name,
-                boundary]
+                boundary, views]
     digest = hashlib.sha256(json.dumps(settings).encode())
     for weights in backbone_of(model).get_weights():
         digest.update(np.ascontiguousarray(weights).tobytes())
     return digest.hexdigest()[:32]
 
 
+def views(config: TrainConfig, validation: bool = True) -> int:
+    """Views cached per image: 2 (the image and its mirror image) for ``--augment flip``, or ``--tta`` when
+    the cache serves validation too; else 1."""
+    return 2 if config.augment == "flip" or (config.tta and validation) else 1
+
+
 def frozen_phase_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str]) -> "FeatureCache":
     """Phase 1: pooled features of the whole frozen backbone; the head's top trains on them."""
-    return FeatureCache(extractor(model), head_top(model), model_key(model, config), config, digests)
+    n = views(config)
+    return FeatureCache(extractor(model), head_top(model), model_key(model, config, views=n), config, digests,
+                        views=n, view_axis=True)
 
 
 def boundary_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str]) -> "FeatureCache | None":
@@ -120,8 +133,9 @@ def boundary_cache(model: keras.Model, config: TrainConfig, digests: dict[str, s
     trainer = keras.Model(inputs, model.get_layer(HEAD_LAYER)(top(inputs)), name="fine_tune_top")
     image = keras.Input(model.input_shape[1:], name="image")
     bottom = keras.Model(backbone.inputs, boundary.output)(model.get_layer("preprocess")(image))
+    n = views(config, validation=False)  # validation runs on the first view; the final evaluation on images
     return FeatureCache(keras.Model(image, bottom, name="frozen_bottom"), trainer,
-                        model_key(model, config, boundary.name), config, digests)
+                        model_key(model, config, boundary.name, n), config, digests, views=n)
 
 
 class FeatureCache:
@@ -135,14 +149,16 @@ class FeatureCache:
     """
 
     def __init__(self, extractor: keras.Model, top: keras.Model, key: str, config: TrainConfig,
-                 digests: dict[str, str]):
-        """``digests`` maps each image path to the sha1 of its bytes (the audit's)."""
+                 digests: dict[str, str], views: int = 1, view_axis: bool = False):
+        """``digests`` maps each image path to the sha1 of its bytes (the audit's); ``views``: 1, or 2 to cache
+        the mirror image's features too; ``view_axis``: whether ``top`` takes a views axis (:func:`head_top`)."""
         self.config = config
         self.digests = digests
         self.folder = os.path.join(config.cache_dir or default_cache_dir(), "features", key)
         self.extractor = extractor
         self.top = top
-        self.shape = tuple(extractor.output.shape[1:])
+        self.views, self.view_axis = views, view_axis
+        self.shape = (views, *extractor.output.shape[1:])  # of one row: every view of one image
         self.row_bytes = 4 * math.prod(self.shape)  # float32
         self.budget = data.memory_budget(config.cache_memory)
         self.in_memory: bool | None = None  # decided by the first prepare()
@@ -188,8 +204,14 @@ class FeatureCache:
             return np.stack([np.load(self._path(e.path), allow_pickle=False) for e in examples])
         return np.stack([self._rows[e.path] for e in examples]).astype(np.float32)
 
-    def dataset(self, examples: list[data.Example], shuffle: bool = False, seed: int = 0):
-        """Batched (features, label) in the order and batches :func:`transfer.data.make_tf_dataset` would use."""
+    def dataset(self, examples: list[data.Example], shuffle: bool = False, seed: int = 0, pick: str = "first"):
+        """Batched (features, label) in the order and batches :func:`transfer.data.make_tf_dataset` would use.
+
+        ``pick`` chooses the views: ``first`` (the image itself), ``random``
+        (the image or its mirror image, drawn anew each epoch: what
+        ``RandomFlip("horizontal")`` does to images) or ``all`` (for a top that
+        averages over views, as ``--tta`` does).
+        """
         import tensorflow as tf
 
         labels = np.array([e.label for e in examples], dtype=np.int32)
@@ -202,7 +224,25 @@ class FeatureCache:
             ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
         if not self.in_memory:
             ds = ds.map(self._read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(self._picker(pick, seed))  # in order, one element at a time: the same draws on every run
         return ds.batch(self.config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def _picker(self, pick: str, seed: int):
+        """A tf.data map from (every view, label) to the views ``pick`` asks for, shaped for ``top``."""
+        import tensorflow as tf
+
+        if pick == "all" and not self.view_axis:
+            raise ValueError("this cache's top takes one view at a time")
+        rng = tf.random.Generator.from_seed(seed)  # a new draw per element and per epoch
+
+        def choose(rows, label):
+            if pick == "all":
+                return rows, label
+            index = rng.uniform((), 0, self.views, dtype=tf.int32) if pick == "random" else 0
+            row = rows[index]
+            return (row[None] if self.view_axis else row), label
+
+        return choose
 
     def _read(self, path, label):
         """One spilled row, read by tf.data without Python: the float32 data is the last bytes of the .npy."""
@@ -243,12 +283,17 @@ class FeatureCache:
                                       cache=False, max_pixels=config.max_pixels)
         started = time.monotonic()
         run = self._engine()
-        rows = [row for batch, _ in images for row in run(batch.numpy())]
+        rows = [row for batch, _ in images for row in self._views(run, batch.numpy())]
         self.seconds += time.monotonic() - started
         self.computed += len(rows)
         for example, row in zip(examples, rows):
             self._write(self._path(example.path), row)
         return rows
+
+    def _views(self, run, batch: np.ndarray) -> np.ndarray:
+        """(batch, views, ...): the features of each image, and of its mirror image when the cache holds two views."""
+        mirrored = [batch[:, :, ::-1]] if self.views == 2 else []
+        return np.stack([run(b) for b in [batch, *mirrored]], axis=1)
 
     def _engine(self):
         """What computes the features: TFLite with XNNPACK where it applies and agrees with Keras, else Keras.

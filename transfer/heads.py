@@ -30,6 +30,7 @@ def augmentation(preset: str) -> keras.layers.Layer:
     """Random transforms that run only in training (Keras preprocessing layers are identity at inference)."""
     transforms = {
         "none": [],
+        "flip": [layers.RandomFlip("horizontal")],  # the one augmentation that feature caching reproduces exactly
         "light": [layers.RandomFlip("horizontal"), layers.RandomRotation(0.05), layers.RandomTranslation(0.05, 0.05),
                   layers.RandomZoom(0.1)],
         "strong": [layers.RandomFlip("horizontal"), layers.RandomRotation(0.1), layers.RandomTranslation(0.1, 0.1),

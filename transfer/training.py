@@ -202,8 +202,9 @@ def _inputs(fit: dict[str, Any], cache: features.FeatureCache | None, dataset: d
         log.warning("cached features fit neither --cache-memory nor the cache folder %s; training on images",
                     cache.folder)
         return fit
-    train_ds = cache.dataset(dataset.splits["train"], shuffle=True, seed=config.seed)
-    val_ds = cache.dataset(dataset.splits["val"])
+    train_ds = cache.dataset(dataset.splits["train"], shuffle=True, seed=config.seed,
+                             pick="random" if config.augment == "flip" else "first")
+    val_ds = cache.dataset(dataset.splits["val"], pick="all" if config.tta and cache.view_axis else "first")
     log.info("feature cache %s: %d image(s) from the cache, %d computed", cache.folder, cache.hits, cache.computed)
     return {**fit, "model": cache.top, "train_ds": train_ds, "val_ds": val_ds, "full_model": fit["model"]}
 
@@ -386,12 +387,12 @@ def read_history(path: str) -> list[dict[str, Any]]:
 
 def _evaluate(model, config, dataset, history, seconds, cache, val_ds) -> dict[str, Any]:
     """Final metrics; validation reuses its pipeline (decoded images already in memory) or the feature cache."""
-    # the backbone never changed, and the head alone is the model (test-time mirroring needs the images)
-    on_features = cache is not None and cache.ready and not config.fine_tune_epochs and not config.tta
+    # the backbone never changed, and the head alone is the model (with --tta, on the mirror images' features too)
+    on_features = cache is not None and cache.ready and not config.fine_tune_epochs
 
     def pipeline(split):
         if on_features:
-            return cache.dataset(dataset.splits[split])
+            return cache.dataset(dataset.splits[split], pick="all" if config.tta else "first")
         if split == "val":
             return val_ds
         return data.make_tf_dataset(dataset.splits[split], config.image_size, config.batch_size,

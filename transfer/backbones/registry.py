@@ -129,6 +129,7 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
         backbone=spec.name,
         weights=weights,
         image_size=size,
+        augment=config.augment or ("flip" if spec.pretrained else "light"),
         pooling=config.pooling or spec.head.pooling,
         dense=tuple(config.dense) if config.dense is not None else spec.head.dense,
         dropout=config.dropout if config.dropout is not None else spec.head.dropout,
