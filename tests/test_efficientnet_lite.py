@@ -100,3 +100,22 @@ def test_train_predict_export_with_imagenet_weights(runner, tmp_path):
     exported = runner.invoke(main, ["export", run, "--json"])
     assert exported.exit_code == 0, exported.output
     assert json.loads(exported.stdout)["max_abs_diff"] < 1e-4
+
+    again = runner.invoke(main, ["train", data, "--backbone", run, "--epochs", "1", "--fine-tune-epochs", "0",
+                                 "--batch-size", "8", "-o", str(tmp_path / "models"), "--name", "from-lite",
+                                 "--cache-dir", str(tmp_path / "cache"), "-q", "--json"])
+    assert again.exit_code == 0, again.output  # --backbone PATH takes a Lite run's base like any other
+
+
+def test_a_saved_run_predicts_what_the_trained_model_did(tmp_path):
+    from transfer import TrainConfig, train
+    from transfer.predict import load_model
+
+    data = make_dataset(tmp_path / "data", per_class=4, size=48)
+    result = train(TrainConfig(data_dir=data, image_size=64, epochs=1, batch_size=8, verbose=0, name="r",
+                               output_dir=str(tmp_path / "models"), cache_dir=str(tmp_path / "cache")))
+    assert (result.config.backbone, result.config.augment, result.config.fine_tune_epochs) == (
+        "efficientnet_lite0", "flip", 0)  # the defaults: Lite0, mirrored features cached, the head alone
+    images = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(load_model(result.run_dir).predict_batch(images),
+                               result.model.predict_on_batch(images), atol=1e-6)
