@@ -64,7 +64,7 @@ def run_keras_guide(args, epochs: int) -> dict:
     base = backbones.build_backbone(spec, config)
     base.trainable = False
     inputs = keras.Input(size + (3,))
-    x = base(Preprocess(spec.preprocessing)(inputs), training=False)
+    x = keras.tree.flatten(base(Preprocess(spec.preprocessing)(inputs), training=False))[0]  # a one-element list
     x = keras.layers.Dropout(0.2)(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, keras.layers.Dense(len(train_ds.class_names), activation="softmax")(x))
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
