@@ -288,11 +288,13 @@ def train_command(ctx, preset, quiet, as_json, **options):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
-@click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=default("max_pixels"), show_default=True,
+              help="Refuse larger images (checked from the header, before decoding).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
 @click.option("-q", "--quiet", is_flag=True, help="No logs.")
 @_handle_errors
-def predict_command(model, inputs, top_k, batch_size, fmt, quiet):
+def predict_command(model, inputs, top_k, batch_size, max_pixels, as_json, as_csv, quiet):
     """Predict the labels of images: files, folders (recursive) or globs.
 
     MODEL is a run folder, a .keras file or an exported SavedModel. Exit status
@@ -302,12 +304,14 @@ def predict_command(model, inputs, top_k, batch_size, fmt, quiet):
     Example:
       transfer predict models/my-run/ new_photos/ 'more/*.jpg' --top-k 3 --json
     """
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv cannot be used together; choose one.")
     _setup_logging(quiet)
     from transfer.predict import predict
 
     with contextlib.redirect_stdout(sys.stderr):
-        result = predict(model, list(inputs), top_k=top_k, batch_size=batch_size)
-    {"json": _print_json, "csv": _print_csv}.get(fmt, _print_table)(result)
+        result = predict(model, list(inputs), top_k=top_k, batch_size=batch_size, max_pixels=max_pixels)
+    (_print_json if as_json else _print_csv if as_csv else _print_table)(result)
     if result.failures:
         sys.exit(1)
 
