@@ -37,16 +37,14 @@ class ExportResult:
 def export(model_path: str, output: str | None = None, name: str | None = None,
            version: int | None = None) -> ExportResult:
     """Export a run folder (or ``.keras`` file) as a SavedModel for TensorFlow Serving, verified."""
-    if version is not None and (isinstance(version, bool) or not isinstance(version, numbers.Integral)
-                                or not 1 <= version <= MAX_VERSION):
-        raise ConfigError(f"--version must be a whole number from 1 to {MAX_VERSION}; got {version!r}.")
+    _check_arguments(output, name, version)
     loaded = load_model(model_path)
     if loaded.keras_model is None:
         raise RunError(f"{model_path!r} is already an exported SavedModel; export a run folder or .keras file.")
     model_path = os.fspath(model_path)
     source = model_path if loaded.kind == "run" else os.path.dirname(os.path.abspath(model_path))
-    name = name or os.path.basename(os.path.normpath(source if loaded.kind == "run" else
-                                                     os.path.splitext(model_path)[0]))
+    if name is None:
+        name = os.path.basename(os.path.normpath(source if loaded.kind == "run" else os.path.splitext(model_path)[0]))
     output = os.fspath(output) if output is not None else os.path.join(source, "export")
     base = os.path.join(output, runs.check_name(name))
     runs.check_writable(output, "--output")
@@ -65,6 +63,17 @@ def export(model_path: str, output: str | None = None, name: str | None = None,
         shutil.rmtree(staging, ignore_errors=True)
     runs.write_text(os.path.join(base, runs.LABELS_FILE), "".join(f"{label}\n" for label in loaded.labels))
     return ExportResult(target, version, loaded.labels, diff)
+
+
+def _check_arguments(output: str | None, name: str | None, version: int | None) -> None:
+    """What can be checked before the model (and TensorFlow with it) is loaded."""
+    if version is not None and (isinstance(version, bool) or not isinstance(version, numbers.Integral)
+                                or not 1 <= version <= MAX_VERSION):
+        raise ConfigError(f"--version must be a whole number from 1 to {MAX_VERSION}; got {version!r}.")
+    if name is not None:
+        runs.check_name(name)
+    if output is not None:
+        runs.check_writable(os.fspath(output), "--output")
 
 
 def _check_export_folder(base: str) -> None:
