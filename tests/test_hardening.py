@@ -138,7 +138,7 @@ def test_overwrite_keeps_a_run_that_holds_the_users_files(tmp_path, data, run_co
 
 
 def test_overwrite_replaces_a_finished_run_and_ctrl_c_keeps_it(tmp_path, data, run_copy):
-    """Interrupted mid-training, the earlier run stays whole; finished, the new run replaces it, leaving nothing else."""
+    """Interrupted mid-training, the earlier run stays whole; finished, the new run replaces it and nothing is left."""
     before = tree(run_copy)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
     proc = subprocess.Popen([sys.executable, "-m", "cli", "train", data, *TINY, "--epochs", "500", "-o",
@@ -152,12 +152,33 @@ def test_overwrite_replaces_a_finished_run_and_ctrl_c_keeps_it(tmp_path, data, r
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert proc.returncode == 130 and "Interrupted" in err and "Traceback" not in err, err[-2000:]
     assert tree(run_copy) == before
     with untouched(data):
         succeeded(train(data, tmp_path / "models", "--name", "tiny", "--overwrite", "-q"))
     assert sorted(os.listdir(tmp_path / "models")) == ["tiny"]
     assert json.load(open(os.path.join(run_copy, ".transfer-run.json")))["finished"] is True
+
+
+def test_a_run_from_before_the_marker_is_replaced_only_while_it_holds_only_run_files(tmp_path):
+    from transfer import runs
+    from transfer.errors import RunError
+
+    old = tmp_path / "models" / "old"
+    old.mkdir(parents=True)
+    (old / "config.json").write_text(json.dumps({"format": 1, "model": {"labels": ["a", "b"]}}))
+    (old / "model.keras").write_bytes(b"weights")
+    (old / "notes.txt").write_text("the user's")
+    with pytest.raises(RunError, match=r"holds files that the run did not write \(notes.txt\)"):
+        runs.RunFolder(str(tmp_path / "models"), "old", overwrite=True)
+    (old / "notes.txt").unlink()
+    run = runs.RunFolder(str(tmp_path / "models"), "old", overwrite=True)
+    run.start()
+    (tmp_path / "models" / "old.partial" / "model.keras").write_bytes(b"new weights")
+    assert run.commit() == str(old)
+    assert sorted(os.listdir(tmp_path / "models")) == ["old"]
+    assert (old / "model.keras").read_bytes() == b"new weights" and not (old / "config.json").exists()
+    assert json.loads((old / ".transfer-run.json").read_text())["files"] == [".transfer-run.json", "model.keras"]
 
 
 @pytest.mark.parametrize("name, fragment", [
@@ -196,7 +217,7 @@ def test_runs_inside_the_dataset_are_not_taken_for_a_class(tmp_path, data, run):
         failed(cli("inspect", data, "--cache-dir", tmp_path / "c"), "is a run folder of transfer, not images")
 
 
-# ---- labels are data, not lines ----------------------------------------------------------------------------------------
+# ---- labels are data, not lines --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["new\nline", " ", "tab\there", " leading", "trailing ", "line\u2028sep", "bell\a"])
 def test_class_names_that_cannot_be_labels_are_refused(tmp_path, data, name):
@@ -332,7 +353,7 @@ def test_a_validation_folder_without_a_class_is_a_warning(tmp_path):
     assert "has no images of class 'red': validation accuracy is not measured" in proc.stderr
 
 
-# ---- numbers that are not numbers ----------------------------------------------------------------------------------------
+# ---- numbers that are not numbers ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, fragment", [
     (["--lr", "inf"], "--lr must be a finite number"), (["--lr", "nan"], "--lr must be a finite number"),
@@ -388,7 +409,7 @@ def test_nan_predictions_are_an_error_not_a_label(tmp_path):
         predict(broken, [image])
 
 
-# ---- resources are checked before allocation ---------------------------------------------------------------------------
+# ---- resources are checked before allocation -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, fragments", [
     (["--image-size", "100000"], ["100000x100000 px", "Lower --image-size or --batch-size"]),
@@ -413,7 +434,7 @@ def test_ordinary_settings_pass_the_memory_check():
         check_memory(spec, config, available=4 << 30)  # a small laptop
 
 
-# ---- library boundaries check types ------------------------------------------------------------------------------------
+# ---- library boundaries check types ----------------------------------------------------------------------------------
 
 def test_library_functions_check_their_arguments(tmp_path, run):
     import pathlib
@@ -442,7 +463,8 @@ def test_library_functions_check_their_arguments(tmp_path, run):
 @pytest.mark.parametrize("values, fragment", [
     ({"epochs": "5"}, "--epochs must be a whole number; got '5' (str)"), ({"lr": "0.1"}, "--lr must be a number"),
     ({"batch_size": 8.0}, "--batch-size must be a whole number"), ({"overwrite": "yes"}, "--overwrite must be true"),
-    ({"dense": (64, "x")}, "--dense must be a list of whole numbers"), ({"seed": True}, "--seed must be a whole number"),
+    ({"dense": (64, "x")}, "--dense must be a list of whole numbers"),
+    ({"seed": True}, "--seed must be a whole number"),
     ({"data_dir": 3}, "DATA_DIR must be text"), ({"lr": float("nan")}, "--lr must be a finite number"),
 ])
 def test_train_config_types_are_config_errors(tmp_path, values, fragment):
@@ -455,7 +477,7 @@ def test_train_config_types_are_config_errors(tmp_path, values, fragment):
     assert fragment in str(error.value)
 
 
-# ---- file errors become messages ----------------------------------------------------------------------------------------
+# ---- file errors become messages -------------------------------------------------------------------------------------
 
 def test_output_that_is_a_file(tmp_path, data, run):
     blocker = tmp_path / "blocker"
@@ -530,7 +552,7 @@ def test_export_does_not_write_into_a_folder_of_other_files(tmp_path, run):
         failed(cli("export", run["run"], "--output", tmp_path / "s", "--name", "x.partial"), "plain folder name")
 
 
-# ---- messages: right, and before TensorFlow where TensorFlow is not needed --------------------------------------------
+# ---- messages: right, and before TensorFlow where TensorFlow is not needed -------------------------------------------
 
 def test_predict_has_the_max_pixels_it_mentions(tmp_path, run):
     image = write_image(str(tmp_path / "big.png"), COLOURS["red"], size=64)
@@ -556,7 +578,8 @@ def _tensorflow_free(args, cwd=ROOT):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--cache-dir", "{data}/cache"], "inside the dataset"), (["--backbone", "resnet51"], "unknown backbone"), (["--epochs", "0"], "nothing to train"),
+    (["--cache-dir", "{data}/cache"], "inside the dataset"), (["--backbone", "resnet51"], "unknown backbone"),
+    (["--epochs", "0"], "nothing to train"),
     (["--name", "tiny"], "already exists"), (["--image-size", "100000"], "this run needs at least"),
     (["--name", "photos", "-o", "{parent}"], "would be the dataset folder"), (["--lr", "inf"], "--lr"),
 ])
