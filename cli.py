@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
-import json
 import logging
 import os
 import sys
@@ -18,14 +17,20 @@ import click
 from click.core import ParameterSource
 
 from transfer import backbones as registry
+from transfer import preflight
 from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, FEATURE_ENGINES, LR_SCHEDULES,
                              MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
 from transfer.presets import PRESETS, apply_preset
 from transfer.errors import TransferError
+from transfer.runs import json_text
 
 
 def _handle_errors(command):
-    """Library errors become one ``Error: ...`` line and exit status 1; never a traceback."""
+    """Library errors become one ``Error: ...`` line and exit status 1; never a traceback.
+
+    So do the errors of the machine rather than of the code: a file that cannot
+    be written or read (a full disk, a permission), and memory running out.
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -33,6 +38,14 @@ def _handle_errors(command):
             return command(*args, **kwargs)
         except TransferError as error:
             raise click.ClickException(str(error)) from None
+        except OSError as error:
+            if error.errno is None:
+                raise
+            where = f" {_show(error.filename)!r}" if error.filename else ""
+            raise click.ClickException(f"cannot use{where}: {error.strerror}; check the path, its permissions and "
+                                       "the free disk space.") from None
+        except MemoryError:
+            raise click.ClickException("out of memory; lower --batch-size or --image-size.") from None
         except KeyboardInterrupt:
             click.echo("Interrupted; finished runs and exports are untouched.", err=True)
             sys.exit(130)
@@ -88,7 +101,7 @@ def backbones_command(as_json):
     """List the backbones: name, input size, parameters, preprocessing, unfreeze point, where weights come from."""
     rows = [registry.describe(registry.get(name)) for name in registry.names()]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json_text(rows))
         return
     header = ("name", "kind", "size", "params", "preprocessing", "unfreeze", "imagenet weights")
     table = [header] + [(r["name"], r["kind"], str(r["input_size"]), _count(r["params"]),
@@ -134,7 +147,7 @@ def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as
     report = summary(scan(data_dir, val_split, seed, max_pixels=max_pixels, dedupe=dedupe, cache_dir=cache_dir,
                           progress=not as_json))
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json_text(report))
     else:
         _print_inspection(report)
 
@@ -259,16 +272,15 @@ def train_command(ctx, preset, quiet, as_json, **options):
     _setup_logging(quiet)
     explicit = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     explicit["verbose"] = 0 if quiet else (1 if sys.stderr.isatty() else 2)
-    config = apply_preset(preset, explicit).validate()
-    if config.backbone.lower() in registry.names():
-        registry.resolve(config)  # fail on a bad option before the slow TensorFlow import
+    config = apply_preset(preset, explicit)
+    preflight.check(config, open_models=False)  # every error that needs no TensorFlow, before its slow import
     from transfer.training import train
 
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bars print to stdout
         result = train(config)
     summary = {"run_dir": result.run_dir, "labels": result.labels, "metrics": result.metrics}
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json_text(summary))
         return
     val = result.metrics["val"]
     click.echo(f"run: {result.run_dir}")
@@ -283,11 +295,13 @@ def train_command(ctx, preset, quiet, as_json, **options):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--json", "fmt", flag_value="json", help="Print JSON.")
-@click.option("--csv", "fmt", flag_value="csv", help="Print CSV.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=default("max_pixels"), show_default=True,
+              help="Refuse larger images (checked from the header, before decoding).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
 @click.option("-q", "--quiet", is_flag=True, help="No logs.")
 @_handle_errors
-def predict_command(model, inputs, top_k, batch_size, fmt, quiet):
+def predict_command(model, inputs, top_k, batch_size, max_pixels, as_json, as_csv, quiet):
     """Predict the labels of images: files, folders (recursive) or globs.
 
     MODEL is a run folder, a .keras file or an exported SavedModel. Exit status
@@ -297,12 +311,14 @@ def predict_command(model, inputs, top_k, batch_size, fmt, quiet):
     Example:
       transfer predict models/my-run/ new_photos/ 'more/*.jpg' --top-k 3 --json
     """
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv cannot be used together; choose one.")
     _setup_logging(quiet)
     from transfer.predict import predict
 
     with contextlib.redirect_stdout(sys.stderr):
-        result = predict(model, list(inputs), top_k=top_k, batch_size=batch_size)
-    {"json": _print_json, "csv": _print_csv}.get(fmt, _print_table)(result)
+        result = predict(model, list(inputs), top_k=top_k, batch_size=batch_size, max_pixels=max_pixels)
+    (_print_json if as_json else _print_csv if as_csv else _print_table)(result)
     if result.failures:
         sys.exit(1)
 
@@ -321,9 +337,8 @@ def _print_table(result):
 
 
 def _print_json(result):
-    click.echo(json.dumps({"predictions": [{**p.to_dict(), "path": _show(p.path)} for p in result.predictions],
-                           "errors": [{"path": _show(path), "error": reason} for path, reason in result.failures]},
-                          indent=2))
+    click.echo(json_text({"predictions": [{**p.to_dict(), "path": _show(p.path)} for p in result.predictions],
+                          "errors": [{"path": _show(path), "error": reason} for path, reason in result.failures]}))
 
 
 def _print_csv(result):
@@ -365,8 +380,8 @@ def export_command(model, output, name, version, quiet, as_json):
     with contextlib.redirect_stdout(sys.stderr):
         result = export(model, output=output, name=name, version=version)
     if as_json:
-        click.echo(json.dumps({"path": result.path, "version": result.version, "labels": result.labels,
-                               "max_abs_diff": result.max_abs_diff}, indent=2))
+        click.echo(json_text({"path": result.path, "version": result.version, "labels": result.labels,
+                              "max_abs_diff": result.max_abs_diff}))
     else:
         click.echo(f"exported: {result.path} (max difference from the Keras model {result.max_abs_diff:.2g})")
 

@@ -8,20 +8,22 @@ The same names serve the CLI and a notebook::
     transfer.export(result.run_dir)
 
 Importing the package is cheap: TensorFlow is imported only when a function
-that needs it is first used.
+that needs it is first used. ``predict`` and ``export`` are imported here, not
+lazily: they share their names with their modules, and the first import of
+``transfer.predict`` (by ``export``, say) would otherwise rebind
+``transfer.predict`` to the module.
 """
 
 __version__ = "0.1.0"
 
 from .config import TrainConfig  # noqa: E402
 from .errors import TransferError  # noqa: E402
+from .export import export  # noqa: E402
+from .predict import load_model, predict  # noqa: E402
 
 _LAZY = {
     "train": "training",
     "TrainResult": "training",
-    "predict": "predict",
-    "load_model": "predict",
-    "export": "export",
     "load_run": "runs",
     "backbones": None,
 }
@@ -36,4 +38,4 @@ def __getattr__(name):
     return module if _LAZY[name] is None else getattr(module, name)
 
 
-__all__ = ["TrainConfig", "TransferError", *_LAZY]
+__all__ = ["TrainConfig", "TransferError", "export", "load_model", "predict", *_LAZY]

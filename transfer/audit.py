@@ -13,17 +13,22 @@ import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+import time
 from dataclasses import asdict, dataclass
 
 from .errors import ImageError
-from .images import MAX_PIXELS, is_image_name, looks_like_image, open_rgb
+from .images import MAX_PIXELS, is_image_name, looks_like_image, not_regular, open_rgb
 
 log = logging.getLogger("transfer")
 
 AUDIT_VERSION = 1
 #: names that operating systems and archivers leave behind: never images, never classes
 JUNK_NAMES = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN"})
+#: seconds one file's check may take before it is skipped (decoding a 90 MP image takes a few on a slow CPU)
+FILE_DEADLINE = 120.0
+_TIMED_OUT = "reading it took over"
 
 
 @dataclass
@@ -55,6 +60,9 @@ def check_file(path: str, root: str, max_pixels: int = MAX_PIXELS) -> FileCheck:
         target = os.path.realpath(path)
         if os.path.commonpath([target, root]) != root:
             return FileCheck(path, "skipped", f"symlink to {target}, outside the dataset folder")
+    special = not_regular(path)
+    if special:  # broken links are images gone missing; FIFOs, sockets and devices are never opened
+        return FileCheck(path, "skipped", special)
     if not is_image_name(path) and not _starts_like_image(path):
         return FileCheck(path, "ignored", "not an image file")
     try:
@@ -66,11 +74,16 @@ def check_file(path: str, root: str, max_pixels: int = MAX_PIXELS) -> FileCheck:
 
 
 def _starts_like_image(path: str) -> bool:
+    """Sniff the first bytes; non-blocking, so a file swapped for a FIFO since it was checked cannot hang."""
     try:
-        with open(path, "rb") as f:
-            return looks_like_image(f.read(16))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return False
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return looks_like_image(f.read(16) or b"")
+        except OSError:
+            return False
 
 
 def file_digest(path: str, algorithm: str = "sha1") -> str:
@@ -96,13 +109,62 @@ def audit(paths: list[str], root: str, max_pixels: int = MAX_PIXELS, cache_dir: 
         else:
             todo.append(path)
     if todo:
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 1)) as pool:
-            checks = pool.map(lambda p: check_file(p, root, max_pixels), todo)
-            for check in _progress(checks, len(todo), progress):
-                results[check.path] = check
+        checks = _with_deadline(lambda p: check_file(p, root, max_pixels), todo, min(8, (os.cpu_count() or 1) + 1))
+        for check in _progress(checks, len(todo), progress):
+            results[check.path] = check
+            if not check.reason.startswith(_TIMED_OUT):
                 cache.put(check)
         cache.save()
     return [results[p] for p in paths]
+
+
+def _with_deadline(check, paths: list[str], workers: int):
+    """Yield ``check(path)`` for every path, checked in parallel, in the order they finish.
+
+    A file whose check takes longer than :data:`FILE_DEADLINE` seconds (a dead
+    network mount, a device that never answers) yields a skipped verdict
+    instead, and its thread is left behind and replaced: daemon threads, so
+    neither the scan nor the exit of the program waits for them, and Ctrl-C
+    works throughout. An error in ``check`` itself is raised here.
+    """
+    todo, done = queue.SimpleQueue(), queue.SimpleQueue()
+    for path in dict.fromkeys(paths):
+        todo.put(path)
+    started: dict[str, float] = {}
+
+    def work():
+        while True:
+            try:
+                path = todo.get_nowait()
+            except queue.Empty:
+                return
+            started[path] = time.monotonic()
+            try:
+                done.put((path, check(path), None))
+            except Exception as error:  # noqa: BLE001 (raised again in the scanning thread)
+                done.put((path, None, error))
+
+    def spawn():
+        threading.Thread(target=work, daemon=True, name="transfer-audit").start()
+
+    for _ in range(workers):
+        spawn()
+    pending = set(paths)
+    while pending:
+        try:
+            path, result, error = done.get(timeout=min(1.0, FILE_DEADLINE))
+        except queue.Empty:
+            path = None
+        if path in pending:
+            if error is not None:
+                raise error
+            pending.discard(path)
+            yield result
+        now = time.monotonic()
+        for late in [p for p, t in list(started.items()) if p in pending and now - t > FILE_DEADLINE]:
+            pending.discard(late)
+            yield FileCheck(late, "skipped", f"{_TIMED_OUT} {FILE_DEADLINE:g} s (a dead network mount or a device?)")
+            spawn()
 
 
 def _progress(iterable, total: int, enabled: bool):

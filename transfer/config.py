@@ -9,9 +9,13 @@ Importing this module must not import TensorFlow: the CLI's ``--help`` uses it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,44 +100,19 @@ class TrainConfig:
     jit: bool = False  # compile training steps with XLA
     verbose: int = 1
 
+    def __post_init__(self):
+        """Paths may be given as ``pathlib.Path``; they are stored (and saved) as text."""
+        for item in dataclasses.fields(self):
+            if isinstance(getattr(self, item.name), os.PathLike):
+                setattr(self, item.name, os.fspath(getattr(self, item.name)))
+
     def validate(self) -> "TrainConfig":
-        """Check every value before any work starts; return self for chaining."""
+        """Check every value before any work starts (types, ranges, choices); return self for chaining."""
+        for item in dataclasses.fields(self):
+            check_setting(item.name, getattr(self, item.name))
         _check(bool(self.data_dir), "DATA_DIR is required.")
-        _choice("--optimizer", self.optimizer, OPTIMIZERS)
-        _choice("--fine-tune-optimizer", self.fine_tune_optimizer, OPTIMIZERS)
-        if self.augment is not None:
-            _choice("--augment", self.augment, AUGMENT_PRESETS)
-        _choice("--resize", self.resize, RESIZE_MODES)
-        _choice("--monitor", self.monitor, MONITORS)
-        _choice("--class-weight", self.class_weight, CLASS_WEIGHTS)
-        _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
-        _choice("--cache-features", self.cache_features, CACHE_FEATURES)
-        _choice("--mixed-precision", self.mixed_precision, MIXED_PRECISION)
-        _choice("--feature-engine", self.feature_engine, FEATURE_ENGINES)
-        _check(0 <= self.max_skip_fraction <= 1,
-               f"--max-skip-fraction must be between 0 and 1, got {self.max_skip_fraction}.")
-        _check(self.max_pixels >= 1, f"--max-pixels must be positive, got {self.max_pixels}.")
         parse_memory(self.cache_memory)
         parse_duration(self.time_limit)
-        if self.pooling is not None:
-            _choice("--pooling", self.pooling, POOLINGS)
-        _check(0 < self.val_split < 1, f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}.")
-        _check(self.epochs >= 0, f"--epochs must be 0 or more, got {self.epochs}.")
-        _check(self.fine_tune_epochs is None or self.fine_tune_epochs >= 0,
-               f"--fine-tune-epochs must be 0 or more, got {self.fine_tune_epochs}.")
-        _check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}.")
-        _check(self.lr > 0 and self.fine_tune_lr > 0, "--lr and --fine-tune-lr must be positive.")
-        _check(self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}.")
-        _check(self.l2 >= 0, f"--l2 must be 0 or more, got {self.l2}.")
-        _check(self.weight_decay is None or self.weight_decay >= 0,
-               f"--weight-decay must be 0 or more, got {self.weight_decay}.")
-        _check(0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
-        _check(self.patience >= 1, f"--patience must be at least 1, got {self.patience}.")
-        _check(self.validation_freq >= 1, f"--validation-freq must be at least 1, got {self.validation_freq}.")
-        _check(self.width > 0, f"--width must be positive, got {self.width}.")
-        _check(self.depth is None or self.depth >= 1, f"--depth must be at least 1, got {self.depth}.")
-        _check(not self.dense or all(d >= 1 for d in self.dense), f"--dense sizes must be positive, got {self.dense}.")
-        _check(self.image_size is None or self.image_size >= 8, f"--image-size must be at least 8, got {self.image_size}.")
         self._validate_weights()
         return self
 
@@ -170,6 +149,90 @@ def default(name: str) -> Any:
     return TrainConfig.__dataclass_fields__[name].default
 
 
+@dataclass(frozen=True)
+class _Range:
+    """The values a number may take; open ends exclude the bound."""
+
+    low: float
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return {(0, True): "positive", (0, False): "0 or more"}.get((self.low, self.open_low),
+                                                                        f"at least {self.low}")
+        return f"in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
+
+
+_FRACTION = _Range(0, 1, open_high=True)
+#: the range of every numeric setting (and of each --dense size); a new numeric setting needs an entry
+RANGES: dict[str, _Range] = {
+    "image_size": _Range(8), "width": _Range(0, 1024, open_low=True), "depth": _Range(1, 32),
+    "dense": _Range(1, 65536), "dropout": _FRACTION, "l2": _Range(0), "val_split": _Range(0, 1, True, True),
+    "seed": _Range(0, 2**32 - 1), "batch_size": _Range(1), "max_pixels": _Range(1), "max_skip_fraction": _Range(0, 1),
+    "epochs": _Range(0, 100_000), "lr": _Range(0, 10, open_low=True), "weight_decay": _Range(0),
+    "label_smoothing": _FRACTION, "fine_tune_epochs": _Range(0, 100_000), "fine_tune_lr": _Range(0, 10, open_low=True),
+    "patience": _Range(1), "validation_freq": _Range(1), "verbose": _Range(0, 2),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": OPTIMIZERS, "fine_tune_optimizer": OPTIMIZERS, "pooling": POOLINGS, "augment": AUGMENT_PRESETS,
+    "resize": RESIZE_MODES, "monitor": MONITORS, "class_weight": CLASS_WEIGHTS, "lr_schedule": LR_SCHEDULES,
+    "cache_features": CACHE_FEATURES, "mixed_precision": MIXED_PRECISION, "feature_engine": FEATURE_ENGINES,
+}
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
+          tuple: "a list of whole numbers", type(None): "none"}
+
+
+def option_name(name: str) -> str:
+    """How the CLI spells a setting: ``--fine-tune-lr``; ``DATA_DIR`` for the argument."""
+    return "DATA_DIR" if name == "data_dir" else "--" + name.replace("_", "-")
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Check one setting against its annotation in :class:`TrainConfig`, its range and its choices.
+
+    Types come from the dataclass annotations, so a new field is checked the
+    moment it is declared; a library caller's ``epochs="5"`` or ``lr=float("inf")``
+    gets the same :class:`ConfigError` that the CLI prints.
+    """
+    option = option_name(name)
+    kinds = _annotation_types(name)
+    if not any(_is_kind(value, kind) for kind in kinds):
+        expected = " or ".join(_KINDS[kind] for kind in kinds)
+        raise ConfigError(f"{option} must be {expected}; got {value!r} ({type(value).__name__}).")
+    numbers = list(value) if isinstance(value, (tuple, list)) else [value]
+    for number in numbers:
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"{option} must be a finite number; got {number!r}.")
+        if name in RANGES and number is not None and number not in RANGES[name]:
+            raise ConfigError(f"{option} must be {RANGES[name]}, got {number!r}.")
+    if name in CHOICES and value is not None:
+        _choice(option, value, CHOICES[name])
+
+
+@functools.cache
+def _annotation_types(name: str) -> tuple[type, ...]:
+    """``int | None`` -> (int, NoneType); ``tuple[int, ...]`` -> (tuple,)."""
+    annotation = typing.get_type_hints(TrainConfig)[name]
+    parts = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return tuple(typing.get_origin(part) or part for part in parts)
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    """isinstance, except that a bool is no number, an int is a float, and a list of ints is a tuple."""
+    if kind is tuple:
+        return isinstance(value, (tuple, list)) and all(_is_kind(v, int) for v in value)
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -187,7 +250,7 @@ def parse_duration(text: str | None) -> float | None:
     if text is None or str(text).strip().lower() == "none":
         return None
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text), re.IGNORECASE)
-    if not match or float(match.group(1)) <= 0:
+    if not match or not 0 < float(match.group(1)) < math.inf:
         raise ConfigError(f"--time-limit must be a duration such as 90s, 15m or 1.5h (or none); got {text!r}.")
     return float(match.group(1)) * _SECONDS[(match.group(2) or "s").lower()]
 
@@ -198,7 +261,7 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 def parse_memory(text: str, total: int | None = None) -> int:
     """Bytes from ``4G``, ``512M``, ``1.5G``, ``1000000`` or ``25%`` (of ``total``, default physical RAM)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(%|[KMGT]?)(?:I?B)?\s*", str(text), re.IGNORECASE)
-    if not match:
+    if not match or not math.isfinite(float(match.group(1))):
         raise ConfigError(f"--cache-memory must be a size such as 4G, 512M or 25% (of RAM); got {text!r}.")
     number, unit = float(match.group(1)), match.group(2).upper()
     if unit == "%":

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .audit import FileCheck, audit, is_junk
-from .config import parse_memory
+from . import runs
+from .audit import FileCheck, audit, default_cache_dir, is_junk
+from .config import check_setting, parse_memory
 from .errors import DataError
 from .images import MAX_PIXELS, is_image_name, load_image
 
@@ -82,16 +83,17 @@ class Dataset:
 def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: int = MAX_PIXELS,
          dedupe: bool = False, cache_dir: str | None = None, progress: bool = False) -> Dataset:
     """Find, audit and split the images of ``data_dir``; errors name the folder at fault."""
+    data_dir = os.fspath(data_dir) if isinstance(data_dir, os.PathLike) else data_dir
+    for name, value in (("data_dir", data_dir), ("val_split", val_split), ("seed", seed), ("max_pixels", max_pixels)):
+        check_setting(name, value)
     if not os.path.isdir(data_dir):
         raise DataError(f"dataset folder {data_dir!r} does not exist or is not a folder.")
     root = os.path.abspath(data_dir)
-    folders = _subfolders(root)
-    if "train" in [f.lower() for f in folders] and all(f.lower() in SPLIT_FOLDERS for f in folders):
-        split_dirs = {SPLIT_FOLDERS[f.lower()]: os.path.join(root, f) for f in folders}
-    else:
-        split_dirs = {"all": root}
+    real_root = os.path.realpath(root)
+    check_cache_dir(cache_dir, root)
+    split_dirs = _split_dirs(root, _subfolders(root, real_root))
     junk: list[str] = []
-    layout = {split: _list_classes(folder, junk) for split, folder in split_dirs.items()}
+    layout = {split: _list_classes(folder, real_root, junk) for split, folder in split_dirs.items()}
     report = AuditReport(unused=[p for folder in dict.fromkeys([root, *split_dirs.values()])
                                  for p in _loose_images(folder)], junk=len(junk))
     candidates = [p for classes in layout.values() for paths in classes.values() for p in paths]
@@ -106,23 +108,104 @@ def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: i
     return Dataset(root, classes, splits, source, report)
 
 
-def _subfolders(path: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False) and not is_junk(e.name))
+def check_cache_dir(cache_dir: str | None, data_dir: str) -> None:
+    """The caches may not be written where the scan would read them back as a class (hidden folders are not read)."""
+    real_root, real_cache = os.path.realpath(data_dir), os.path.realpath(cache_dir or default_cache_dir())
+    if runs.within(real_cache, real_root) and not any(
+            is_junk(part) for part in os.path.relpath(real_cache, real_root).split(os.sep)):
+        raise DataError(f"--cache-dir {cache_dir!r} is inside the dataset folder {data_dir!r}; choose one outside it.")
 
 
-def _list_classes(folder: str, junk: list[str]) -> dict[str, list[str]]:
+def _split_dirs(root: str, folders: list[str]) -> dict[str, str]:
+    """Split -> folder: ``train/`` with ``val/`` (or ``validation/``) and ``test/``, or ``{"all": root}``.
+
+    A layout that could be read two ways is an error that names the folders,
+    never a guess: split folders without ``train/``, two folders for one split,
+    split folders beside other folders. A class that happens to be called
+    ``train`` (beside other classes, without ``val/`` or ``test/``) is a class.
+    """
+    by_split: dict[str, list[str]] = {}
+    for folder in folders:
+        if folder.lower() in SPLIT_FOLDERS:
+            by_split.setdefault(SPLIT_FOLDERS[folder.lower()], []).append(folder)
+    others = [folder for folder in folders if folder.lower() not in SPLIT_FOLDERS]
+    if not by_split or (list(by_split) == ["train"] and others):
+        if by_split:
+            log.warning("%s is taken for a class beside %s; for train/ val/ test/ splits, put every class folder "
+                        "inside them", _listed(by_split["train"]), _listed(others))
+        return {"all": root}
+    for split, names in by_split.items():
+        if len(names) > 1:
+            raise DataError(f"{root!r} has {_listed(names, ' and ')}, two folders for the {split} split; "
+                            "merge them into one.")
+    named = _listed([f for names in by_split.values() for f in names])
+    if "train" not in by_split:
+        raise DataError(f"{root!r} has {named} but no train/: put the training images in train/<class>/ beside them "
+                        "(or, if these folders are classes, rename them).")
+    if others:
+        raise DataError(f"{root!r} mixes split folders ({named}) with other folders ({_listed(others)}); "
+                        "put the class folders inside the split folders, or use class folders only.")
+    return {split: os.path.join(root, names[0]) for split, names in by_split.items()}
+
+
+def _listed(folders: list[str], sep: str = ", ") -> str:
+    return sep.join(f"{folder}/" for folder in folders)
+
+
+def _subfolders(path: str, real_root: str) -> list[str]:
+    """Folders in ``path``, sorted, junk left out; a symlink to a folder counts when it stays inside the dataset.
+
+    A symlink that leads outside the dataset (or to a folder holding itself)
+    is an error: a class must never go missing silently, nor come from elsewhere.
+    """
+    names = []
+    for entry in os.scandir(path):
+        if is_junk(entry.name) or not entry.is_dir():
+            continue
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            outside = not runs.within(target, real_root)
+            if outside or runs.within(os.path.realpath(path), target):
+                where = "outside the dataset folder" if outside else "a folder that holds it"
+                raise DataError(f"{entry.path!r} is a symlink to {target!r}, {where}; symlinked folders are "
+                                "followed only inside the dataset: move or copy that folder in, or remove the link.")
+        names.append(entry.name)
+    return sorted(names)
+
+
+def _list_classes(folder: str, real_root: str, junk: list[str]) -> dict[str, list[str]]:
     """Class name -> every non-junk file under its folder, recursively (nested folders belong to the class)."""
     junk += [e.path for e in os.scandir(folder) if is_junk(e.name)]
-    return {name: _files_under(os.path.join(folder, name), junk) for name in _subfolders(folder)}
+    classes = {}
+    for name in _subfolders(folder, real_root):
+        check_class_name(os.path.join(folder, name))
+        classes[name] = _files_under(os.path.join(folder, name), junk)
+    return classes
+
+
+def check_class_name(folder: str) -> None:
+    """A class name is a label in labels.txt, config.json and every prediction: it must survive as one line."""
+    problem = runs.label_problem(os.path.basename(folder))
+    if problem:
+        shown = os.fsencode(folder).decode("utf-8", "backslashreplace")
+        raise DataError(f"class folder {shown!r} cannot be a class: its name {problem}; rename the folder.")
 
 
 def _files_under(folder: str, junk: list[str]) -> list[str]:
-    """Files under ``folder``; junk files and folders are added to ``junk`` (a junk folder counts once)."""
+    """Files under ``folder``; junk files and folders are added to ``junk`` (a junk folder counts once).
+
+    Symlinked folders inside a class folder are not followed (they could loop);
+    they are returned with the files, so that the audit reports them as skipped.
+    """
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         junk += [os.path.join(dirpath, n) for n in dirnames + filenames if is_junk(n)]
-        dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
-        found += [os.path.join(dirpath, f) for f in sorted(filenames) if not is_junk(f)]
+        if runs.holds_run(dirpath):
+            raise DataError(f"{dirpath!r} is a run folder of transfer, not images; move it out of the dataset "
+                            "(and use an --output-dir outside it).")
+        links = [d for d in dirnames if not is_junk(d) and os.path.islink(os.path.join(dirpath, d))]
+        dirnames[:] = sorted(d for d in dirnames if not is_junk(d) and d not in links)
+        found += [os.path.join(dirpath, f) for f in sorted(filenames + links) if not is_junk(f)]
     return found
 
 
@@ -182,7 +265,23 @@ def _make_splits(usable, classes, split_dirs, val_split, seed) -> tuple[dict[str
     else:
         splits["train"], splits["val"] = stratified_split([pool[c] for c in classes], val_split, seed, classes)
         source = "random"
+    _check_split_classes(splits, classes, split_dirs)
     return {s: splits[s] for s in SPLIT_ORDER if s in splits}, source
+
+
+def _check_split_classes(splits: dict[str, list[Example]], classes: list[str], split_dirs: dict[str, str]) -> None:
+    """A val/ or test/ folder without images is an error; one that lacks some classes, a warning naming them."""
+    for split in ("val", "test"):
+        if split not in split_dirs:
+            continue
+        present = {e.label for e in splits[split]}
+        if not present:
+            raise DataError(f"{split_dirs[split]!r} has no class folders with images; add them, or remove the folder.")
+        missing = [repr(c) for i, c in enumerate(classes) if i not in present]
+        if missing:
+            log.warning("%s has no images of class %s: %s accuracy is not measured for %s", split_dirs[split],
+                        ", ".join(missing), "validation" if split == "val" else "test",
+                        "it" if len(missing) == 1 else "them")
 
 
 def _log_report(root: str, report: AuditReport, candidates: list[str], split_dirs: dict[str, str]) -> None:

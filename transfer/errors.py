@@ -25,5 +25,9 @@ class RunError(TransferError):
     """A run folder or model artifact is missing, incomplete or would be overwritten."""
 
 
+class TrainingError(TransferError):
+    """Training went wrong in a way the settings can fix: the loss became NaN or infinite."""
+
+
 class ImageError(TransferError):
     """One image file cannot be decoded; the message is the reason."""

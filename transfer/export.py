@@ -10,17 +10,20 @@ input from a global layer counter. Labels travel inside the SavedModel
 
 from __future__ import annotations
 
+import numbers
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import runs
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .predict import load_model
 
 TOLERANCE = 1e-4
+MAX_VERSION = 2**63 - 1  # TensorFlow Serving's versions are int64
 
 
 @dataclass
@@ -34,20 +37,24 @@ class ExportResult:
 def export(model_path: str, output: str | None = None, name: str | None = None,
            version: int | None = None) -> ExportResult:
     """Export a run folder (or ``.keras`` file) as a SavedModel for TensorFlow Serving, verified."""
+    _check_arguments(output, name, version)
     loaded = load_model(model_path)
     if loaded.keras_model is None:
         raise RunError(f"{model_path!r} is already an exported SavedModel; export a run folder or .keras file.")
+    model_path = os.fspath(model_path)
     source = model_path if loaded.kind == "run" else os.path.dirname(os.path.abspath(model_path))
-    name = name or os.path.basename(os.path.normpath(source if loaded.kind == "run" else
-                                                     os.path.splitext(model_path)[0]))
-    base = os.path.join(output or os.path.join(source, "export"), runs.check_name(name))
+    if name is None:
+        name = os.path.basename(os.path.normpath(source if loaded.kind == "run" else os.path.splitext(model_path)[0]))
+    output = os.fspath(output) if output is not None else os.path.join(source, "export")
+    base = os.path.join(output, runs.check_name(name))
+    runs.check_writable(output, "--output")
+    _check_export_folder(base)
     version = version or _next_version(base)
     target = os.path.join(base, str(version))
     if os.path.exists(target):
         raise RunError(f"{target!r} already exists; choose another --version.")
-    staging = os.path.join(base, f".{version}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(base, exist_ok=True)
+    staging = os.path.join(base, f".{version}.partial-{uuid.uuid4().hex[:12]}")  # a name nobody else uses
+    runs.make_dirs(staging, "--output")
     try:
         _write_saved_model(loaded, staging)
         diff = verify_saved_model(loaded, staging)
@@ -56,6 +63,35 @@ def export(model_path: str, output: str | None = None, name: str | None = None,
         shutil.rmtree(staging, ignore_errors=True)
     runs.write_text(os.path.join(base, runs.LABELS_FILE), "".join(f"{label}\n" for label in loaded.labels))
     return ExportResult(target, version, loaded.labels, diff)
+
+
+def _check_arguments(output: str | None, name: str | None, version: int | None) -> None:
+    """What can be checked before the model (and TensorFlow with it) is loaded."""
+    if version is not None and (isinstance(version, bool) or not isinstance(version, numbers.Integral)
+                                or not 1 <= version <= MAX_VERSION):
+        raise ConfigError(f"--version must be a whole number from 1 to {MAX_VERSION}; got {version!r}.")
+    if name is not None:
+        runs.check_name(name)
+    if output is not None:
+        runs.check_writable(os.fspath(output), "--output")
+
+
+def _check_export_folder(base: str) -> None:
+    """``OUTPUT/NAME`` is new or holds exports of transfer (version folders and labels.txt) and nothing else.
+
+    Anything else is the user's: nothing is written into it, so its labels.txt is never replaced.
+    """
+    if not os.path.lexists(base):
+        return
+    if os.path.islink(base) or not os.path.isdir(base):
+        raise RunError(f"{base!r} exists and is not a folder of exports; choose another --output or --name.")
+    visible = sorted(e for e in os.listdir(base) if not e.startswith("."))  # .N.partial-*: an export that crashed
+    exports = [e for e in visible if e.isdigit() and os.path.isfile(os.path.join(base, e, "assets.extra",
+                                                                                   runs.EXPORT_INFO_FILE))]
+    other = [e for e in visible if not (e.isdigit() or e == runs.LABELS_FILE)]
+    if other or (visible and not exports):
+        raise RunError(f"{base!r} holds files that are not exports of transfer ({', '.join((other or visible)[:5])}); "
+                       "choose another --output or --name.")
 
 
 def _next_version(base: str) -> int:
@@ -81,7 +117,7 @@ def _write_saved_model(loaded, path: str) -> None:
     extra = os.path.join(path, "assets.extra")
     os.makedirs(extra, exist_ok=True)
     runs.write_text(os.path.join(extra, runs.LABELS_FILE), "".join(f"{label}\n" for label in loaded.labels))
-    runs.write_json(os.path.join(extra, "transfer.json"),
+    runs.write_json(os.path.join(extra, runs.EXPORT_INFO_FILE),
                     {"labels": loaded.labels, "image_size": [height, width], "resize": loaded.resize,
                      "input": "image", "output": "probabilities", "source": os.path.abspath(loaded.source)})
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass
 
@@ -56,17 +57,28 @@ def looks_like_image(head: bytes) -> bool:
     return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
+_SPECIAL = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def not_regular(path: str) -> str | None:
+    """Why ``path`` is no regular file, which alone is safe to open (opening a FIFO blocks forever); None if it is."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "broken symlink" if os.path.islink(path) else "file not found"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _SPECIAL if test(mode)), "a special file")
+    return f"not a regular file ({kind}{', behind a symlink' if os.path.islink(path) else ''})"
+
+
 def file_problem(path: str) -> str | None:
     """Reasons a path cannot be read at all, checked before any decoding."""
-    if os.path.islink(path) and not os.path.exists(path):
-        return "broken symlink"
-    if not os.path.exists(path):
-        return "file not found"
-    if not os.path.isfile(path):
-        return "not a regular file"
-    if os.path.getsize(path) == 0:
+    problem = not_regular(path)
+    if problem is None and os.path.getsize(path) == 0:
         return "empty file"
-    return None
+    return problem
 
 
 def open_rgb(path: str, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, ImageInfo]:

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
+import numbers
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from . import runs
-from .errors import ImageError, RunError
-from .images import is_image_name, load_image
+from .errors import ConfigError, ImageError, RunError
+from .images import MAX_PIXELS, is_image_name, load_image
+
+log = logging.getLogger("transfer")
 
 
 @dataclass
@@ -59,35 +64,60 @@ class PredictResult:
 
 def load_model(path: str) -> LoadedModel:
     """Load a run folder, a ``.keras`` file, a SavedModel folder or a TF-Serving base folder."""
+    path = _path_argument(path, "the model")
     if runs.is_run_folder(path):
         run = runs.load_run(path)
-        return _from_keras(run.model_path, run.labels, run.record["model"].get("resize", "squash"), "run")
+        return _from_keras(run.model_path, run.labels, run.record["model"].get("resize", "squash"), "run",
+                           f"{runs.CONFIG_FILE} of {path!r}")
     if os.path.isfile(path) and path.endswith(".keras"):
         folder = os.path.dirname(os.path.abspath(path))
         if runs.is_run_folder(folder):
             run = runs.load_run(folder)
-            return _from_keras(path, run.labels, run.record["model"].get("resize", "squash"), "keras")
-        return _from_keras(path, _read_labels(os.path.join(folder, runs.LABELS_FILE)), "squash", "keras")
+            return _from_keras(path, run.labels, run.record["model"].get("resize", "squash"), "keras",
+                               f"{runs.CONFIG_FILE} of {folder!r}")
+        labels_file = os.path.join(folder, runs.LABELS_FILE)
+        return _from_keras(path, _read_labels(labels_file), "squash", "keras", repr(labels_file))
     saved_model = _saved_model_dir(path)
     if saved_model:
         return _from_saved_model(saved_model)
     raise RunError(f"{path!r} is not a run folder, a .keras file or an exported SavedModel.")
 
 
-def _from_keras(path: str, labels: list[str] | None, resize: str, kind: str) -> LoadedModel:
+def _path_argument(value, what: str) -> str:
+    """A path given as text or ``os.PathLike``; anything else is a :class:`ConfigError` naming ``what``."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a path (str or os.PathLike); got {type(value).__name__}.")
+    return value
+
+
+def _from_keras(path: str, labels: list[str] | None, resize: str, kind: str, labels_from: str) -> LoadedModel:
     import keras
 
     from . import layers  # noqa: F401  (registers the custom layers the model file refers to)
 
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise RunError(f"{path!r} is not a valid .keras file (truncated or another format); train again or restore it.")
     try:
         model = keras.saving.load_model(path)
     except Exception as error:
-        raise RunError(f"cannot load the model {path!r}: {error}") from None
+        raise RunError(f"cannot load the model {path!r} (a damaged or foreign .keras file?): {error}") from None
     _, height, width, _ = model.input_shape
-    classes = model.output_shape[-1]
-    labels = labels or [str(i) for i in range(classes)]
+    labels = _checked_labels(labels, model.output_shape[-1], path, labels_from)
     return LoadedModel(path, kind, labels, (height, width), resize,
                        lambda batch: np.asarray(model.predict_on_batch(batch)), keras_model=model)
+
+
+def _checked_labels(labels: list[str] | None, classes: int, model: str, labels_from: str) -> list[str]:
+    """The labels, which must be one per output of the model; class numbers (with a warning) when there are none."""
+    if labels is None:
+        log.warning("no labels found for %s (looked for %s); printing class indices", model, labels_from)
+        return [str(i) for i in range(classes)]
+    if len(labels) != classes:
+        raise RunError(f"{labels_from} lists {len(labels)} labels but the model {model!r} has {classes} outputs; "
+                       "the files were edited or mixed up: restore them or train again.")
+    return labels
 
 
 def _saved_model_dir(path: str) -> str | None:
@@ -107,13 +137,19 @@ def _from_saved_model(path: str) -> LoadedModel:
     try:
         loaded = tf.saved_model.load(path)
         serve = loaded.signatures["serving_default"]
+        (input_name, spec), = serve.structured_input_signature[1].items()
+        classes = serve.structured_outputs["probabilities"].shape[-1]
     except Exception as error:
-        raise RunError(f"cannot load the SavedModel {path!r}: {error}") from None
-    (input_name, spec), = serve.structured_input_signature[1].items()
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunError(f"{path!r} is not a valid SavedModel of transfer (damaged, or exported by another tool): "
+                       f"{first}") from None
     _, height, width, _ = spec.shape
-    info = _read_json(os.path.join(path, "assets.extra", "transfer.json")) or {}
-    labels = (_read_labels(os.path.join(path, "assets.extra", runs.LABELS_FILE))
-              or [str(i) for i in range(serve.structured_outputs["probabilities"].shape[-1])])
+    info_file = os.path.join(path, "assets.extra", runs.EXPORT_INFO_FILE)
+    info = _read_json(info_file) or {}
+    labels = info.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(label, str) for label in labels)):
+        raise RunError(f"{info_file!r}: labels must be a list of class names; export the run again.")
+    labels = _checked_labels(labels, classes, path, repr(info_file))
 
     def predict_batch(batch):
         return serve(**{input_name: tf.constant(batch, tf.float32)})["probabilities"].numpy()
@@ -122,17 +158,26 @@ def _from_saved_model(path: str) -> LoadedModel:
 
 
 def _read_labels(path: str) -> list[str] | None:
+    """labels.txt beside a lone .keras file: one label a line, blank lines left out."""
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise RunError(f"{path!r} cannot be read as UTF-8 text ({error}).") from None
+    return [line.removesuffix("\r") for line in text.split("\n") if line.removesuffix("\r")]
 
 
 def _read_json(path: str) -> dict | None:
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as error:
+        raise RunError(f"{path!r} is unreadable or not JSON ({error}); export the run again.") from None
+    return data if isinstance(data, dict) else None
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -157,10 +202,18 @@ def collect_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]
     return list(dict.fromkeys(paths)), failures
 
 
-def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_size: int = 32) -> PredictResult:
-    """Top-k labels for every image in ``inputs``; unreadable ones go to ``failures`` with their reason."""
+def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_size: int = 32,
+            max_pixels: int = MAX_PIXELS) -> PredictResult:
+    """Top-k labels for every image in ``inputs``; unreadable ones go to ``failures`` with their reason.
+
+    ``inputs`` is a list of paths; a single path (text or ``os.PathLike``) is one input.
+    """
     import tensorflow as tf
 
+    inputs = _input_list(inputs)
+    for name, value in (("top_k", top_k), ("batch_size", batch_size), ("max_pixels", max_pixels)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"{name} must be a whole number of at least 1; got {value!r}.")
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     paths, failures = collect_inputs(inputs)
     result = PredictResult(failures=failures)
@@ -170,7 +223,7 @@ def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_s
 
     def decode(path):
         try:
-            return load_image(os.fsdecode(path), (height, width), loaded.resize), b""
+            return load_image(os.fsdecode(path), (height, width), loaded.resize, max_pixels), b""
         except ImageError as error:
             return np.zeros((height, width, 3), np.uint8), str(error).encode()
 
@@ -181,7 +234,7 @@ def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_s
 
     names = [os.fsencode(p) for p in paths]  # bytes: any file name the OS accepts, UTF-8 or not
     ds = (tf.data.Dataset.from_tensor_slices(names).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+          .batch(min(batch_size, len(paths))).prefetch(tf.data.AUTOTUNE))
     k = max(1, min(top_k, len(loaded.labels)))
     start = 0
     for images, errors in ds:
@@ -191,7 +244,19 @@ def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_s
             if error:
                 result.failures.append((path, error.decode()))
                 continue
+            if not np.all(np.isfinite(probs)):
+                raise RunError(f"the model {loaded.source!r} gives NaN or infinite probabilities (for {path!r}): its "
+                               "weights are broken, e.g. by a training run that diverged; train it again.")
             order = np.argsort(-probs)[:k]
             result.predictions.append(Prediction(path, [(loaded.labels[j], float(probs[j])) for j in order]))
         start += len(probabilities)
     return result
+
+
+def _input_list(inputs) -> list[str]:
+    """A list of paths: one path (text or ``os.PathLike``) is one input, never a sequence of characters."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return [os.fspath(inputs)]
+    if not isinstance(inputs, (list, tuple)):
+        raise ConfigError(f"inputs must be a list of paths (or one path); got {type(inputs).__name__}.")
+    return [_path_argument(item, "each input") for item in inputs]

@@ -10,12 +10,16 @@ with the model and to reproduce the run.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
+import math
 import os
 import platform
 import shutil
 import tempfile
+import unicodedata
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +38,12 @@ SPLIT_FILE = "split.csv"
 SKIPPED_FILE = "skipped.csv"
 PLOT_FILE = "history.png"
 CHECKPOINT_FILE = "best.weights.h5"
+EXPORT_INFO_FILE = "transfer.json"  # an export's labels, input size and resizing, in its assets.extra/
+MARKER_FILE = ".transfer-run.json"  # written into a staging folder when it is made, and last into a finished run
+#: what a run folder written before the marker file holds; --overwrite replaces such a run only if it holds no more
+RUN_FILES = frozenset({MODEL_FILE, CONFIG_FILE, LABELS_FILE, HISTORY_FILE, METRICS_FILE, SPLIT_FILE, SKIPPED_FILE,
+                       PLOT_FILE})
+STAGING_SUFFIX = ".partial"
 FORMAT_VERSION = 1
 
 
@@ -42,40 +52,192 @@ def default_name(backbone: str) -> str:
 
 
 def check_name(name: str, option: str = "--name") -> str:
-    """A name that becomes a folder must stay one folder: no separators, no '..', printable."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or not name.isprintable():
-        raise RunError(f"{option} {name!r} must be a plain folder name (no slashes).")
+    """A name that becomes a folder must stay one folder, and never collide with the staging scheme."""
+    problem = _name_problem(name)
+    if problem:
+        raise RunError(f"{option} {name!r} must be a plain folder name: {problem}.")
     return name
 
 
-class RunFolder:
-    """A run being written: files go to a staging folder that :meth:`commit` renames into place."""
+def _name_problem(name) -> str | None:
+    if not isinstance(name, str) or not name:
+        return "give a non-empty name"
+    if "/" in name or "\\" in name:
+        return "no slashes"
+    if name.startswith("."):
+        return "it must not start with '.' (hidden, and used for transfer's temporary folders)"
+    if name.endswith(STAGING_SUFFIX):
+        return f"names ending in {STAGING_SUFFIX!r} are kept for runs that have not finished"
+    if not name.isprintable():
+        return "no control or unprintable characters"
+    if len(os.fsencode(name + STAGING_SUFFIX)) > 255:
+        return "it is too long for a folder name"
+    return None
 
-    def __init__(self, output_dir: str, name: str, overwrite: bool = False):
-        """Check the name now (before any slow work); the staging folder is made by :meth:`start`."""
+
+def label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a class name ("is blank..."): labels are lines of labels.txt, and values elsewhere."""
+    categories = {unicodedata.category(c) for c in label}
+    if "Cs" in categories:
+        return "is not valid UTF-8"
+    if categories & {"Cc", "Zl", "Zp"}:
+        return "holds a control character or a line break (a newline, a tab...)"
+    if not label.strip() or label.strip() != label:
+        return "is blank or begins or ends with a space"
+    return None
+
+
+def check_writable(folder: str, option: str) -> None:
+    """Refuse, before any slow work, an output folder that is a file or cannot be written.
+
+    The folder may not exist yet: its nearest existing ancestor is checked.
+    """
+    existing = os.path.abspath(folder)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise RunError(f"{option} {folder!r} cannot be used: {existing!r} is a file, not a folder; "
+                       f"choose another {option}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"{option} {folder!r} cannot be used: {existing!r} cannot be written (permission denied or "
+                       f"a read-only file system); choose another {option}.")
+
+
+def make_dirs(path: str, option: str) -> None:
+    """``os.makedirs``, failing with a message that names the folder and the option to change."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"cannot create the folder {path!r} ({error.strerror or error}); "
+                       f"choose another {option}.") from None
+
+
+def within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or inside it (both absolute and normalised)."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_apart(output_dir: str, run_paths: list[str], data_dir: str) -> None:
+    """Runs go neither into the dataset (a run there becomes a class of the next scan) nor onto or around it."""
+    data = os.path.realpath(data_dir)
+    if within(os.path.realpath(output_dir), data):
+        raise RunError(f"--output-dir {output_dir!r} is inside the dataset folder {data_dir!r}, where the next scan "
+                       "would take runs for a class; choose an --output-dir outside the dataset.")
+    for path in run_paths:
+        real = os.path.realpath(path)
+        if within(data, real):
+            relation = "be" if real == data else "contain"
+            raise RunError(f"the run folder {path!r} would {relation} the dataset folder {data_dir!r}; "
+                           "choose another --name or --output-dir.")
+
+
+def _read_marker(folder: str) -> dict[str, Any] | None:
+    """The marker file transfer writes into each run folder it makes, or None when there is none."""
+    try:
+        with open(os.path.join(folder, MARKER_FILE), encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("tool") == "transfer" else None
+
+
+def _write_marker(folder: str, name: str, finished: bool) -> None:
+    """A staging folder's marker, then (written last, with the list of the run's files) a finished run's."""
+    files = sorted({*os.listdir(folder), MARKER_FILE}) if finished else []
+    write_json(os.path.join(folder, MARKER_FILE),
+               {"tool": "transfer", "format": FORMAT_VERSION, "name": name, "finished": finished, "files": files})
+
+
+def _legacy_run(folder: str) -> bool:
+    """A finished run written before run folders had a marker: config.json of this format beside model.keras."""
+    try:
+        with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return (isinstance(record, dict) and record.get("format") == FORMAT_VERSION and "model" in record
+            and os.path.isfile(os.path.join(folder, MODEL_FILE)))
+
+
+def holds_run(folder: str) -> bool:
+    """Whether ``folder`` is a run folder of transfer, finished or not."""
+    return _read_marker(folder) is not None or _legacy_run(folder)
+
+
+def replace_problem(path: str) -> str | None:
+    """Why ``--overwrite`` may not replace ``path``; None when it is a finished run holding only what it wrote."""
+    if os.path.islink(path):
+        return "it is a symbolic link"
+    if not os.path.isdir(path):
+        return "it is a file, not a run folder"
+    marker = _read_marker(path)
+    if marker is not None and not marker.get("finished"):
+        return "it is a run that did not finish"
+    if marker is None and not _legacy_run(path):
+        return f"it is not a run folder of transfer (no {MARKER_FILE})"
+    expected = set(marker.get("files", [])) if marker is not None else RUN_FILES
+    extra = sorted(set(os.listdir(path)) - expected)
+    if extra:
+        return f"it holds files that the run did not write ({', '.join(extra[:5])}); move them out first"
+    return None
+
+
+class RunFolder:
+    """A run being written: files go to a staging folder that :meth:`commit` renames into place.
+
+    Only folders that transfer made are ever deleted: a leftover staging folder
+    carries the staging marker, and ``--overwrite`` replaces only a finished
+    run (its marker, written last, lists its files) that holds nothing else.
+    """
+
+    def __init__(self, output_dir: str, name: str, overwrite: bool = False, data_dir: str | None = None):
+        """Check the name and the destination now (before any slow work); nothing is made before :meth:`start`."""
         check_name(name)
+        self.name, self.overwrite = name, overwrite
         self.final = os.path.join(output_dir, name)
-        self.staging = self.final + ".partial"
-        if os.path.exists(self.final) and not overwrite:
-            raise RunError(f"run folder {self.final!r} already exists; choose another --name or pass --overwrite.")
+        self.staging = self.final + STAGING_SUFFIX
+        check_writable(output_dir, "--output-dir")
+        if data_dir is not None:
+            check_apart(output_dir, [self.final, self.staging], data_dir)
+        self._check_final("already exists")
+        self._check_staging()
+
+    def _check_final(self, state: str) -> None:
+        if not os.path.lexists(self.final):
+            return
+        problem = replace_problem(self.final)
+        if problem:
+            raise RunError(f"{self.final!r} {state}, and --overwrite only replaces a finished run of transfer: "
+                           f"{problem}. Choose another --name or --output-dir.")
+        if not self.overwrite:
+            raise RunError(f"run folder {self.final!r} {state}; choose another --name or pass --overwrite.")
+
+    def _check_staging(self) -> None:
+        if os.path.lexists(self.staging) and (os.path.islink(self.staging) or _read_marker(self.staging) is None):
+            raise RunError(f"{self.staging!r} is where this run is written until it finishes, and it holds something "
+                           "that transfer did not make; move it away or choose another --name.")
 
     def start(self) -> None:
-        if os.path.exists(self.staging):
+        if os.path.lexists(self.staging):
+            self._check_staging()
             log.warning("removing %s, left by an earlier run that did not finish", self.staging)
             shutil.rmtree(self.staging)
-        os.makedirs(self.staging)
+        make_dirs(self.staging, "--output-dir")
+        _write_marker(self.staging, self.name, finished=False)
         log.info("writing the run to %s; it becomes %s when training finishes", self.staging, self.final)
 
     def path(self, filename: str) -> str:
         return os.path.join(self.staging, filename)
 
     def commit(self) -> str:
-        """Move the finished run into place, replacing an earlier run of the same name last."""
+        """Mark the run finished (the marker is its last file) and move it into place; an earlier run goes last."""
         if os.path.exists(self.path(CHECKPOINT_FILE)):
             os.remove(self.path(CHECKPOINT_FILE))  # model.keras holds the same weights
+        _write_marker(self.staging, self.name, finished=True)
+        self._check_final(f"appeared or changed while training (the new run is in {self.staging!r})")
         old = None
-        if os.path.exists(self.final):
-            old = f"{self.final}.old-{os.getpid()}"
+        if os.path.lexists(self.final):
+            old = os.path.join(os.path.dirname(self.final), f".{self.name}.old-{uuid.uuid4().hex[:12]}")
             os.rename(self.final, old)
         os.rename(self.staging, self.final)
         if old:
@@ -83,22 +245,51 @@ class RunFolder:
         return self.final
 
 
+def json_text(data: Any, *, sort_keys: bool = False) -> str:
+    """JSON that every parser reads: NaN and infinities, which ``json.dumps`` writes bare, become null."""
+    return json.dumps(_finite(data), indent=2, sort_keys=sort_keys, allow_nan=False, default=str)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 def write_json(path: str, data: Any) -> None:
     """Write JSON atomically: readers see the old file or the new one, never half of one."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    write_text(path, json_text(data, sort_keys=True) + "\n")
 
 
 def write_text(path: str, text: str) -> None:
+    """Write atomically, with the permissions that the user's umask gives (``mkstemp`` alone makes 0600)."""
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            os.fchmod(f.fileno(), _file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@functools.cache
+def _file_mode() -> int:
+    """0o666 less the umask, read without changing it where the system can say (``os.umask`` sets while it reads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def run_record(config: TrainConfig, labels: list[str], preprocessing: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -149,10 +340,11 @@ def is_run_folder(path: str) -> bool:
 
 
 def load_run(path: str) -> Run:
-    """Read a run folder, with a clear error when it is not one or did not finish."""
+    """Read a run folder, with a clear error when it is not one, did not finish or was edited out of shape."""
     if not os.path.exists(path):
         raise RunError(f"{path!r} does not exist.")
-    if path.rstrip("/").endswith(".partial"):
+    marker = _read_marker(path)
+    if path.rstrip("/").endswith(STAGING_SUFFIX) or (marker is not None and not marker.get("finished")):
         raise RunError(f"{path!r} is a run that did not finish; train again to replace it.")
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
@@ -160,9 +352,13 @@ def load_run(path: str) -> Run:
     try:
         with open(config_path, encoding="utf-8") as f:
             record = json.load(f)
-        record["model"]["labels"]
+        labels = record["model"]["labels"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise RunError(f"{config_path!r} is unreadable or not a transfer config ({error}).") from None
+    if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)) or any(
+            label_problem(label) for label in labels) or len(set(labels)) != len(labels):
+        raise RunError(f"{config_path!r}: model.labels must be a list of distinct class names, one line each; "
+                       "restore the file or train again.")
     run = Run(path, record)
     if not os.path.isfile(run.model_path):
         raise RunError(f"{path!r} has no {os.path.basename(run.model_path)}.")

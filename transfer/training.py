@@ -19,11 +19,11 @@ from typing import Any
 
 import keras
 
-from . import data, features, runs
-from .backbones import BackboneSpec, resolve
-from .config import TrainConfig, parse_duration
+from . import data, features, preflight, runs
+from .backbones import BackboneSpec
+from .config import TrainConfig, option_name, parse_duration
 from .devices import has_gpu
-from .errors import ConfigError
+from .errors import TrainingError
 from .heads import backbone_of, build_model, freeze_backbone, unfreeze_index, unfreeze_top
 from .layers import SparseSmoothedCrossentropy
 
@@ -53,11 +53,8 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _train(config: TrainConfig, started: float) -> TrainResult:
-    spec, config = resolve(config.validate())
-    if config.epochs + config.fine_tune_epochs == 0:
-        raise ConfigError("--epochs and --fine-tune-epochs are both 0: nothing to train.")
-    config = dataclasses.replace(config, name=config.name or runs.default_name(os.path.basename(spec.name)))
-    run = runs.RunFolder(config.output_dir, config.name, config.overwrite)  # refuse to overwrite before slow work
+    spec, config = preflight.check(config)  # options, memory, name and destination, before any slow work
+    run = runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir)
     dataset = data.scan(config.data_dir, config.val_split, config.seed, max_pixels=config.max_pixels,
                         dedupe=config.dedupe, cache_dir=config.cache_dir, progress=config.verbose > 0)
     data.check_skips(dataset, config.strict, config.max_skip_fraction)
@@ -272,14 +269,49 @@ def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, started
     if full_model is not None:
         _compile(full_model, model.optimizer, config)
     watchers = adapt + [keras.callbacks.EarlyStopping(monitor=config.monitor, patience=config.patience), checkpoint]
+    diverged = _StopOnNaN()
     callbacks = timer + [
         _Validation(val_ds, config.validation_freq, first_epoch=done, last_epoch=done + epochs - 1),
+        diverged,
         *(_WhenValidated(watcher, config.monitor) for watcher in watchers),
         _HistoryCSV(run.path(runs.HISTORY_FILE), phase, started),
     ]
     history = model.fit(train_ds, initial_epoch=done, epochs=done + epochs, callbacks=callbacks,
                         verbose=config.verbose, class_weight=class_weight, shuffle=False)  # the dataset shuffles
+    if diverged.found:
+        what, epoch = diverged.found
+        rate = "lr" if phase == "head" else "fine_tune_lr"
+        raise TrainingError(f"the {what} became NaN or infinite at epoch {epoch + 1} of phase {phase}, so training "
+                            f"stopped and no run was saved (what was written is in {run.staging!r}). Lower "
+                            f"{option_name(rate)} (now {lr:g}), or --l2 and --weight-decay if you raised them.")
     return done + len(history.history.get("loss", [])), bool(timer and timer[0].reached)
+
+
+class _StopOnNaN(keras.callbacks.Callback):
+    """Stops a phase at the first batch loss or validation loss that is not finite, and says where.
+
+    Keras' own ``TerminateOnNaN`` ends ``fit`` as quietly as a finished phase;
+    a run whose weights are NaN must never be saved as a finished one.
+    ``found`` is (which loss, epoch) once it has happened.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch, self.found = 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check("training loss", (logs or {}).get("loss"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check("validation loss", (logs or {}).get("val_loss"))
+
+    def _check(self, what: str, value) -> None:
+        if value is not None and self.found is None and not math.isfinite(float(value)):
+            self.found = (what, self.epoch)
+            self.model.stop_training = True
 
 
 class _Validation(keras.callbacks.Callback):

@@ -1,0 +1,75 @@
+"""Every check of a training run that needs no TensorFlow, made before TensorFlow is imported.
+
+Importing TensorFlow takes seconds; a bad option, a run name that exists, a
+destination inside the dataset or a model that cannot fit in memory should
+fail at once, and before anything is allocated. The CLI calls :func:`check`
+before importing the trainer; :func:`transfer.train` calls it again, so library
+callers get the same errors. Importing this module must not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from . import backbones, data, runs
+from .backbones import BackboneSpec
+from .config import TrainConfig, physical_memory
+from .errors import ConfigError
+
+#: bytes kept per value of a batch's images while training, at the least: a network's first layers alone hold
+#: several times its input (real networks hold far more, so this only refuses what cannot possibly fit)
+ACTIVATION_FACTOR = 16
+#: float32 copies of each parameter while training: the weights, their gradients and two optimizer slots
+PARAM_COPIES = 4
+
+
+def check(config: TrainConfig, *, open_models: bool = True) -> tuple[BackboneSpec | None, TrainConfig]:
+    """The validated config, resolved for its backbone and with its run name, and the backbone's spec.
+
+    Raises for every problem that can be known before training: option values,
+    the backbone and its options, nothing to train, memory, the run name, its
+    destination and the cache folder. With ``open_models=False`` a backbone given
+    as a model path is not opened (that needs Keras): its own checks wait for
+    :func:`transfer.train`, and the spec returned is None.
+    """
+    config = config.validate()
+    spec = None
+    if open_models or config.backbone.lower() in backbones.names() or not os.path.exists(config.backbone):
+        spec, config = backbones.resolve(config)
+        check_memory(spec, config)
+    if config.epochs == 0 and config.fine_tune_epochs == 0:
+        raise ConfigError("--epochs and --fine-tune-epochs are both 0: nothing to train.")
+    backbone = os.path.basename(os.path.normpath(spec.name if spec else config.backbone))
+    config = dataclasses.replace(config, name=runs.default_name(backbone) if config.name is None else config.name)
+    runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir)
+    data.check_cache_dir(config.cache_dir, config.data_dir)
+    return spec, config
+
+
+def check_memory(spec: BackboneSpec, config: TrainConfig, available: int | None = None) -> None:
+    """Refuse, before anything is allocated, a run whose least possible memory use exceeds the machine's RAM."""
+    available = physical_memory() if available is None else available
+    batch, params = training_memory(spec, config)
+    if batch + params * 4 * PARAM_COPIES > available:
+        scratch = spec.kind == "scratch"
+        raise ConfigError(
+            f"this run needs at least {_gib(batch + params * 4 * PARAM_COPIES)} of memory, more than this machine's "
+            f"{_gib(available)}: {_gib(batch)} for a batch of {config.batch_size} images of "
+            f"{config.image_size}x{config.image_size} px and {_gib(params * 4 * PARAM_COPIES)} for about "
+            f"{params:.3g} parameters. Lower --image-size or --batch-size{' (or --width)' if scratch else ''}.")
+
+
+def training_memory(spec: BackboneSpec, config: TrainConfig) -> tuple[float, float]:
+    """(bytes of one batch's activations, number of parameters), both lower bounds for a resolved config.
+
+    A from-scratch net's filters scale with ``--width``, so its parameters grow
+    with the square of it (extra ``--depth`` blocks only add to both).
+    """
+    scale = max(1.0, config.width) if spec.kind == "scratch" else 1.0
+    batch = float(config.batch_size) * config.image_size ** 2 * 3 * 4 * ACTIVATION_FACTOR * scale
+    return batch, spec.params * scale * scale
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:,.1f} GiB"
