@@ -591,6 +591,14 @@ def test_errors_that_need_no_tensorflow_come_before_it(tmp_path, run, args, frag
     assert fragment in proc.stderr and proc.stderr.strip().endswith("TF_ABSENT"), proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize("splits, fragment", [({"val": 2, "test": 2}, "but no train/"),
+                                              ({"train": 2, "val": 2, "validation": 2}, "two folders for the val")])
+def test_layout_errors_come_before_tensorflow(tmp_path, splits, fragment):
+    data = make_dataset(tmp_path / "layout", splits=splits)
+    proc = _tensorflow_free(["train", data, *TINY, "-o", str(tmp_path / "models")])
+    assert fragment in proc.stderr and proc.stderr.strip().endswith("TF_ABSENT"), proc.stderr[-2000:]
+
+
 def test_os_errors_that_escape_become_messages(monkeypatch, runner):
     from cli import main
 

@@ -86,12 +86,8 @@ def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: i
     data_dir = os.fspath(data_dir) if isinstance(data_dir, os.PathLike) else data_dir
     for name, value in (("data_dir", data_dir), ("val_split", val_split), ("seed", seed), ("max_pixels", max_pixels)):
         check_setting(name, value)
-    if not os.path.isdir(data_dir):
-        raise DataError(f"dataset folder {data_dir!r} does not exist or is not a folder.")
-    root = os.path.abspath(data_dir)
-    real_root = os.path.realpath(root)
+    root, real_root, split_dirs = check_layout(data_dir)
     check_cache_dir(cache_dir, root)
-    split_dirs = _split_dirs(root, _subfolders(root, real_root))
     junk: list[str] = []
     layout = {split: _list_classes(folder, real_root, junk) for split, folder in split_dirs.items()}
     report = AuditReport(unused=[p for folder in dict.fromkeys([root, *split_dirs.values()])
@@ -106,6 +102,20 @@ def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: i
     report.leaks = [group for group in report.duplicates if len({where[p] for p in group if p in where}) > 1]
     _log_report(root, report, candidates, split_dirs)
     return Dataset(root, classes, splits, source, report)
+
+
+def check_layout(data_dir: str) -> tuple[str, str, dict[str, str]]:
+    """(root, its real path, split -> folder): the checks of the folders themselves (layout, symlinks, class
+    names), which read no file, so that the CLI makes them before the slow TensorFlow import."""
+    if not os.path.isdir(data_dir):
+        raise DataError(f"dataset folder {data_dir!r} does not exist or is not a folder.")
+    root = os.path.abspath(data_dir)
+    real_root = os.path.realpath(root)
+    split_dirs = _split_dirs(root, _subfolders(root, real_root))
+    for folder in split_dirs.values():
+        for name in _subfolders(folder, real_root):
+            check_class_name(os.path.join(folder, name))
+    return root, real_root, split_dirs
 
 
 def check_cache_dir(cache_dir: str | None, data_dir: str) -> None:

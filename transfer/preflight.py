@@ -43,6 +43,7 @@ def check(config: TrainConfig, *, open_models: bool = True) -> tuple[BackboneSpe
     backbone = os.path.basename(os.path.normpath(spec.name if spec else config.backbone))
     config = dataclasses.replace(config, name=runs.default_name(backbone) if config.name is None else config.name)
     runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir)
+    data.check_layout(config.data_dir)
     data.check_cache_dir(config.cache_dir, config.data_dir)
     return spec, config
 
