@@ -69,7 +69,8 @@ def _without_tta(result, data: str) -> float:
     from transfer.images import load_image
 
     inputs = keras.Input(result.model.input_shape[1:])
-    plain = keras.Model(inputs, head_top(result.model)(extractor(result.model)(inputs)))  # no tta_* layers
+    one_view = keras.layers.Reshape((1, -1))(extractor(result.model)(inputs))  # head_top takes (views, features)
+    plain = keras.Model(inputs, head_top(result.model)(one_view))  # no tta_* layers, no mirror view
     size, correct, total = (result.config.image_size,) * 2, 0, 0
     for index, label in enumerate(result.labels):
         folder = os.path.join(data, "validation", label)
