@@ -137,6 +137,15 @@ def test_overwrite_keeps_a_run_that_holds_the_users_files(tmp_path, data, run_co
                "export")
 
 
+def test_overwrite_replaces_a_run_with_the_exports_that_transfer_made_of_it(tmp_path, data, run_copy):
+    """`transfer export RUN` writes RUN/export/: the run may still be replaced (make demo, twice)."""
+    succeeded(cli("export", run_copy, "-q"))
+    assert os.listdir(os.path.join(run_copy, "export")) == ["tiny"]
+    with untouched(data):
+        succeeded(train(data, tmp_path / "models", "--name", "tiny", "--overwrite"))
+    assert not os.path.exists(os.path.join(run_copy, "export"))
+
+
 def test_overwrite_replaces_a_finished_run_and_ctrl_c_keeps_it(tmp_path, data, run_copy):
     """Interrupted mid-training, the earlier run stays whole; finished, the new run replaces it and nothing is left."""
     before = tree(run_copy)

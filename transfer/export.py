@@ -45,7 +45,7 @@ def export(model_path: str, output: str | None = None, name: str | None = None,
     source = model_path if loaded.kind == "run" else os.path.dirname(os.path.abspath(model_path))
     if name is None:
         name = os.path.basename(os.path.normpath(source if loaded.kind == "run" else os.path.splitext(model_path)[0]))
-    output = os.fspath(output) if output is not None else os.path.join(source, "export")
+    output = os.fspath(output) if output is not None else os.path.join(source, runs.EXPORTS_FOLDER)
     base = os.path.join(output, runs.check_name(name))
     runs.check_writable(output, "--output")
     _check_export_folder(base)
@@ -81,17 +81,9 @@ def _check_export_folder(base: str) -> None:
 
     Anything else is the user's: nothing is written into it, so its labels.txt is never replaced.
     """
-    if not os.path.lexists(base):
-        return
-    if os.path.islink(base) or not os.path.isdir(base):
-        raise RunError(f"{base!r} exists and is not a folder of exports; choose another --output or --name.")
-    visible = sorted(e for e in os.listdir(base) if not e.startswith("."))  # .N.partial-*: an export that crashed
-    exports = [e for e in visible if e.isdigit() and os.path.isfile(os.path.join(base, e, "assets.extra",
-                                                                                   runs.EXPORT_INFO_FILE))]
-    other = [e for e in visible if not (e.isdigit() or e == runs.LABELS_FILE)]
-    if other or (visible and not exports):
-        raise RunError(f"{base!r} holds files that are not exports of transfer ({', '.join((other or visible)[:5])}); "
-                       "choose another --output or --name.")
+    problem = runs.exports_problem(base)
+    if problem:
+        raise RunError(f"{base!r} exists and {problem}; choose another --output or --name.")
 
 
 def _next_version(base: str) -> int:

@@ -39,6 +39,7 @@ SKIPPED_FILE = "skipped.csv"
 PLOT_FILE = "history.png"
 CHECKPOINT_FILE = "best.weights.h5"
 EXPORT_INFO_FILE = "transfer.json"  # an export's labels, input size and resizing, in its assets.extra/
+EXPORTS_FOLDER = "export"  # where `transfer export RUN` writes by default: RUN/export/<name>/<version>/
 MARKER_FILE = ".transfer-run.json"  # written into a staging folder when it is made, and last into a finished run
 #: what a run folder written before the marker file holds; --overwrite replaces such a run only if it holds no more
 RUN_FILES = frozenset({MODEL_FILE, CONFIG_FILE, LABELS_FILE, HISTORY_FILE, METRICS_FILE, SPLIT_FILE, SKIPPED_FILE,
@@ -177,9 +178,36 @@ def replace_problem(path: str) -> str | None:
         return f"it is not a run folder of transfer (no {MARKER_FILE})"
     expected = set(marker.get("files", [])) if marker is not None else RUN_FILES
     extra = sorted(set(os.listdir(path)) - expected)
+    if extra == [EXPORTS_FOLDER] and _only_exports(os.path.join(path, EXPORTS_FOLDER)):
+        extra = []  # `transfer export` made them, of this run's model: they go with it
     if extra:
         return f"it holds files that the run did not write ({', '.join(extra[:5])}); move them out first"
     return None
+
+
+def exports_problem(base: str) -> str | None:
+    """Why ``base`` is not a folder of transfer's exports of one model (version folders and labels.txt) that
+    export may write into; None when it is one, or does not exist."""
+    if not os.path.lexists(base):
+        return None
+    if os.path.islink(base) or not os.path.isdir(base):
+        return "it is not a folder of exports"
+    visible = sorted(e for e in os.listdir(base) if not e.startswith("."))  # .N.partial-*: an export that crashed
+    exports = [e for e in visible if e.isdigit() and os.path.isfile(os.path.join(base, e, "assets.extra",
+                                                                                   EXPORT_INFO_FILE))]
+    other = [e for e in visible if not (e.isdigit() or e == LABELS_FILE)]
+    if other or (visible and not exports):
+        return f"it holds files that are not exports of transfer ({', '.join((other or visible)[:5])})"
+    return None
+
+
+def _only_exports(folder: str) -> bool:
+    """Whether ``folder`` (a run's export/) holds nothing but transfer's exports, one folder per export name."""
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return False
+    names = os.listdir(folder)
+    return all(os.path.isdir(os.path.join(folder, n)) and exports_problem(os.path.join(folder, n)) is None
+               for n in names)
 
 
 class RunFolder:
