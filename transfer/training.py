@@ -115,7 +115,7 @@ def _train(config: TrainConfig, started: float) -> TrainResult:
     history = read_history(run.path(runs.HISTORY_FILE))
     metrics = {**_evaluate(model, config, dataset, history, seconds, cache, val_ds), "time_limit_stopped": timed_out}
     laps.lap("evaluate")
-    metrics["seconds"] = laps.record(cache, boundary if config.fine_tune_epochs else None)
+    metrics["seconds"] = laps.record(cache, boundary)
     model.save(run.path(runs.MODEL_FILE))
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     _plot(history, run.path(runs.PLOT_FILE))
