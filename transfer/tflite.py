@@ -44,12 +44,21 @@ def convert(model, quantize: str = "none", representative: np.ndarray | None = N
     if quantize == "int8":
         if representative is None or not len(representative):
             raise ValueError("int8 needs representative images")
-        converter.representative_dataset = lambda: ([image[None].astype(np.float32)] for image in representative)
+        calibration = [*representative, _full_range(representative[0].shape)]
+        converter.representative_dataset = lambda: ([image[None].astype(np.float32)] for image in calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8  # the model's input is raw pixels: scale 1, zero point 0
         converter.inference_output_type = tf.float32
     with _quiet():
         return converter.convert()
+
+
+def _full_range(shape: tuple[int, ...]) -> np.ndarray:
+    """Black and white halves: the input range calibrates to 0-255, so uint8 input is the pixels themselves
+    (scale 1, zero point 0) whatever the photos' own range."""
+    image = np.zeros(shape, np.float32)
+    image[shape[0] // 2:] = 255
+    return image
 
 
 @contextlib.contextmanager
