@@ -21,6 +21,7 @@ from transfer import preflight
 from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, FEATURE_ENGINES, LR_SCHEDULES,
                              MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
 from transfer.presets import PRESETS, apply_preset
+from transfer.tflite import QUANTIZATIONS
 from transfer.errors import TransferError
 from transfer.runs import json_text
 
@@ -92,6 +93,7 @@ def main():
     transfer train photos/ --backbone resnet50
     transfer predict models/<run>/ new_photos/ --top-k 3
     transfer export models/<run>/             SavedModel for TensorFlow Serving
+    transfer export models/<run>/ --format tflite --quantize int8   TensorFlow Lite, verified
     """
 
 
@@ -359,7 +361,7 @@ def _print_csv(result):
 @click.option("--name", default=None, help="Model name in the serving layout [default: the run's name].")
 @click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite"]), default="saved_model",
               show_default=True, help="saved_model: for TensorFlow Serving; tflite: for phones and edge devices.")
-@click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]), default=None,
+@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default=None,
               help="tflite only: float32 (none, the default), float16 weights, dynamic-range int8 weights, or "
                    "full int8 (uint8 pixels in, calibrated on the run's training images).")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
@@ -370,10 +372,11 @@ def _print_csv(result):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_handle_errors
 def export_command(model, output, name, fmt, quantize, data, version, quiet, as_json):
-    """Export a run as a SavedModel for TensorFlow Serving (OUTPUT/NAME/VERSION/) or as TensorFlow Lite
-    (OUTPUT/NAME/tflite-QUANTIZE/model.tflite with labels.txt and metadata.json).
+    """Export a run, verified: a SavedModel or TensorFlow Lite.
 
-    The SavedModel's serving_default signature takes `image` (float32 RGB 0-255 at
+    --format saved_model writes OUTPUT/NAME/VERSION/ for TensorFlow Serving;
+    --format tflite writes OUTPUT/NAME/tflite-QUANTIZE/ with model.tflite,
+    labels.txt and metadata.json. The SavedModel's serving_default signature takes `image` (float32 RGB 0-255 at
     the model's input size; preprocessing is inside) and returns `probabilities`;
     labels.txt is written beside the version folders. Every export is checked
     against the Keras model before it is kept: the .tflite on the run's
