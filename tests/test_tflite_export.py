@@ -154,3 +154,16 @@ def test_int8_input_is_the_pixels_whatever_the_calibration_photos_range(trained)
     dark = np.random.default_rng(0).uniform(0, 60, (10, 32, 32, 3)).astype(np.float32)
     runner = tflite.Runner(tflite.convert(model, "int8", dark))
     assert np.dtype(runner.input["dtype"]) == np.uint8 and runner.input["quantization"] == (1.0, 0)
+
+
+def test_tflite_exports_go_with_their_run_on_overwrite_and_beside_saved_models(trained, exported, runner, tmp_path):
+    from transfer import runs
+
+    exported("small", "none")
+    copy = shutil.copytree(trained["small"]["run"], tmp_path / "small")
+    assert runs.replace_problem(str(copy)) is None  # train --overwrite may replace it, exports and all
+    result = runner.invoke(main, ["export", str(copy), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(copy / "export" / "small"))[:2] == ["1", "labels.txt"]
+    (copy / "export" / "small" / "tflite-none" / "metadata.json").unlink()  # no longer transfer's export
+    assert "files that the run did not write (export)" in runs.replace_problem(str(copy))
