@@ -111,7 +111,7 @@ def test_failed_verification_writes_nothing(trained, runner, tmp_path, monkeypat
     result = runner.invoke(main, ["export", trained["small"]["run"], "--format", "tflite", "--quantize", "dynamic",
                                   "-o", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert "disagrees with the Keras model on 12 validation images" in result.output and "nothing was written" in result.output
+    assert "disagrees with the Keras model on 12 images" in result.output and "nothing was written" in result.output
     assert not os.path.exists(tmp_path / "out" / "small") or os.listdir(tmp_path / "out" / "small") == []
 
 

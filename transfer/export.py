@@ -14,6 +14,7 @@ the Keras model on the run's own validation photos (``THRESHOLDS``).
 
 from __future__ import annotations
 
+import logging
 import numbers
 import os
 import shutil
@@ -27,6 +28,7 @@ from .errors import ConfigError, ImageError, RunError
 from .images import is_image_name, load_image
 from .predict import load_model
 
+log = logging.getLogger("transfer")
 TOLERANCE = 1e-4
 MAX_VERSION = 2**63 - 1  # TensorFlow Serving's versions are int64
 #: --quantize: (least top-1 agreement with the Keras model, largest |Δp| or None) on the validation sample
@@ -101,6 +103,8 @@ def export_tflite(model_path: str, output: str | None = None, name: str | None =
     if quantize == "int8":
         calibration = _photos(loaded, _folder_paths(data) if data else _split_paths(run, "train"),
                               CALIBRATION_IMAGES, "calibration")
+    log.info("converting to TensorFlow Lite (%s%s)", quantize,
+             f", calibrated on {len(calibration)} images" if calibration is not None else "")
     content = tflite.convert(loaded.keras_model, quantize, calibration)
     runner = tflite.Runner(content)
     top1, diff = verify_tflite(loaded, runner, checks, quantize)
@@ -142,7 +146,7 @@ def _write_labels(folder: str, labels: list[str]) -> None:
 
 
 def _check_export_folder(base: str) -> None:
-    """``OUTPUT/NAME`` is new or holds exports of transfer (version folders and labels.txt) and nothing else.
+    """``OUTPUT/NAME`` is new or holds exports of transfer (version folders, tflite-*, labels.txt) and nothing else.
 
     Anything else is the user's: nothing is written into it, so its labels.txt is never replaced.
     """
@@ -237,7 +241,7 @@ def verify_tflite(loaded, runner, images: np.ndarray, quantize: str) -> tuple[fl
     least, most = THRESHOLDS[quantize]
     if not np.isfinite(diff) or top1 < least or (most is not None and diff >= most):
         limit = f" and max |Δp| below {most:g}" if most is not None else ""
-        raise RunError(f"the {quantize} .tflite disagrees with the Keras model on {len(images)} validation images "
+        raise RunError(f"the {quantize} .tflite disagrees with the Keras model on {len(images)} images "
                        f"(top-1 agreement {top1:.1%}, max |Δp| {diff:.2g}; needed {least:.0%}{limit}); "
                        "nothing was written. Try a lighter --quantize.")
     return top1, diff
