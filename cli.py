@@ -21,6 +21,7 @@ from transfer import preflight
 from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, FEATURE_ENGINES, LR_SCHEDULES,
                              MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
 from transfer.presets import PRESETS, apply_preset
+from transfer.tflite import QUANTIZATIONS
 from transfer.errors import TransferError
 from transfer.runs import json_text
 
@@ -92,6 +93,7 @@ def main():
     transfer train photos/ --backbone resnet50
     transfer predict models/<run>/ new_photos/ --top-k 3
     transfer export models/<run>/             SavedModel for TensorFlow Serving
+    transfer export models/<run>/ --format tflite --quantize int8   TensorFlow Lite, verified
     """
 
 
@@ -304,7 +306,7 @@ def train_command(ctx, preset, quiet, as_json, **options):
 def predict_command(model, inputs, top_k, batch_size, max_pixels, as_json, as_csv, quiet):
     """Predict the labels of images: files, folders (recursive) or globs.
 
-    MODEL is a run folder, a .keras file or an exported SavedModel. Exit status
+    MODEL is a run folder, a .keras file, an exported SavedModel or a .tflite. Exit status
     is 1 if any input could not be read (the others are still predicted).
 
     \b
@@ -357,24 +359,41 @@ def _print_csv(result):
 @click.argument("model", type=click.Path(exists=True))
 @click.option("-o", "--output", default=None, help="Base folder [default: MODEL/export].")
 @click.option("--name", default=None, help="Model name in the serving layout [default: the run's name].")
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite"]), default="saved_model",
+              show_default=True, help="saved_model: for TensorFlow Serving; tflite: for phones and edge devices.")
+@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default=None,
+              help="tflite only: float32 (none, the default), float16 weights, dynamic-range int8 weights, or "
+                   "full int8 (uint8 pixels in, calibrated on the run's training images).")
+@click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
+              help="tflite int8: calibrate on the images under this folder instead of the run's training images.")
 @click.option("--version", "version", type=click.IntRange(min=1), default=None,
-              help="Version number [default: the next free one].")
+              help="saved_model: version number [default: the next free one].")
 @click.option("-q", "--quiet", is_flag=True, help="No logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_handle_errors
-def export_command(model, output, name, version, quiet, as_json):
-    """Export a run as a SavedModel for TensorFlow Serving: OUTPUT/NAME/VERSION/.
+def export_command(model, output, name, fmt, quantize, data, version, quiet, as_json):
+    """Export a run, verified: a SavedModel or TensorFlow Lite.
 
-    The serving_default signature takes `image` (float32 RGB 0-255 at the model's
-    input size; preprocessing is inside) and returns `probabilities`; labels.txt
-    is written beside the version folders. The export is checked against the
-    Keras model before it is kept.
+    --format saved_model writes OUTPUT/NAME/VERSION/ for TensorFlow Serving;
+    --format tflite writes OUTPUT/NAME/tflite-QUANTIZE/ with model.tflite,
+    labels.txt and metadata.json. The SavedModel's serving_default signature takes `image` (float32 RGB 0-255 at
+    the model's input size; preprocessing is inside) and returns `probabilities`;
+    labels.txt is written beside the version folders. Every export is checked
+    against the Keras model before it is kept: the .tflite on the run's
+    validation images (top-1 agreement and largest probability difference).
 
     \b
-    Example:
+    Examples:
       transfer export models/my-run/ --output serving/
+      transfer export models/my-run/ --format tflite --quantize int8
     """
+    if fmt == "saved_model" and (quantize or data):
+        raise click.UsageError("--quantize and --data apply to --format tflite only.")
+    if fmt == "tflite" and version is not None:
+        raise click.UsageError("--version applies to --format saved_model only.")
     _setup_logging(quiet)
+    if fmt == "tflite":
+        return _export_tflite(model, output, name, quantize or "none", data, as_json)
     from transfer.export import export
 
     with contextlib.redirect_stdout(sys.stderr):
@@ -384,6 +403,19 @@ def export_command(model, output, name, version, quiet, as_json):
                               "max_abs_diff": result.max_abs_diff}))
     else:
         click.echo(f"exported: {result.path} (max difference from the Keras model {result.max_abs_diff:.2g})")
+
+
+def _export_tflite(model, output, name, quantize, data, as_json):
+    from transfer.export import export_tflite
+
+    with contextlib.redirect_stdout(sys.stderr):
+        result = export_tflite(model, output=output, name=name, quantize=quantize, data=data)
+    if as_json:
+        click.echo(json_text(result.to_dict()))
+    else:
+        click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB, {quantize}); on {result.images} "
+                   f"validation images: top-1 agreement with the Keras model {result.top1_agreement:.1%}, "
+                   f"max |Δp| {result.max_abs_diff:.2g}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@ batch of one (what a first script does). FLOP bound: the model's FLOPs per
 image (2 x multiply-adds of every kernel, counted from the layers) divided into
 the GFLOP/s of a large float32 matmul measured here; no convnet reaches it,
 depthwise convolutions (MobileNetV2) least of all. The model has random
-weights: the timing does not depend on them.
+weights: the timing does not depend on them. ``--tflite`` adds the same model
+exported as float32 and int8 ``.tflite`` (int8 calibrated on 100 of the photos),
+predicted by `transfer predict` through XNNPACK.
 
     python benchmarks/bench_predict.py --images 1000 --naive-images 200
+    python benchmarks/bench_predict.py --backbone efficientnet_lite0 --image-size 224 --tflite
 """
 
 from __future__ import annotations
@@ -75,19 +78,45 @@ def saved_model(args, work: str) -> str:
     return path
 
 
+def tflite_rates(keras_path: str, paths: list[str], args, work: str) -> str:
+    """img/s of `transfer predict` on the float32 and int8 .tflite of the model, as a summary fragment."""
+    import keras
+
+    from transfer import layers, tflite  # noqa: F401  (layers: the model file's custom layers)
+    from transfer.images import load_image
+    from transfer.predict import load_model, predict
+
+    model = keras.saving.load_model(keras_path)
+    calibration = np.stack([load_image(p, (args.image_size, args.image_size)) for p in paths[:100]])
+    rates = []
+    for quantize in ("none", "int8"):
+        path = os.path.join(work, f"model-{quantize}.tflite")
+        with open(path, "wb") as f:
+            f.write(tflite.convert(model, quantize, calibration))
+        loaded = load_model(path)
+        predict(loaded, paths[:args.batch_size], batch_size=args.batch_size)  # warm up
+        _, seconds = timed(predict, loaded, paths, batch_size=args.batch_size)
+        rates.append(f"TFLite {quantize if quantize == 'int8' else 'float32'} {len(paths) / seconds:.1f} img/s "
+                     f"({os.path.getsize(path) / 2**20:.1f} MiB)")
+    return " | ".join(rates)
+
+
 def main():
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--naive-images", type=int, default=200, help="the naive loop runs on the first N (it is slow)")
+    p.add_argument("--tflite", action="store_true", help="also time the float32 and int8 .tflite of the model")
     args = p.parse_args()
     from transfer.predict import load_model, predict
 
     paths = image_paths(args.data, "train", args.images)
     peak = matmul_gflops()  # measured before and after: the better of the two is the bound (the machine is shared)
     with tempfile.TemporaryDirectory(prefix="transfer-bench-") as work:
-        loaded = load_model(saved_model(args, work))
+        keras_path = saved_model(args, work)
+        loaded = load_model(keras_path)
         predict(loaded, paths[:args.batch_size], batch_size=args.batch_size)  # warm up (tracing)
         result, seconds = timed(predict, loaded, paths, batch_size=args.batch_size)
+        lite = tflite_rates(keras_path, paths, args, work) if args.tflite else ""
         naive_loop(loaded.keras_model, paths[:2], args.image_size)
         _, naive_s = timed(naive_loop, loaded.keras_model, paths[:args.naive_images], args.image_size)
     assert len(result.predictions) == len(paths), result.failures
@@ -98,7 +127,8 @@ def main():
           f"{len(paths)} images {ours:.1f} img/s | naive loop ({args.naive_images} images) {naive:.1f} img/s "
           f"x{ours / naive:.1f} "
           f"| FLOP bound {bound:.1f} img/s ({flops / 1e9:.3f} GFLOP/image at {gflops:.0f} GFLOP/s matmul): "
-          f"{ours / bound:.0%} of it")
+          f"{ours / bound:.0%} of it" + (f"\nbench_predict same model, same images: Keras {ours:.1f} img/s | {lite}"
+                                         if lite else ""))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 from .config import TrainConfig  # noqa: E402
 from .errors import TransferError  # noqa: E402
-from .export import export  # noqa: E402
+from .export import export, export_tflite  # noqa: E402
 from .predict import load_model, predict  # noqa: E402
 
 _LAZY = {
@@ -38,4 +38,4 @@ def __getattr__(name):
     return module if _LAZY[name] is None else getattr(module, name)
 
 
-__all__ = ["TrainConfig", "TransferError", "export", "load_model", "predict", *_LAZY]
+__all__ = ["TrainConfig", "TransferError", "export", "export_tflite", "load_model", "predict", *_LAZY]

@@ -1,4 +1,4 @@
-"""Prediction from any artifact transfer makes: a run folder, a ``.keras`` file or an exported SavedModel.
+"""Prediction from any artifact transfer makes: a run folder, a ``.keras`` file, an exported SavedModel or ``.tflite``.
 
 Labels, input size and resizing come from the artifact itself, never from
 flags. Images go through the same decoder as training; a file that cannot be
@@ -30,7 +30,7 @@ class LoadedModel:
     """A model ready to predict, whatever it was loaded from."""
 
     source: str
-    kind: str  # "run", "keras" or "savedmodel"
+    kind: str  # "run", "keras", "savedmodel" or "tflite"
     labels: list[str]
     image_size: tuple[int, int]
     resize: str
@@ -63,7 +63,8 @@ class PredictResult:
 
 
 def load_model(path: str) -> LoadedModel:
-    """Load a run folder, a ``.keras`` file, a SavedModel folder or a TF-Serving base folder."""
+    """Load a run folder, a ``.keras`` file, a SavedModel folder, a TF-Serving base folder or a ``.tflite``
+    (file, or the ``tflite-<quantize>`` folder that holds it)."""
     path = _path_argument(path, "the model")
     if runs.is_run_folder(path):
         run = runs.load_run(path)
@@ -77,10 +78,14 @@ def load_model(path: str) -> LoadedModel:
                                f"{runs.CONFIG_FILE} of {folder!r}")
         labels_file = os.path.join(folder, runs.LABELS_FILE)
         return _from_keras(path, _read_labels(labels_file), "squash", "keras", repr(labels_file))
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, runs.TFLITE_FILE)):
+        path = os.path.join(path, runs.TFLITE_FILE)
+    if os.path.isfile(path) and path.endswith(".tflite"):
+        return _from_tflite(path)
     saved_model = _saved_model_dir(path)
     if saved_model:
         return _from_saved_model(saved_model)
-    raise RunError(f"{path!r} is not a run folder, a .keras file or an exported SavedModel.")
+    raise RunError(f"{path!r} is not a run folder, a .keras file, an exported SavedModel or a .tflite file.")
 
 
 def _path_argument(value, what: str) -> str:
@@ -146,15 +151,45 @@ def _from_saved_model(path: str) -> LoadedModel:
     _, height, width, _ = spec.shape
     info_file = os.path.join(path, "assets.extra", runs.EXPORT_INFO_FILE)
     info = _read_json(info_file) or {}
-    labels = info.get("labels")
-    if labels is not None and not (isinstance(labels, list) and all(isinstance(label, str) for label in labels)):
-        raise RunError(f"{info_file!r}: labels must be a list of class names; export the run again.")
-    labels = _checked_labels(labels, classes, path, repr(info_file))
+    labels = _checked_labels(_info_labels(info, info_file), classes, path, repr(info_file))
 
     def predict_batch(batch):
         return serve(**{input_name: tf.constant(batch, tf.float32)})["probabilities"].numpy()
 
     return LoadedModel(path, "savedmodel", labels, (height, width), info.get("resize", "squash"), predict_batch)
+
+
+def _from_tflite(path: str) -> LoadedModel:
+    """A ``.tflite`` run by XNNPACK; labels and resizing from the ``metadata.json`` (or ``labels.txt``) beside it."""
+    from .tflite import Runner
+
+    try:
+        with open(path, "rb") as f:
+            runner = Runner(f.read())
+        _, height, width, _ = runner.input["shape_signature"]
+        classes = int(runner.output["shape_signature"][-1])
+    except (ValueError, RuntimeError, IndexError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunError(f"{path!r} is not a valid TensorFlow Lite image model (truncated, damaged or another "
+                       f"format): {first}") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    info_file = os.path.join(folder, runs.TFLITE_INFO_FILE)
+    info = _read_json(info_file) or {}
+    labels = _info_labels(info, info_file)
+    labels_from = repr(info_file)
+    if labels is None:
+        labels_from = repr(os.path.join(folder, runs.LABELS_FILE))
+        labels = _read_labels(os.path.join(folder, runs.LABELS_FILE))
+    labels = _checked_labels(labels, classes, path, labels_from)
+    return LoadedModel(path, "tflite", labels, (int(height), int(width)), info.get("resize", "squash"), runner)
+
+
+def _info_labels(info: dict, info_file: str) -> list[str] | None:
+    """The labels an export wrote into its metadata, checked to be class names; None when it has none."""
+    labels = info.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(label, str) for label in labels)):
+        raise RunError(f"{info_file!r}: labels must be a list of class names; export the run again.")
+    return labels
 
 
 def _read_labels(path: str) -> list[str] | None:

@@ -39,6 +39,9 @@ SKIPPED_FILE = "skipped.csv"
 PLOT_FILE = "history.png"
 CHECKPOINT_FILE = "best.weights.h5"
 EXPORT_INFO_FILE = "transfer.json"  # an export's labels, input size and resizing, in its assets.extra/
+TFLITE_FILE = "model.tflite"  # `export --format tflite`: NAME/tflite-<quantize>/ holds it, labels.txt, metadata.json
+TFLITE_INFO_FILE = "metadata.json"
+TFLITE_PREFIX = "tflite-"
 EXPORTS_FOLDER = "export"  # where `transfer export RUN` writes by default: RUN/export/<name>/<version>/
 MARKER_FILE = ".transfer-run.json"  # written into a staging folder when it is made, and last into a finished run
 #: what a run folder written before the marker file holds; --overwrite replaces such a run only if it holds no more
@@ -186,19 +189,27 @@ def replace_problem(path: str) -> str | None:
 
 
 def exports_problem(base: str) -> str | None:
-    """Why ``base`` is not a folder of transfer's exports of one model (version folders and labels.txt) that
+    """Why ``base`` is not a folder of transfer's exports of one model (version folders, tflite-* and labels.txt) that
     export may write into; None when it is one, or does not exist."""
     if not os.path.lexists(base):
         return None
     if os.path.islink(base) or not os.path.isdir(base):
         return "it is not a folder of exports"
     visible = sorted(e for e in os.listdir(base) if not e.startswith("."))  # .N.partial-*: an export that crashed
-    exports = [e for e in visible if e.isdigit() and os.path.isfile(os.path.join(base, e, "assets.extra",
-                                                                                   EXPORT_INFO_FILE))]
-    other = [e for e in visible if not (e.isdigit() or e == LABELS_FILE)]
+    exports = [e for e in visible if _is_export(os.path.join(base, e))]
+    other = [e for e in visible if not (e.isdigit() or e == LABELS_FILE or e in exports)]
     if other or (visible and not exports):
         return f"it holds files that are not exports of transfer ({', '.join((other or visible)[:5])})"
     return None
+
+
+def _is_export(path: str) -> bool:
+    """A SavedModel version folder or a ``tflite-<quantize>`` folder that export wrote."""
+    name = os.path.basename(path)
+    if name.isdigit():
+        return os.path.isfile(os.path.join(path, "assets.extra", EXPORT_INFO_FILE))
+    return (name.startswith(TFLITE_PREFIX) and not os.path.islink(path)
+            and os.path.isfile(os.path.join(path, TFLITE_INFO_FILE)))
 
 
 def _only_exports(folder: str) -> bool:

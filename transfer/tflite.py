@@ -1,5 +1,8 @@
 """TensorFlow Lite: run a frozen Keras model through the TFLite interpreter and XNNPACK.
 
+``convert`` also writes the deployable ``.tflite`` of ``transfer export --format
+tflite``, float32 or quantized (``QUANTIZATIONS``).
+
 On a CPU, TensorFlow's own kernels for depthwise convolutions (EfficientNet,
 MobileNet) are slow; XNNPACK, which the TFLite interpreter uses by default, runs
 the same float32 network several times faster (BENCHMARKS.md). Feature caching
@@ -19,14 +22,43 @@ import numpy as np
 log = logging.getLogger("transfer")
 
 
-def convert(model) -> bytes:
-    """A float32 ``.tflite`` flatbuffer of a Keras model with one image input (any batch size)."""
+#: --quantize: what each stores. int8 takes uint8 pixels (0-255, as a camera gives them) and returns float32
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+
+
+def convert(model, quantize: str = "none", representative: np.ndarray | None = None) -> bytes:
+    """A ``.tflite`` flatbuffer of a Keras model with one image input (any batch size).
+
+    ``representative`` (uint8 or float images 0-255) calibrates the activation ranges of ``int8``.
+    """
     import tensorflow as tf
 
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}; got {quantize!r}")
     # from_keras_model, not from_concrete_functions: the latter froze garbage for set_weights()'d variables here
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        if representative is None or not len(representative):
+            raise ValueError("int8 needs representative images")
+        calibration = [*representative, _full_range(representative[0].shape)]
+        converter.representative_dataset = lambda: ([image[None].astype(np.float32)] for image in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8  # the model's input is raw pixels: scale 1, zero point 0
+        converter.inference_output_type = tf.float32
     with _quiet():
         return converter.convert()
+
+
+def _full_range(shape: tuple[int, ...]) -> np.ndarray:
+    """Black and white halves: the input range calibrates to 0-255, so uint8 input is the pixels themselves
+    (scale 1, zero point 0) whatever the photos' own range."""
+    image = np.zeros(shape, np.float32)
+    image[shape[0] // 2:] = 255
+    return image
 
 
 @contextlib.contextmanager
@@ -59,8 +91,8 @@ class Runner:
         with warnings.catch_warnings(), _quiet():  # it announces its move to ai_edge_litert, and XNNPACK itself
             warnings.simplefilter("ignore")
             self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count() or 1)
-        self.input = self.interpreter.get_input_details()[0]["index"]
-        self.output = self.interpreter.get_output_details()[0]["index"]
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
         self.batch = None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -69,13 +101,27 @@ class Runner:
 
     def _invoke(self, images: np.ndarray) -> np.ndarray:
         if images.shape[0] != self.batch:
-            self.interpreter.resize_tensor_input(self.input, list(images.shape))
+            self.interpreter.resize_tensor_input(self.input["index"], list(images.shape))
             with _quiet():
                 self.interpreter.allocate_tensors()
             self.batch = images.shape[0]
-        self.interpreter.set_tensor(self.input, np.ascontiguousarray(images, dtype=np.float32))
+        self.interpreter.set_tensor(self.input["index"], _quantized(images, self.input))
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output).copy()
+        output = self.interpreter.get_tensor(self.output["index"])
+        scale, zero_point = self.output["quantization"]
+        if np.issubdtype(output.dtype, np.integer):
+            return (output.astype(np.float32) - zero_point) * scale
+        return output.copy()
+
+
+def _quantized(images: np.ndarray, detail: dict) -> np.ndarray:
+    """Float images as the input tensor takes them: unchanged for float, ``round(x / scale) + zero_point`` for int."""
+    dtype = detail["dtype"]
+    if not np.issubdtype(dtype, np.integer):
+        return np.ascontiguousarray(images, dtype=dtype)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(images / (scale or 1.0)) + zero_point, info.min, info.max).astype(dtype)
 
 
 def agreement(expected: np.ndarray, got: np.ndarray) -> float:
