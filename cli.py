@@ -292,6 +292,11 @@ def train_command(ctx, preset, quiet, as_json, **options):
         click.echo(f"test accuracy {result.metrics['test']['accuracy']:.4f}, loss {result.metrics['test']['loss']:.4f}")
 
 
+unsafe_option = click.option(
+    "--unsafe", is_flag=True, help="Load a .keras model that holds Python code (a Lambda layer), which runs as it "
+    "loads: only for files you trust.")
+
+
 @main.command("predict")
 @click.argument("model", type=click.Path(exists=True))
 @click.argument("inputs", nargs=-1, required=True)
@@ -301,9 +306,10 @@ def train_command(ctx, preset, quiet, as_json, **options):
               help="Refuse larger images (checked from the header, before decoding).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+@unsafe_option
 @click.option("-q", "--quiet", is_flag=True, help="No logs.")
 @_handle_errors
-def predict_command(model, inputs, top_k, batch_size, max_pixels, as_json, as_csv, quiet):
+def predict_command(model, inputs, top_k, batch_size, max_pixels, unsafe, as_json, as_csv, quiet):
     """Predict the labels of images: files, folders (recursive) or globs.
 
     MODEL is a run folder, a .keras file, an exported SavedModel or a .tflite. Exit status
@@ -319,7 +325,8 @@ def predict_command(model, inputs, top_k, batch_size, max_pixels, as_json, as_cs
     from transfer.predict import predict
 
     with contextlib.redirect_stdout(sys.stderr):
-        result = predict(model, list(inputs), top_k=top_k, batch_size=batch_size, max_pixels=max_pixels)
+        result = predict(model, list(inputs), top_k=top_k, batch_size=batch_size, max_pixels=max_pixels,
+                         unsafe=unsafe)
     (_print_json if as_json else _print_csv if as_csv else _print_table)(result)
     if result.failures:
         sys.exit(1)
@@ -368,10 +375,11 @@ def _print_csv(result):
               help="tflite int8: calibrate on the images under this folder instead of the run's training images.")
 @click.option("--version", "version", type=click.IntRange(min=1), default=None,
               help="saved_model: version number [default: the next free one].")
+@unsafe_option
 @click.option("-q", "--quiet", is_flag=True, help="No logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_handle_errors
-def export_command(model, output, name, fmt, quantize, data, version, quiet, as_json):
+def export_command(model, output, name, fmt, quantize, data, version, unsafe, quiet, as_json):
     """Export a run, verified: a SavedModel or TensorFlow Lite.
 
     --format saved_model writes OUTPUT/NAME/VERSION/ for TensorFlow Serving;
@@ -393,11 +401,11 @@ def export_command(model, output, name, fmt, quantize, data, version, quiet, as_
         raise click.UsageError("--version applies to --format saved_model only.")
     _setup_logging(quiet)
     if fmt == "tflite":
-        return _export_tflite(model, output, name, quantize or "none", data, as_json)
+        return _export_tflite(model, output, name, quantize or "none", data, unsafe, as_json)
     from transfer.export import export
 
     with contextlib.redirect_stdout(sys.stderr):
-        result = export(model, output=output, name=name, version=version)
+        result = export(model, output=output, name=name, version=version, unsafe=unsafe)
     if as_json:
         click.echo(json_text({"path": result.path, "version": result.version, "labels": result.labels,
                               "max_abs_diff": result.max_abs_diff}))
@@ -405,11 +413,11 @@ def export_command(model, output, name, fmt, quantize, data, version, quiet, as_
         click.echo(f"exported: {result.path} (max difference from the Keras model {result.max_abs_diff:.2g})")
 
 
-def _export_tflite(model, output, name, quantize, data, as_json):
+def _export_tflite(model, output, name, quantize, data, unsafe, as_json):
     from transfer.export import export_tflite
 
     with contextlib.redirect_stdout(sys.stderr):
-        result = export_tflite(model, output=output, name=name, quantize=quantize, data=data)
+        result = export_tflite(model, output=output, name=name, quantize=quantize, data=data, unsafe=unsafe)
     if as_json:
         click.echo(json_text(result.to_dict()))
     else:

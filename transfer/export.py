@@ -60,10 +60,13 @@ class TFLiteResult:
 
 
 def export(model_path: str, output: str | None = None, name: str | None = None,
-           version: int | None = None) -> ExportResult:
-    """Export a run folder (or ``.keras`` file) as a SavedModel for TensorFlow Serving, verified."""
+           version: int | None = None, unsafe: bool = False) -> ExportResult:
+    """Export a run folder (or ``.keras`` file) as a SavedModel for TensorFlow Serving, verified.
+
+    ``unsafe``: load a ``.keras`` file outside Keras' safe mode (see :func:`transfer.predict.load_model`).
+    """
     _check_arguments(output, name, version)
-    loaded, _, base = _destination(model_path, output, name)
+    loaded, _, base = _destination(model_path, output, name, unsafe)
     version = version or _next_version(base)
     target = os.path.join(base, str(version))
     if os.path.exists(target):
@@ -81,7 +84,7 @@ def export(model_path: str, output: str | None = None, name: str | None = None,
 
 
 def export_tflite(model_path: str, output: str | None = None, name: str | None = None, quantize: str = "none",
-                  data: str | None = None) -> TFLiteResult:
+                  data: str | None = None, unsafe: bool = False) -> TFLiteResult:
     """Export a run folder (or ``.keras`` file) as TensorFlow Lite, checked on real photos before it is kept.
 
     int8 calibrates on the run's training photos (split.csv), or on the images under ``data``.
@@ -93,7 +96,7 @@ def export_tflite(model_path: str, output: str | None = None, name: str | None =
     if data is not None and not os.path.isdir(data):
         raise ConfigError(f"--data {data!r} is not a folder of images.")
     _check_arguments(output, name, None)
-    loaded, source, base = _destination(model_path, output, name)
+    loaded, source, base = _destination(model_path, output, name, unsafe)
     target = os.path.join(base, runs.TFLITE_PREFIX + quantize)
     if os.path.lexists(target):
         raise RunError(f"{target!r} already exists; delete it to export again, or choose another --name.")
@@ -114,9 +117,9 @@ def export_tflite(model_path: str, output: str | None = None, name: str | None =
     return result
 
 
-def _destination(model_path: str, output: str | None, name: str | None):
+def _destination(model_path: str, output: str | None, name: str | None, unsafe: bool = False):
     """The loaded Keras model, the run folder (or .keras file's folder) it came from, and ``OUTPUT/NAME``, checked."""
-    loaded = load_model(model_path)
+    loaded = load_model(model_path, unsafe)
     if loaded.keras_model is None:
         raise RunError(f"{model_path!r} is already an exported model; export a run folder or .keras file.")
     model_path = os.fspath(model_path)

@@ -62,22 +62,26 @@ class PredictResult:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
-def load_model(path: str) -> LoadedModel:
+def load_model(path: str, unsafe: bool = False) -> LoadedModel:
     """Load a run folder, a ``.keras`` file, a SavedModel folder, a TF-Serving base folder or a ``.tflite``
-    (file, or the ``tflite-<quantize>`` folder that holds it)."""
+    (file, or the ``tflite-<quantize>`` folder that holds it).
+
+    ``.keras`` files load in Keras' safe mode: a model that would run arbitrary
+    Python code (a ``Lambda`` layer) is refused unless ``unsafe`` is true.
+    """
     path = _path_argument(path, "the model")
     if runs.is_run_folder(path):
         run = runs.load_run(path)
         return _from_keras(run.model_path, run.labels, run.record["model"].get("resize", "squash"), "run",
-                           f"{runs.CONFIG_FILE} of {path!r}")
+                           f"{runs.CONFIG_FILE} of {path!r}", unsafe)
     if os.path.isfile(path) and path.endswith(".keras"):
         folder = os.path.dirname(os.path.abspath(path))
         if runs.is_run_folder(folder):
             run = runs.load_run(folder)
             return _from_keras(path, run.labels, run.record["model"].get("resize", "squash"), "keras",
-                               f"{runs.CONFIG_FILE} of {folder!r}")
+                               f"{runs.CONFIG_FILE} of {folder!r}", unsafe)
         labels_file = os.path.join(folder, runs.LABELS_FILE)
-        return _from_keras(path, _read_labels(labels_file), "squash", "keras", repr(labels_file))
+        return _from_keras(path, _read_labels(labels_file), "squash", "keras", repr(labels_file), unsafe)
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, runs.TFLITE_FILE)):
         path = os.path.join(path, runs.TFLITE_FILE)
     if os.path.isfile(path) and path.endswith(".tflite"):
@@ -97,7 +101,8 @@ def _path_argument(value, what: str) -> str:
     return value
 
 
-def _from_keras(path: str, labels: list[str] | None, resize: str, kind: str, labels_from: str) -> LoadedModel:
+def _from_keras(path: str, labels: list[str] | None, resize: str, kind: str, labels_from: str,
+                unsafe: bool = False) -> LoadedModel:
     import keras
 
     from . import layers  # noqa: F401  (registers the custom layers the model file refers to)
@@ -105,8 +110,11 @@ def _from_keras(path: str, labels: list[str] | None, resize: str, kind: str, lab
     if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
         raise RunError(f"{path!r} is not a valid .keras file (truncated or another format); train again or restore it.")
     try:
-        model = keras.saving.load_model(path)
+        model = keras.saving.load_model(path, safe_mode=not unsafe)
     except Exception as error:
+        if "safe_mode" in str(error) or "unsafe" in str(error):
+            raise RunError(f"{path!r} holds a Lambda layer (or other Python code), which would run when the model "
+                           "is loaded; refused in Keras' safe mode. If you trust the file, pass --unsafe.") from None
         raise RunError(f"cannot load the model {path!r} (a damaged or foreign .keras file?): {error}") from None
     _, height, width, _ = model.input_shape
     labels = _checked_labels(labels, model.output_shape[-1], path, labels_from)
@@ -238,7 +246,7 @@ def collect_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]
 
 
 def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_size: int = 32,
-            max_pixels: int = MAX_PIXELS) -> PredictResult:
+            max_pixels: int = MAX_PIXELS, unsafe: bool = False) -> PredictResult:
     """Top-k labels for every image in ``inputs``; unreadable ones go to ``failures`` with their reason.
 
     ``inputs`` is a list of paths; a single path (text or ``os.PathLike``) is one input.
@@ -249,7 +257,7 @@ def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_s
     for name, value in (("top_k", top_k), ("batch_size", batch_size), ("max_pixels", max_pixels)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ConfigError(f"{name} must be a whole number of at least 1; got {value!r}.")
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, unsafe)
     paths, failures = collect_inputs(inputs)
     result = PredictResult(failures=failures)
     if not paths:
