@@ -31,3 +31,9 @@ class TrainingError(TransferError):
 
 class ImageError(TransferError):
     """One image file cannot be decoded; the message is the reason."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a library's error message (TensorFlow's run to pages), or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

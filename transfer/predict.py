@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from . import runs
-from .errors import ConfigError, ImageError, RunError
+from .errors import ConfigError, ImageError, RunError, first_line
 from .images import MAX_PIXELS, is_image_name, load_image
 
 log = logging.getLogger("transfer")
@@ -153,9 +153,8 @@ def _from_saved_model(path: str) -> LoadedModel:
         (input_name, spec), = serve.structured_input_signature[1].items()
         classes = serve.structured_outputs["probabilities"].shape[-1]
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RunError(f"{path!r} is not a valid SavedModel of transfer (damaged, or exported by another tool): "
-                       f"{first}") from None
+                       f"{first_line(error)}") from None
     _, height, width, _ = spec.shape
     info_file = os.path.join(path, "assets.extra", runs.EXPORT_INFO_FILE)
     info = _read_json(info_file) or {}
@@ -177,9 +176,8 @@ def _from_tflite(path: str) -> LoadedModel:
         _, height, width, _ = runner.input["shape_signature"]
         classes = int(runner.output["shape_signature"][-1])
     except (ValueError, RuntimeError, IndexError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RunError(f"{path!r} is not a valid TensorFlow Lite image model (truncated, damaged or another "
-                       f"format): {first}") from None
+                       f"format): {first_line(error)}") from None
     folder = os.path.dirname(os.path.abspath(path))
     info_file = os.path.join(folder, runs.TFLITE_INFO_FILE)
     info = _read_json(info_file) or {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..config import TrainConfig
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, WeightsError, first_line
 
 BACKBONE_LAYER = "backbone"
 
@@ -174,9 +174,8 @@ def _load_weights_file(base, path: str, spec: BackboneSpec) -> None:
             warnings.simplefilter("error")
             base.load_weights(path)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise WeightsError(f"--weights {path!r} does not fit {spec.name} without its top "
-                           f"(it must be saved from the same architecture): {first}") from None
+                           f"(it must be saved from the same architecture): {first_line(error)}") from None
 
 
 def _verify_checksum(path: str, spec: BackboneSpec) -> None:
