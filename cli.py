@@ -17,7 +17,7 @@ import click
 from click.core import ParameterSource
 
 from transfer import backbones as registry
-from transfer import configfile, console, preflight
+from transfer import configfile, console, preflight, runs
 from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, FEATURE_ENGINES, LR_SCHEDULES,
                              MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
 from transfer.presets import PRESETS
@@ -313,8 +313,8 @@ def train_command(ctx, preset, config_file, quiet, as_json, **options):
 
 
 def _report(run_dir: str) -> str | None:
-    """The run's report.html, when there is one."""
-    path = os.path.join(run_dir, "report.html")
+    """The run's report, when there is one."""
+    path = os.path.join(run_dir, runs.REPORT_FILE)
     return path if os.path.isfile(path) else None
 
 

@@ -48,7 +48,7 @@ def silenced(fds: tuple[int, ...] = (2,)):
                 for fd in fds:
                     os.dup2(captured.fileno(), fd)
                 yield
-        except BaseException:
+        except Exception:
             failed = True
             raise
         finally:

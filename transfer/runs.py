@@ -39,6 +39,7 @@ SKIPPED_FILE = "skipped.csv"
 PLOT_FILE = "history.png"
 CHECKPOINT_FILE = "best.weights.h5"
 ENVIRONMENT_FILE = "environment.json"  # versions, platform and devices the run ran on
+REPORT_FILE = "report.html"  # the run's report, where one is written (train's summary points to it)
 EXPORT_INFO_FILE = "transfer.json"  # an export's labels, input size and resizing, in its assets.extra/
 TFLITE_FILE = "model.tflite"  # `export --format tflite`: NAME/tflite-<quantize>/ holds it, labels.txt, metadata.json
 TFLITE_INFO_FILE = "metadata.json"
