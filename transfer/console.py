@@ -35,9 +35,9 @@ _set_by_us: dict[str, str] = {}
 
 
 @contextlib.contextmanager
-def silenced(fds: tuple[int, ...] = (2,)):
+def silenced(fds: tuple[int, ...] = (2,), replay: bool = True):
     """Keep what is written to the file descriptors ``fds`` (C++ libraries write there, not to ``sys.stderr``) out
-    of the terminal; if the block raises, replay it on stderr, so a real failure still shows its messages."""
+    of the terminal; if the block raises, and ``replay``, write it to stderr, so a real failure shows its messages."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved = [os.dup(fd) for fd in fds]
@@ -55,7 +55,7 @@ def silenced(fds: tuple[int, ...] = (2,)):
             for fd, copy in zip(fds, saved):
                 os.dup2(copy, fd)
                 os.close(copy)
-            if failed:
+            if failed and replay:
                 captured.seek(0)
                 os.write(2, captured.read())
 

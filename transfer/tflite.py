@@ -63,8 +63,9 @@ def _full_range(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _quiet():
-    """The converter lists every captured variable on stdout and MLIR diagnostics on stderr: keep both out."""
-    return silenced((1, 2))
+    """The converter lists every captured variable on stdout and MLIR diagnostics on stderr: keep both out (a
+    failure is raised with its reason, and the caller may fall back)."""
+    return silenced((1, 2), replay=False)
 
 
 class Runner:
