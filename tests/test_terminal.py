@@ -3,7 +3,9 @@ per epoch in logs, a summary table; ``-v`` gives TensorFlow its voice back. envi
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -132,3 +134,27 @@ def test_silenced_replays_what_it_kept_when_the_block_fails(capfd):
         raise RuntimeError("boom")
     err = capfd.readouterr().err
     assert "start-up chatter" not in err and "handled failure" not in err and "the reason it failed" in err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_on_a_terminal_each_epoch_has_a_bar_with_rate_and_eta(monkeypatch, caplog):
+    import keras
+    import numpy as np
+
+    from transfer.progress import EpochProgress
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    with caplog.at_level(logging.INFO, logger="transfer"):
+        model.fit(np.zeros((8, 3)), np.zeros(8), batch_size=2, epochs=3, initial_epoch=1, verbose=0,
+                  callbacks=[EpochProgress("fine_tune", first=1, epochs=2, verbose=1)])
+    drawn = terminal.getvalue()
+    assert "epoch 1/2 (fine_tune)" in drawn and "epoch 2/2 (fine_tune)" in drawn
+    assert re.search(r"[1-4]/4 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(batch/s|s/batch)", drawn), drawn  # elapsed<ETA, rate
+    assert [r.getMessage().split("  ")[0] for r in caplog.records] == ["epoch 1/2 (fine_tune)", "epoch 2/2 (fine_tune)"]

@@ -27,7 +27,6 @@ import tempfile
 from collections import Counter
 from typing import Any
 
-log = logging.getLogger("transfer")
 
 #: what quiet_start sets, unless the user set it: C++ errors (not warnings) still show once TensorFlow has started
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GRPC_VERBOSITY": "ERROR"}
