@@ -17,10 +17,10 @@ import click
 from click.core import ParameterSource
 
 from transfer import backbones as registry
-from transfer import preflight
+from transfer import configfile, console, preflight, runs
 from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, FEATURE_ENGINES, LR_SCHEDULES,
                              MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
-from transfer.presets import PRESETS, apply_preset
+from transfer.presets import PRESETS
 from transfer.tflite import QUANTIZATIONS
 from transfer.errors import TransferError
 from transfer.runs import json_text
@@ -55,7 +55,6 @@ def _handle_errors(command):
 
 
 def _setup_logging(quiet: bool) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     logger = logging.getLogger("transfer")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -64,6 +63,22 @@ def _setup_logging(quiet: bool) -> None:
     logger.handlers[0].setStream(sys.stderr)  # the current stderr (a test runner swaps it per command)
     logger.propagate = False  # TensorFlow's absl handler on the root logger would print every line twice
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _say_device() -> None:
+    """Which device TensorFlow computes on, once, in our words (this imports TensorFlow, quietly)."""
+    logging.getLogger("transfer").info(console.device_line())
+
+
+def _verbose(ctx, param, value):
+    """``-v`` before or after the command: TensorFlow's own logs come back (it has not been imported yet)."""
+    if value:
+        ctx.meta["transfer.verbose"] = True  # shared by the group's and the command's contexts
+        console.loud()
+
+
+verbose_option = click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_verbose,
+                              help="Also TensorFlow's own start-up and C++ logs (hidden by default).")
 
 
 def _dense_sizes(ctx, param, values):
@@ -84,7 +99,9 @@ def _dense_sizes(ctx, param, values):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="transfer")
-def main():
+@verbose_option
+@click.pass_context
+def main(ctx):
     """Turn a folder of labeled images into a deployable image classifier.
 
     \b
@@ -95,6 +112,8 @@ def main():
     transfer export models/<run>/             SavedModel for TensorFlow Serving
     transfer export models/<run>/ --format tflite --quantize int8   TensorFlow Lite, verified
     """
+    if not ctx.meta.get("transfer.verbose"):
+        console.quiet_start()  # before anything imports TensorFlow
 
 
 @main.command("backbones")
@@ -180,7 +199,10 @@ def _print_inspection(r: dict) -> None:
 
 
 @main.command("train")
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False), required=False)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Settings from a JSON or TOML file (a run's config.json too, to train it again); options you "
+              "give win over it, and it wins over --preset. It may give data_dir in place of DATA_DIR.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
               help="Start from a named set of settings (options you give still win); see README.")
 @click.option("-b", "--backbone", default=default("backbone"), show_default=True,
@@ -261,21 +283,24 @@ def _print_inspection(r: dict) -> None:
 @click.option("--name", default=None, help="Run folder name [default: timestamp-backbone].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run of the same name (once the new one finishes).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or logs.")
+@verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 @_handle_errors
-def train_command(ctx, preset, quiet, as_json, **options):
+def train_command(ctx, preset, config_file, quiet, as_json, **options):
     """Train a classifier on DATA_DIR (one subfolder per class, or train/ val/ [test/]).
 
     \b
-    Example:
+    Examples:
       transfer train photos/ --backbone resnet50 --epochs 5 --fine-tune-epochs 5
+      transfer train --config models/<run>/config.json --epochs 20
     """
     _setup_logging(quiet)
     explicit = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     explicit["verbose"] = 0 if quiet else (1 if sys.stderr.isatty() else 2)
-    config = apply_preset(preset, explicit)
+    config = configfile.merge(preset, configfile.load(config_file) if config_file else {}, explicit)
     preflight.check(config, open_models=False)  # every error that needs no TensorFlow, before its slow import
+    _say_device()
     from transfer.training import train
 
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bars print to stdout
@@ -284,12 +309,13 @@ def train_command(ctx, preset, quiet, as_json, **options):
     if as_json:
         click.echo(json_text(summary))
         return
-    val = result.metrics["val"]
-    click.echo(f"run: {result.run_dir}")
-    click.echo(f"validation accuracy {val['accuracy']:.4f}, loss {val['loss']:.4f} "
-               f"(best epoch {result.metrics['best_epoch']}, {result.metrics['best_phase']})")
-    if "test" in result.metrics:
-        click.echo(f"test accuracy {result.metrics['test']['accuracy']:.4f}, loss {result.metrics['test']['loss']:.4f}")
+    click.echo(console.summary_table(result.run_dir, result.metrics, report=_report(result.run_dir)))
+
+
+def _report(run_dir: str) -> str | None:
+    """The run's report, when there is one."""
+    path = os.path.join(run_dir, runs.REPORT_FILE)
+    return path if os.path.isfile(path) else None
 
 
 unsafe_option = click.option(
@@ -308,6 +334,7 @@ unsafe_option = click.option(
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
 @unsafe_option
 @click.option("-q", "--quiet", is_flag=True, help="No logs.")
+@verbose_option
 @_handle_errors
 def predict_command(model, inputs, top_k, batch_size, max_pixels, unsafe, as_json, as_csv, quiet):
     """Predict the labels of images: files, folders (recursive) or globs.
@@ -322,6 +349,7 @@ def predict_command(model, inputs, top_k, batch_size, max_pixels, unsafe, as_jso
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be used together; choose one.")
     _setup_logging(quiet)
+    _say_device()
     from transfer.predict import predict
 
     with contextlib.redirect_stdout(sys.stderr):
@@ -377,6 +405,7 @@ def _print_csv(result):
               help="saved_model: version number [default: the next free one].")
 @unsafe_option
 @click.option("-q", "--quiet", is_flag=True, help="No logs.")
+@verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_handle_errors
 def export_command(model, output, name, fmt, quantize, data, version, unsafe, quiet, as_json):
@@ -400,6 +429,7 @@ def export_command(model, output, name, fmt, quantize, data, version, unsafe, qu
     if fmt == "tflite" and version is not None:
         raise click.UsageError("--version applies to --format saved_model only.")
     _setup_logging(quiet)
+    _say_device()
     if fmt == "tflite":
         return _export_tflite(model, output, name, quantize or "none", data, unsafe, as_json)
     from transfer.export import export

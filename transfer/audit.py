@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
+from .console import bar
 from .errors import ImageError
 from .images import MAX_PIXELS, is_image_name, looks_like_image, not_regular, open_rgb
 
@@ -110,7 +111,7 @@ def audit(paths: list[str], root: str, max_pixels: int = MAX_PIXELS, cache_dir: 
             todo.append(path)
     if todo:
         checks = _with_deadline(lambda p: check_file(p, root, max_pixels), todo, min(8, (os.cpu_count() or 1) + 1))
-        for check in _progress(checks, len(todo), progress):
+        for check in bar(checks, total=len(todo), desc="checking images", unit="file", enabled=progress):
             results[check.path] = check
             if not check.reason.startswith(_TIMED_OUT):
                 cache.put(check)
@@ -165,14 +166,6 @@ def _with_deadline(check, paths: list[str], workers: int):
             pending.discard(late)
             yield FileCheck(late, "skipped", f"{_TIMED_OUT} {FILE_DEADLINE:g} s (a dead network mount or a device?)")
             spawn()
-
-
-def _progress(iterable, total: int, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc="checking images", unit="file", leave=False, disable=None)
 
 
 def default_cache_dir() -> str:

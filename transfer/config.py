@@ -110,7 +110,7 @@ class TrainConfig:
         """Check every value before any work starts (types, ranges, choices); return self for chaining."""
         for item in dataclasses.fields(self):
             check_setting(item.name, getattr(self, item.name))
-        _check(bool(self.data_dir), "DATA_DIR is required.")
+        _check(bool(self.data_dir), "DATA_DIR is required (or data_dir in the file of --config).")
         parse_memory(self.cache_memory)
         parse_duration(self.time_limit)
         self._validate_weights()

@@ -35,6 +35,7 @@ from . import data
 from .audit import default_cache_dir
 from .backbones import BackboneSpec
 from .config import TrainConfig
+from .console import bar
 from .devices import has_gpu
 from .errors import ConfigError
 from .heads import HEAD_LAYER, backbone_of, unfreeze_index
@@ -283,7 +284,9 @@ class FeatureCache:
                                       cache=False, max_pixels=config.max_pixels)
         started = time.monotonic()
         run = self._engine()
-        rows = [row for batch, _ in images for row in self._views(run, batch.numpy())]
+        batches = bar(images, total=math.ceil(len(examples) / config.batch_size), desc="computing features",
+                      unit="batch", enabled=config.verbose > 0)
+        rows = [row for batch, _ in batches for row in self._views(run, batch.numpy())]
         self.seconds += time.monotonic() - started
         self.computed += len(rows)
         for example, row in zip(examples, rows):

@@ -12,12 +12,13 @@ images that it computes what Keras computes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import warnings
 
 import numpy as np
+
+from .console import silenced
 
 log = logging.getLogger("transfer")
 
@@ -61,23 +62,10 @@ def _full_range(shape: tuple[int, ...]) -> np.ndarray:
     return image
 
 
-@contextlib.contextmanager
 def _quiet():
-    """The converter lists every captured variable on stdout and MLIR diagnostics on stderr: keep both out."""
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
-            os.dup2(null.fileno(), 1)
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        for fd, copy in zip((1, 2), saved):
-            os.dup2(copy, fd)
-            os.close(copy)
+    """The converter lists every captured variable on stdout and MLIR diagnostics on stderr: keep both out (a
+    failure is raised with its reason, and the caller may fall back)."""
+    return silenced((1, 2), replay=False)
 
 
 class Runner:

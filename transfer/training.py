@@ -19,13 +19,14 @@ from typing import Any
 
 import keras
 
-from . import data, features, preflight, runs
+from . import data, devices, features, preflight, runs
 from .backbones import BackboneSpec
 from .config import TrainConfig, option_name, parse_duration
 from .devices import has_gpu
 from .errors import TrainingError
 from .heads import backbone_of, build_model, freeze_backbone, unfreeze_index, unfreeze_top
 from .layers import SparseSmoothedCrossentropy
+from .progress import EpochProgress
 
 log = logging.getLogger("transfer")
 
@@ -151,7 +152,8 @@ def _share(deadline: float | None, config: TrainConfig) -> float | None:
 
 def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, dataset: data.Dataset,
                   class_weights: dict[int, float] | None) -> None:
-    """Labels, split, skipped files and config first, so even an interrupted run says what it was doing."""
+    """Labels, split, skipped files, config and environment first, so even an interrupted run says what it was
+    doing, and where."""
     data.write_manifest(dataset, run.path(runs.SPLIT_FILE))
     data.write_skipped(dataset, run.path(runs.SKIPPED_FILE))
     runs.write_text(run.path(runs.LABELS_FILE), "".join(f"{c}\n" for c in dataset.classes))
@@ -162,6 +164,7 @@ def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, 
                       "duplicate_groups": len(report.duplicates), "leaks": len(report.leaks),
                       "dropped": len(report.dropped)}}
     runs.write_json(run.path(runs.CONFIG_FILE), runs.run_record(config, dataset.classes, spec.preprocessing, info))
+    runs.write_json(run.path(runs.ENVIRONMENT_FILE), devices.environment())
 
 
 @contextlib.contextmanager
@@ -275,9 +278,10 @@ def _fit(model, config, run, train_ds, val_ds, checkpoint, class_weight, started
         diverged,
         *(_WhenValidated(watcher, config.monitor) for watcher in watchers),
         _HistoryCSV(run.path(runs.HISTORY_FILE), phase, started),
+        EpochProgress(phase, first=done, epochs=epochs, verbose=config.verbose),  # in place of Keras' progress bar
     ]
     history = model.fit(train_ds, initial_epoch=done, epochs=done + epochs, callbacks=callbacks,
-                        verbose=config.verbose, class_weight=class_weight, shuffle=False)  # the dataset shuffles
+                        verbose=0, class_weight=class_weight, shuffle=False)  # the dataset shuffles
     if diverged.found:
         what, epoch = diverged.found
         rate = "lr" if phase == "head" else "fine_tune_lr"
