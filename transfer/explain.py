@@ -127,34 +127,49 @@ def last_feature_map(names: list[str], taps: list[Tap]) -> str:
     return (wide or names)[-1]
 
 
-def orientations(model, image: np.ndarray, layer: str) -> list[list[bool]]:
-    """For each call of ``layer`` and each block of its batch, whether that view is mirrored.
+def orientations(model, layer: str) -> list[list[bool]]:
+    """For each call of ``layer`` and each block of its batch, whether that view sees the image mirrored.
 
-    A view's left-most column of features depends mostly on the left of its
-    input: the centre of mass of the gradient of the left column, compared
-    with the right column's, tells a mirrored view (test-time mirroring) from
-    the image itself, however the mirroring is built.
+    On a random (asymmetric) probe image, a mirror point is a tensor of the
+    image's size one of whose batch blocks equals an earlier tensor flipped
+    left to right (test-time mirroring, however it is built); a view is
+    mirrored when its feature map depends on an odd number of mirror points.
     """
     import tensorflow as tf
 
-    x = tf.convert_to_tensor(image[None], tf.float32)
+    height, width = model.input_shape[1:3]
+    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)), tf.float32)
     with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
+        tape.watch(x)  # else the ops before the first weights (mirroring among them) are not recorded
         _, taps = walk(model, x)
-        maps = [tf.cast(t.output, tf.float32) for t in taps if t.name == layer]
-        sides = [[(tf.reduce_sum(m[v, :, 0, :]), tf.reduce_sum(m[v, :, -1, :])) for v in range(m.shape[0])]
-                 for m in maps]
-    return [[_centre(tape.gradient(left, x)) > _centre(tape.gradient(right, x)) for left, right in call]
-            for call in sides]
+        maps = [t.output for t in taps if t.name == layer]
+        sums = [[tf.reduce_sum(tf.cast(m[v], tf.float32)) for v in range(m.shape[0])] for m in maps]
+    points = _mirror_points(x, taps)
+    return [[sum(_depends(tape.gradient(total, tensor), block) for tensor, block in points) % 2 == 1
+             for total in call] for call in sums]
 
 
-def _centre(gradient) -> float:
-    """The horizontal centre of mass of a gradient's magnitude (0.5 when it is zero)."""
-    if gradient is None:
-        return 0.5
-    weight = np.abs(gradient.numpy()).sum(axis=(0, 1, 3))
-    total = weight.sum()
-    return float((weight * np.linspace(0, 1, len(weight))).sum() / total) if total > 0 else 0.5
+def _mirror_points(x, taps: list[Tap]) -> list[tuple[object, int]]:
+    """(tensor, batch block) pairs holding a left-right mirror image of an earlier image-sized tensor."""
+    earlier = [np.asarray(x, np.float32)[0]]
+    points = []
+    for tap in taps:
+        output = np.asarray(tap.output, np.float32) if len(getattr(tap.output, "shape", ())) == 4 else None
+        if output is None or output.shape[1:3] != earlier[0].shape[:2]:
+            continue
+        for block, row in enumerate(output):
+            if any(row.shape == e.shape and _close(row, e[:, ::-1]) and not _close(row, e) for e in earlier):
+                points.append((tap.output, block))
+        earlier.append(output[0])
+    return points
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.allclose(a, b, rtol=1e-4, atol=1e-4 * (np.abs(b).max() + 1e-6)))
+
+
+def _depends(gradient, block: int) -> bool:
+    return gradient is not None and bool(np.any(np.asarray(gradient)[block] != 0))
 
 
 def gradcam(model, images: np.ndarray, layer: str, target: int | None = None,
@@ -273,7 +288,7 @@ def explain(model, inputs: list[str], target: str | None = None, layer: str | No
     _, taps = walk(loaded.keras_model, images[:1].astype(np.float32))
     names = feature_taps(taps)
     result.layer = resolve_layer(layer, names) if layer else last_feature_map(names, taps)
-    mirrored = orientations(loaded.keras_model, images[0], result.layer)
+    mirrored = orientations(loaded.keras_model, result.layer)
     figures.make_folder(output)
     for start in range(0, len(images), BATCH):
         batch = images[start:start + BATCH]
