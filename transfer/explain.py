@@ -3,8 +3,8 @@
 The model is walked layer by layer (nested backbones and heads included), so
 the last 4-D feature map is found wherever it sits and whatever layer classes
 build the model. Test-time mirroring is handled without knowing how it is
-built: each feature map's orientation is measured from the gradients, and the
-maps of mirrored views are flipped back before they are added up.
+built: the views that see the image mirrored are found by their data flow
+(:func:`orientations`), and their maps are flipped back before they are added up.
 """
 
 from __future__ import annotations
@@ -110,12 +110,13 @@ def resolve_layer(name: str, names: list[str], option: str = "--layer") -> str:
     if len(matches) == 1:
         return matches[0]
     short = [n.rsplit("/", 1)[-1] for n in names]
+    valid = [s if short.count(s) == 1 else n for s, n in zip(short, names)]
     if len(matches) > 1:
         raise ConfigError(f"{option} {name!r} names several layers ({', '.join(matches)}); give the full name.")
     close = difflib.get_close_matches(name, short, n=5, cutoff=0.5)
     hint = f" Closest: {', '.join(close)}." if close else ""
     raise ConfigError(f"{option} {name!r}: the model has no layer of that name with a 4-D output (a feature map).{hint}"
-                      f" Valid layers: {', '.join(short)}.")
+                      f" Valid layers: {', '.join(valid)}.")
 
 
 def last_feature_map(names: list[str], taps: list[Tap]) -> str:
