@@ -241,8 +241,8 @@ def keras_model_of(model, unsafe: bool = False) -> LoadedModel:
     """A run folder or ``.keras`` file, loaded as :func:`transfer.predict.load_model` does; gradients need Keras."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model, unsafe)
     if loaded.keras_model is None:
-        raise RunError(f"{loaded.source!r} is an exported {loaded.kind} model, which gives no gradients or layers; "
-                       "use the run folder or .keras file it was exported from.")
+        raise RunError(f"{loaded.source!r} is an export (SavedModel or .tflite), which gives neither gradients nor "
+                       "layers; use the run folder or .keras file it was exported from.")
     return loaded
 
 
