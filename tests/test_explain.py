@@ -189,3 +189,35 @@ def test_help_imports_neither_tensorflow_nor_matplotlib():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("[]") and "explain" in out and "visualize" in out
+
+
+def test_mirroring_built_from_plain_layers_is_found_too(tmp_path):
+    """Test-time mirroring as two branches (one flipped by Permute + an anti-diagonal Dense) through a shared
+    backbone, averaged: how a model without custom layers does it. Its mirrored branch is found and flipped back."""
+    import keras
+
+    from transfer.explain import explain, orientations
+    from transfer.predict import load_model
+
+    keras.utils.set_random_seed(0)
+    size = 16
+    image = keras.Input((size, size, 3), name="image")
+    flip = keras.layers.Dense(size, use_bias=False, trainable=False, name="flip")
+    mirrored = keras.layers.Permute((1, 3, 2))(flip(keras.layers.Permute((1, 3, 2))(image)))
+    inner = keras.Input((size, size, 3))
+    features = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(keras.layers.Rescaling(1 / 255)(inner))
+    backbone = keras.Model(inner, features, name="backbone")
+    head = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")], name="head")
+    model = keras.Model(image, keras.layers.Average()([head(backbone(image)), head(backbone(mirrored))]))
+    flip.set_weights([np.eye(size)[::-1]])
+    model.save(tmp_path / "two_branches.keras")
+    (tmp_path / "labels.txt").write_text("left\nright\n")
+    loaded = load_model(str(tmp_path / "two_branches.keras"))
+    assert sorted(orientations(loaded.keras_model, "backbone/conv")) == [[False], [True]]
+    pixels = np.random.default_rng(1).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray(pixels[:, ::-1].copy()).save(tmp_path / "b.png")
+    for target in ("left", "right"):
+        a, b = (e.heatmap for e in explain(loaded, [str(tmp_path / "a.png"), str(tmp_path / "b.png")],
+                                           target=target, output=str(tmp_path / "out")).explanations)
+        assert np.abs(a - b[:, ::-1]).max() < 0.05

@@ -131,10 +131,11 @@ def last_feature_map(names: list[str], taps: list[Tap]) -> str:
 def orientations(model, layer: str) -> list[list[bool]]:
     """For each call of ``layer`` and each block of its batch, whether that view sees the image mirrored.
 
-    On a random (asymmetric) probe image, a mirror point is a tensor of the
-    image's size one of whose batch blocks equals an earlier tensor flipped
-    left to right (test-time mirroring, however it is built); a view is
-    mirrored when its feature map depends on an odd number of mirror points.
+    On a random (asymmetric) probe image, a mirror point is a block of an
+    image-sized tensor that equals an earlier tensor it is computed from,
+    flipped left to right: test-time mirroring, however it is built (a layer
+    that appends mirror images to the batch, or a branch that flips). A view is
+    mirrored when its feature map is computed from a mirror point.
     """
     import tensorflow as tf
 
@@ -143,25 +144,24 @@ def orientations(model, layer: str) -> list[list[bool]]:
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)  # else the ops before the first weights (mirroring among them) are not recorded
         _, taps = walk(model, x)
-        maps = [t.output for t in taps if t.name == layer]
-        sums = [[tf.reduce_sum(tf.cast(m[v], tf.float32)) for v in range(m.shape[0])] for m in maps]
-    points = _mirror_points(x, taps)
-    return [[sum(_depends(tape.gradient(total, tensor), block) for tensor, block in points) % 2 == 1
-             for total in call] for call in sums]
+    points = _mirror_points(x, taps, tape)
+    return [[any(_depends(tape, t.output, view, point, block) for point, block in points)
+             for view in range(t.output.shape[0])] for t in taps if t.name == layer]
 
 
-def _mirror_points(x, taps: list[Tap]) -> list[tuple[object, int]]:
-    """(tensor, batch block) pairs holding a left-right mirror image of an earlier image-sized tensor."""
-    earlier = [np.asarray(x, np.float32)[0]]
+def _mirror_points(x, taps: list[Tap], tape) -> list[tuple[object, int]]:
+    """(tensor, batch block) pairs that hold the mirror image of an earlier image-sized tensor they derive from."""
+    earlier = [(x, np.asarray(x, np.float32)[0])]
     points = []
     for tap in taps:
-        output = np.asarray(tap.output, np.float32) if len(getattr(tap.output, "shape", ())) == 4 else None
-        if output is None or output.shape[1:3] != earlier[0].shape[:2]:
+        if len(getattr(tap.output, "shape", ())) != 4 or tuple(tap.output.shape[1:3]) != earlier[0][1].shape[:2]:
             continue
+        output = np.asarray(tap.output, np.float32)
         for block, row in enumerate(output):
-            if any(row.shape == e.shape and _close(row, e[:, ::-1]) and not _close(row, e) for e in earlier):
+            if any(row.shape == e.shape and _close(row, e[:, ::-1]) and not _close(row, e)
+                   and _depends(tape, tap.output, block, tensor, 0) for tensor, e in earlier):
                 points.append((tap.output, block))
-        earlier.append(output[0])
+        earlier.append((tap.output, output[0]))
     return points
 
 
@@ -169,8 +169,14 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.allclose(a, b, rtol=1e-4, atol=1e-4 * (np.abs(b).max() + 1e-6)))
 
 
-def _depends(gradient, block: int) -> bool:
-    return gradient is not None and bool(np.any(np.asarray(gradient)[block] != 0))
+def _depends(tape, target, target_block: int, source, source_block: int) -> bool:
+    """Whether batch block ``target_block`` of ``target`` is computed from block ``source_block`` of ``source``."""
+    import tensorflow as tf
+
+    mask = np.zeros(target.shape, np.float32)
+    mask[target_block] = 1
+    gradient = tape.gradient(target, source, output_gradients=tf.constant(mask, target.dtype))
+    return gradient is not None and bool(np.any(np.asarray(gradient)[source_block] != 0))
 
 
 def gradcam(model, images: np.ndarray, layer: str, target: int | None = None,
