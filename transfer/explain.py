@@ -22,6 +22,7 @@ from .images import MAX_PIXELS, load_image
 from .predict import LoadedModel, collect_inputs, load_model
 
 SHEET_STEM = "contact_sheet"
+SHEET_MAX = 48  # images on the contact sheet; every image still gets its own PNG
 SHOW_SIZE = 224  # heat maps of smaller inputs are enlarged to this for display
 BATCH = 16
 
@@ -327,10 +328,12 @@ def overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
 
 
 def contact_sheet(explanations: list[Explanation], folder: str, layer: str) -> str:
-    """Every heat map on one page, each titled with its file, predicted label and probability."""
+    """The heat maps on one page (the first :data:`SHEET_MAX`), each titled with its file, label and probability."""
+    shown = explanations[:SHEET_MAX]
     titles = []
-    for e in explanations:
+    for e in shown:
         title = f"{os.path.basename(e.path)[:28]}\n{e.label} {e.probability:.2f}"
         titles.append(title + (f" (map: {e.target})" if e.target != e.label else ""))
-    return figures.save_grid([overlay(e.image, e.heatmap) for e in explanations], titles, folder, SHEET_STEM,
-                             heading=f"Grad-CAM of layer {layer}", columns=min(4, len(explanations)))
+    more = f", the first {len(shown)} of {len(explanations)} images" if len(shown) < len(explanations) else ""
+    return figures.save_grid([overlay(e.image, e.heatmap) for e in shown], titles, folder, SHEET_STEM,
+                             heading=f"Grad-CAM of layer {layer}{more}", columns=min(4, len(shown)))
