@@ -221,3 +221,8 @@ def test_mirroring_built_from_plain_layers_is_found_too(tmp_path):
         a, b = (e.heatmap for e in explain(loaded, [str(tmp_path / "a.png"), str(tmp_path / "b.png")],
                                            target=target, output=str(tmp_path / "out")).explanations)
         assert np.abs(a - b[:, ::-1]).max() < 0.05
+    from transfer.visualize import _activations  # visualize shows the image's own view, not the mirrored one
+
+    seen = _activations(loaded, ["conv"], str(tmp_path / "a.png"), max_pixels=10**8)["backbone/conv"]
+    own = np.asarray(loaded.keras_model.get_layer("backbone")(pixels[None].astype(np.float32)))[0]
+    assert np.allclose(seen, own, atol=1e-5) and not np.allclose(seen, own[:, ::-1], atol=1e-5)

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import figures
 from .errors import ConfigError, RunError
-from .explain import feature_taps, keras_model_of, read_images, resolve_layer, walk
+from .explain import feature_taps, keras_model_of, orientations, read_images, resolve_layer, walk
 from .images import MAX_PIXELS
 
 MAX_FILTERS = 256
@@ -97,7 +97,7 @@ def visualize(model, layers: list[str] = (), image: str | None = None, output: s
 
 
 def _activations(loaded, layers: list[str], image: str, max_pixels: int) -> dict[str, np.ndarray]:
-    """Layer name -> its feature map ``(h, w, channels)`` for ``image`` (the image's own view, not a mirror)."""
+    """Layer name -> its feature map ``(h, w, channels)`` for ``image``."""
     _, pixels, failures = read_images([image], loaded, max_pixels)
     if failures:
         raise ConfigError(f"--image {image!r} cannot be read: {failures[0][1]}.")
@@ -108,7 +108,13 @@ def _activations(loaded, layers: list[str], image: str, max_pixels: int) -> dict
     else:
         convs = [name for name in names if is_conv(next(t.layer for t in taps if t.name == name))]
         chosen = [convs[i] for i in sorted({round(i) for i in np.linspace(0, len(convs) - 1, DEFAULT_LAYERS)})]
-    first = {}
-    for tap in taps:
-        first.setdefault(tap.name, tap)
-    return {name: np.asarray(first[name].output, np.float32)[0] for name in dict.fromkeys(chosen)}
+    return {name: _own_view(loaded.keras_model, taps, name) for name in dict.fromkeys(chosen)}
+
+
+def _own_view(model, taps, name: str) -> np.ndarray:
+    """A layer's feature map of the image itself: with test-time mirroring, not the mirror image's."""
+    outputs = [t.output for t in taps if t.name == name]
+    flags = orientations(model, name)
+    call, view = next(((c, v) for c, views in enumerate(flags) for v, mirrored in enumerate(views) if not mirrored),
+                      (0, 0))
+    return np.asarray(outputs[call], np.float32)[view]
