@@ -460,11 +460,12 @@ def explain_command(model, inputs, target, layer, output, max_pixels, as_json, u
     if as_json:
         click.echo(json_text({"layer": result.layer, "output_dir": result.output_dir,
                               "contact_sheet": result.contact_sheet,
-                              "images": [{**e.to_dict(), "path": _show(e.path)} for e in result.explanations],
+                              "images": [{**e.to_dict(), "path": _show(e.path), "png": _show(e.png)}
+                                         for e in result.explanations],
                               "errors": [{"path": _show(p), "error": reason} for p, reason in result.failures]}))
     else:
         for e in result.explanations:
-            click.echo(f"{_show(e.path)}\t{e.label}\t{e.probability:.3f}\t{e.png}")
+            click.echo(f"{_show(e.path)}\t{e.label}\t{e.probability:.3f}\t{_show(e.png)}")
         if result.contact_sheet:
             click.echo(f"contact sheet: {result.contact_sheet} (layer {result.layer})")
         for path, reason in result.failures:

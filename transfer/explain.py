@@ -332,7 +332,8 @@ def contact_sheet(explanations: list[Explanation], folder: str, layer: str) -> s
     shown = explanations[:SHEET_MAX]
     titles = []
     for e in shown:
-        title = f"{os.path.basename(e.path)[:28]}\n{e.label} {e.probability:.2f}"
+        name = os.fsencode(os.path.basename(e.path)).decode("utf-8", "replace")  # any name the OS allows
+        title = f"{name[:28]}\n{e.label} {e.probability:.2f}"
         titles.append(title + (f" (map: {e.target})" if e.target != e.label else ""))
     more = f", the first {len(shown)} of {len(explanations)} images" if len(shown) < len(explanations) else ""
     return figures.save_grid([overlay(e.image, e.heatmap) for e in shown], titles, folder, SHEET_STEM,
