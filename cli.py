@@ -432,7 +432,7 @@ def _export_tflite(model, output, name, quantize, data, unsafe, as_json):
 @click.argument("model", type=click.Path(exists=True))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--class", "target", default=None, help="Explain this class [default: each image's predicted class].")
-@click.option("--layer", default=None, help="Feature map to weigh [default: the last layer with a 4-D output].")
+@click.option("--layer", default=None, help="Feature map to weigh [default: the last one larger than 1x1].")
 @click.option("-o", "--output", default=None, help="Folder for the PNGs [default: ./explain-<run name>]; new, empty "
               "or made by transfer (no file is ever replaced).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=default("max_pixels"), show_default=True,
