@@ -81,6 +81,9 @@ def test_explain_refuses_a_folder_of_the_users(located, tmp_path):
     result = CliRunner().invoke(main, ["explain", located["run"], located["images"][0], "-o", str(out), "-q"])
     assert result.exit_code == 1 and "already holds files that transfer did not write" in result.output
     assert os.listdir(out) == ["notes.txt"]
+    result = CliRunner().invoke(main, ["visualize", located["run"], "-o", str(out / "notes.txt")])
+    assert result.exit_code == 1 and "is a file, not a folder" in result.output
+    assert (out / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.parametrize("option, value, message", [
