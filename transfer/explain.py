@@ -293,22 +293,29 @@ def explain(model, inputs: list[str], target: str | None = None, layer: str | No
     if not images:
         return result
     images = np.stack(images)
-    _, taps = walk(loaded.keras_model, images[:1].astype(np.float32))
-    names = feature_taps(taps)
-    result.layer = resolve_layer(layer, names) if layer else last_feature_map(names, taps)
-    mirrored = orientations(loaded.keras_model, result.layer)
+    result.layer, probabilities, maps = heatmaps(loaded.keras_model, images, index, layer)
     figures.make_folder(output)
-    for start in range(0, len(images), BATCH):
-        batch = images[start:start + BATCH]
-        probabilities, heatmaps = gradcam(loaded.keras_model, batch.astype(np.float32), result.layer, index, mirrored)
-        for path, image, probs, heatmap in zip(paths[start:start + BATCH], batch, probabilities, heatmaps):
-            top = int(np.argmax(probs))
-            item = Explanation(path, loaded.labels[top], float(probs[top]),
-                               loaded.labels[top if index is None else index], heatmap, image)
-            item.png = figures.save_array(overlay(image, heatmap), output, _stem(path) + "-gradcam")
-            result.explanations.append(item)
+    for path, image, probs, heatmap in zip(paths, images, probabilities, maps):
+        top = int(np.argmax(probs))
+        item = Explanation(path, loaded.labels[top], float(probs[top]), loaded.labels[top if index is None else index],
+                           heatmap, image)
+        item.png = figures.save_array(overlay(image, heatmap), output, _stem(path) + "-gradcam")
+        result.explanations.append(item)
     result.contact_sheet = contact_sheet(result.explanations, output, result.layer)
     return result
+
+
+def heatmaps(model, images: np.ndarray, target: int | None = None,
+             layer: str | None = None) -> tuple[str, np.ndarray, np.ndarray]:
+    """(layer, probabilities, heat maps) of images (RGB 0-255 at the model's input size), writing no file:
+    the computation of :func:`explain`, for callers that show the maps elsewhere (a report)."""
+    images = np.asarray(images, np.float32)
+    _, taps = walk(model, images[:1])
+    names = feature_taps(taps)
+    layer = resolve_layer(layer, names) if layer else last_feature_map(names, taps)
+    mirrored = orientations(model, layer)
+    parts = [gradcam(model, images[i:i + BATCH], layer, target, mirrored) for i in range(0, len(images), BATCH)]
+    return layer, np.concatenate([p for p, _ in parts]), np.concatenate([h for _, h in parts])
 
 
 def _stem(path: str) -> str:
