@@ -111,6 +111,8 @@ def main(ctx):
     transfer predict models/<run>/ new_photos/ --top-k 3
     transfer export models/<run>/             SavedModel for TensorFlow Serving
     transfer export models/<run>/ --format tflite --quantize int8   TensorFlow Lite, verified
+    transfer explain models/<run>/ cat.jpg    Grad-CAM: where the model looks
+    transfer visualize models/<run>/ --image cat.jpg   first-layer filters, activation maps
     """
     if not ctx.meta.get("transfer.verbose"):
         console.quiet_start()  # before anything imports TensorFlow
@@ -454,6 +456,85 @@ def _export_tflite(model, output, name, quantize, data, unsafe, as_json):
         click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB, {quantize}); on {result.images} "
                    f"validation images: top-1 agreement with the Keras model {result.top1_agreement:.1%}, "
                    f"max |Δp| {result.max_abs_diff:.2g}")
+
+
+@main.command("explain")
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--class", "target", default=None, help="Explain this class [default: each image's predicted class].")
+@click.option("--layer", default=None, help="Feature map to weigh [default: the last one larger than 1x1].")
+@click.option("-o", "--output", default=None, help="Folder for the PNGs [default: ./explain-<run name>]; new, empty "
+              "or made by transfer (no file is ever replaced).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=default("max_pixels"), show_default=True,
+              help="Refuse larger images (checked from the header, before decoding).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@unsafe_option
+@click.option("-q", "--quiet", is_flag=True, help="No logs.")
+@_handle_errors
+def explain_command(model, inputs, target, layer, output, max_pixels, as_json, unsafe, quiet):
+    """Grad-CAM heat maps: where in each image the model looks (one PNG per image and a contact sheet).
+
+    MODEL is a run folder or a .keras file; INPUTS are files, folders or globs, decoded
+    as `predict` does. Exit status is 1 if any input could not be read.
+
+    \b
+    Example:
+      transfer explain models/my-run/ cat.jpg dog.jpg --output explained/
+    """
+    _setup_logging(quiet)
+    from transfer.explain import explain
+
+    with contextlib.redirect_stdout(sys.stderr):
+        result = explain(model, list(inputs), target=target, layer=layer, output=output, max_pixels=max_pixels,
+                         unsafe=unsafe)
+    if as_json:
+        click.echo(json_text({"layer": result.layer, "output_dir": result.output_dir,
+                              "contact_sheet": result.contact_sheet,
+                              "images": [{**e.to_dict(), "path": _show(e.path), "png": _show(e.png)}
+                                         for e in result.explanations],
+                              "errors": [{"path": _show(p), "error": reason} for p, reason in result.failures]}))
+    else:
+        for e in result.explanations:
+            click.echo(f"{_show(e.path)}\t{e.label}\t{e.probability:.3f}\t{_show(e.png)}")
+        if result.contact_sheet:
+            click.echo(f"contact sheet: {result.contact_sheet} (layer {result.layer})")
+        for path, reason in result.failures:
+            click.echo(f"Error: {_show(path)}: {reason}", err=True)
+    if result.failures:
+        sys.exit(1)
+
+
+@main.command("visualize")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--layer", "layers", multiple=True, help="Layer whose activation maps --image shows (repeatable) "
+              "[default: a few evenly spaced convolutional layers].")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Show the activation maps of the layers on this image.")
+@click.option("-o", "--output", default=None, help="Folder for the PNGs [default: ./visualize-<run name>]; new, "
+              "empty or made by transfer (no file is ever replaced).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@unsafe_option
+@click.option("-q", "--quiet", is_flag=True, help="No logs.")
+@_handle_errors
+def visualize_command(model, layers, image, output, as_json, unsafe, quiet):
+    """The first convolutional layer's filters as an image grid; with --image, activation maps.
+
+    \b
+    Examples:
+      transfer visualize models/my-run/
+      transfer visualize models/my-run/ --image cat.jpg --layer block3_conv
+    """
+    _setup_logging(quiet)
+    from transfer.visualize import visualize
+
+    with contextlib.redirect_stdout(sys.stderr):
+        result = visualize(model, list(layers), image=image, output=output, unsafe=unsafe)
+    if as_json:
+        click.echo(json_text(result.to_dict()))
+        return
+    click.echo(f"filters of {result.filters_layer}: {result.filters}")
+    for name, path in result.activations.items():
+        click.echo(f"activations of {name}: {path}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ The same names serve the CLI and a notebook::
     transfer.export(result.run_dir)
 
 Importing the package is cheap: TensorFlow is imported only when a function
-that needs it is first used. ``predict`` and ``export`` are imported here, not
+that needs it is first used. ``predict``, ``export``, ``explain`` and ``visualize`` are imported here, not
 lazily: they share their names with their modules, and the first import of
 ``transfer.predict`` (by ``export``, say) would otherwise rebind
 ``transfer.predict`` to the module.
@@ -18,8 +18,10 @@ __version__ = "0.1.0"
 
 from .config import TrainConfig  # noqa: E402
 from .errors import TransferError  # noqa: E402
+from .explain import explain  # noqa: E402
 from .export import export, export_tflite  # noqa: E402
 from .predict import load_model, predict  # noqa: E402
+from .visualize import visualize  # noqa: E402
 
 _LAZY = {
     "train": "training",
@@ -38,4 +40,5 @@ def __getattr__(name):
     return module if _LAZY[name] is None else getattr(module, name)
 
 
-__all__ = ["TrainConfig", "TransferError", "export", "export_tflite", "load_model", "predict", *_LAZY]
+__all__ = ["TrainConfig", "TransferError", "explain", "export", "export_tflite", "load_model", "predict", "visualize",
+           *_LAZY]
