@@ -470,6 +470,7 @@ def _export_tflite(model, output, name, quantize, data, unsafe, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @unsafe_option
 @click.option("-q", "--quiet", is_flag=True, help="No logs.")
+@verbose_option
 @_handle_errors
 def explain_command(model, inputs, target, layer, output, max_pixels, as_json, unsafe, quiet):
     """Grad-CAM heat maps: where in each image the model looks (one PNG per image and a contact sheet).
@@ -482,6 +483,7 @@ def explain_command(model, inputs, target, layer, output, max_pixels, as_json, u
       transfer explain models/my-run/ cat.jpg dog.jpg --output explained/
     """
     _setup_logging(quiet)
+    _say_device()
     from transfer.explain import explain
 
     with contextlib.redirect_stdout(sys.stderr):
@@ -515,6 +517,7 @@ def explain_command(model, inputs, target, layer, output, max_pixels, as_json, u
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @unsafe_option
 @click.option("-q", "--quiet", is_flag=True, help="No logs.")
+@verbose_option
 @_handle_errors
 def visualize_command(model, layers, image, output, as_json, unsafe, quiet):
     """The first convolutional layer's filters as an image grid; with --image, activation maps.
@@ -525,6 +528,7 @@ def visualize_command(model, layers, image, output, as_json, unsafe, quiet):
       transfer visualize models/my-run/ --image cat.jpg --layer block3_conv
     """
     _setup_logging(quiet)
+    _say_device()
     from transfer.visualize import visualize
 
     with contextlib.redirect_stdout(sys.stderr):
