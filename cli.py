@@ -22,6 +22,7 @@ from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, FEA
                              MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
 from transfer.presets import PRESETS, apply_preset
 from transfer.tflite import QUANTIZATIONS
+from transfer.serve import DEFAULT_HOST, DEFAULT_PORT, MAX_BATCH, MAX_BODY
 from transfer.errors import TransferError
 from transfer.runs import json_text
 
@@ -94,6 +95,7 @@ def main():
     transfer predict models/<run>/ new_photos/ --top-k 3
     transfer export models/<run>/             SavedModel for TensorFlow Serving
     transfer export models/<run>/ --format tflite --quantize int8   TensorFlow Lite, verified
+    transfer serve models/<run>/              TF Serving's REST API on 127.0.0.1:8501
     """
 
 
@@ -447,6 +449,44 @@ def _print_verified(result, what: str) -> None:
     click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB, {what}); on {result.images} "
                f"validation images: top-1 agreement with the Keras model {result.top1_agreement:.1%}, "
                f"max |Δp| {result.max_abs_diff:.2g}")
+
+
+@main.command("serve")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="Address to listen on; 0.0.0.0 opens it to the network (there is no authentication).")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+              help="TCP port (TF Serving's REST port is 8501; 0: any free port).")
+@click.option("--model-name", default=None, help="The <name> in /v1/models/<name> [default: the run's name].")
+@click.option("--max-batch", type=click.IntRange(min=1), default=MAX_BATCH, show_default=True,
+              help="Most images in one request.")
+@click.option("--max-body", type=click.IntRange(min=1), default=MAX_BODY, show_default=True,
+              help="Largest request body in bytes (413 beyond it).")
+@unsafe_option
+@click.option("-q", "--quiet", is_flag=True, help="No request log.")
+@_handle_errors
+def serve_command(model, host, port, model_name, max_batch, max_body, unsafe, quiet):
+    """Serve MODEL over TensorFlow Serving's REST API until Ctrl-C (pip install 'transfer[serve]').
+
+    MODEL is anything `transfer predict` takes. POST {"instances": [{"b64": "..."}]} to
+    /v1/models/NAME:predict; the answer is {"predictions": [{"probabilities", "classes",
+    "scores"}]}. Requests are logged to stderr.
+
+    \b
+    Example:
+      transfer serve models/my-run/ --port 8501
+      curl -d '{"instances": [{"b64": "'$(base64 -w0 cat.jpg)'"}]}' \\
+        http://127.0.0.1:8501/v1/models/my-run:predict
+    """
+    _setup_logging(quiet)
+    from transfer.serve import make_server
+
+    with contextlib.redirect_stdout(sys.stderr):
+        server = make_server(model, host=host, port=port, name=model_name, max_batch=max_batch, max_body=max_body,
+                             unsafe=unsafe)
+    click.echo(f"serving {server.url} (version {server.model.version}); Ctrl-C stops", err=True)
+    server.run()
+    click.echo("stopped", err=True)
 
 
 if __name__ == "__main__":
