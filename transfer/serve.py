@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError, ImageError
+from .errors import ConfigError, ImageError, first_line
 from .images import load_image
 from .predict import LoadedModel, load_model
 
@@ -115,7 +115,10 @@ def _http_message(error, max_body: int) -> str:
 
 
 def _route(model: Model, request) -> dict:
-    """TF Serving's paths; like TF Serving, another model's name or version is a 404, another path a 400."""
+    """TF Serving's paths; like TF Serving, another model's name or version is a 404, so is a path outside /v1/,
+    and another path under /v1/ is a 400."""
+    if not request.path.startswith("/v1/"):
+        raise RequestError(f"Not found: {request.path} (the API is under /v1/models/{model.name})", 404)
     match = _ROUTE.fullmatch(request.path)
     verb = match and match["verb"]
     if not match or request.method != ("POST" if verb == ":predict" else "GET"):
@@ -135,8 +138,8 @@ def _predict(model: Model, data: bytes) -> dict:
     """Row (``instances``) or columnar (``inputs``) requests of base64 images, answered in the same format."""
     try:
         body = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise RequestError(f"JSON Parse error: {error}") from None
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError; nesting too deep recurses
+        raise RequestError(f"JSON Parse error: {type(error).__name__}: {first_line(error)}") from None
     if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
         raise RequestError('the body must be a JSON object with either "instances" or "inputs", e.g. '
                            '{"instances": [{"b64": "<base64 of a JPEG>"}]}')
