@@ -28,8 +28,9 @@ MAX_BATCH, MAX_BODY = 4, 200_000
 def start(*args, log):
     """``transfer serve ... --port 0`` as a subprocess; (process, base URL) once it says where it listens."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", *map(str, args), "--port", "0"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", *map(str, args), "--port", "0"], cwd=ROOT,
+                                env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         found = re.search(r"serving (http://127\.0\.0\.1:\d+)/v1/models/", open(log).read())

@@ -27,7 +27,7 @@ log = logging.getLogger("transfer")
 
 INPUT = "image"
 OUTPUT = "probabilities"
-OPSET = 17  # ONNX 1.12+, onnxruntime 1.13+: what most deployments run today
+OPSET = 17  # read by onnx >= 1.12 and onnxruntime >= 1.13
 INSTALL = "pip install 'transfer[onnx]'"
 
 
@@ -73,7 +73,9 @@ def export_onnx(model_path: str, output: str | None = None, name: str | None = N
         raise RunError(f"{target!r} already exists; delete it to export again, or choose another --name.")
     run = runs.load_run(source) if runs.is_run_folder(source) else None
     checks = _photos(loaded, _split_paths(run, "val") or _folder_paths(data), VERIFY_IMAGES, "validation")
-    what = run.record.get("config", {}).get("backbone", run.path) if run is not None else loaded.source
+    what = repr(loaded.source)
+    if run is not None:
+        what = f"{run.path!r} (backbone {run.record.get('config', {}).get('backbone', '?')})"
     log.info("converting to ONNX (opset %d)", OPSET)
     content = convert(loaded.keras_model, what)
     top1, diff = verify(loaded, Runner(content, what), checks)
