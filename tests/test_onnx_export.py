@@ -153,3 +153,23 @@ def test_quantize_and_version_are_usage_errors_with_onnx(trained_run, runner):
     for option in (["--quantize", "int8"], ["--version", "2"]):
         result = runner.invoke(main, ["export", trained_run["run"], "--format", "onnx", *option])
         assert result.exit_code == 2 and "applies to" in result.output
+
+
+def test_serve_answers_from_the_onnx_with_the_runs_labels(exported, trained_run):
+    """`transfer serve` takes any artifact: its WSGI app on the .onnx, driven by werkzeug's test client."""
+    import base64
+
+    from werkzeug.test import Client
+
+    from transfer.predict import load_model
+    from transfer.serve import Model, default_name, make_app
+
+    loaded = load_model(exported["folder"])
+    assert default_name(loaded) == "colours"
+    paths = sorted(glob.glob(os.path.join(trained_run["data"], "*", "00[0-3].png")))
+    rows = [{"b64": base64.b64encode(open(p, "rb").read()).decode()} for p in paths]
+    answer = Client(make_app(Model(loaded, "colours", "1"))).post("/v1/models/colours:predict",
+                                                                   json={"instances": rows})
+    assert answer.status_code == 200
+    from_run = _labels(trained_run["run"], trained_run["data"])
+    assert [p["classes"][0] for p in answer.json["predictions"]] == [from_run[p] for p in paths]

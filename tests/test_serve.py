@@ -196,3 +196,9 @@ def test_ctrl_c_stops_it_cleanly_and_a_busy_port_is_a_clear_error(trained_run, t
         stop(proc)
     log = (tmp_path / "stderr.log").read_text()
     assert log.rstrip().endswith("stopped") and "Traceback" not in log
+
+
+def test_missing_extra_names_the_pip_line(trained_run, runner, monkeypatch):
+    monkeypatch.setitem(sys.modules, "waitress", None)  # what `import waitress` meets when it is not installed
+    result = runner.invoke(main, ["serve", trained_run["run"], "--port", "0"])
+    assert result.exit_code == 1 and "pip install 'transfer[serve]'" in result.output
