@@ -173,3 +173,19 @@ def test_serve_answers_from_the_onnx_with_the_runs_labels(exported, trained_run)
     assert answer.status_code == 200
     from_run = _labels(trained_run["run"], trained_run["data"])
     assert [p["classes"][0] for p in answer.json["predictions"]] == [from_run[p] for p in paths]
+
+
+def test_constants_a_layer_keeps_are_inlined_not_left_as_inputs():
+    """Keras' Normalization keeps its mean and variance as tensors (EfficientNetB0 does): tf2onnx made them inputs."""
+    import keras
+
+    from transfer.onnx_export import Runner, convert
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Normalization(mean=[100.0, 120.0, 140.0], variance=[400.0, 900.0, 1600.0])(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    runner = Runner(convert(model))
+    assert [i.name for i in runner.session.get_inputs()] == ["image"]
+    images = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(runner(images), model.predict_on_batch(images), atol=1e-5)

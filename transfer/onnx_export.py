@@ -100,10 +100,16 @@ def convert(model, what: str = "the model") -> bytes:
     except Exception as error:
         raise RunError(f"{what} cannot be converted to ONNX by tf2onnx {tf2onnx.__version__}: {first_line(error)}; "
                        "nothing was written. Use --format saved_model or tflite.") from None
+    _inline_captured_constants(function.get_concrete_function().graph, proto)
     missing = unsupported_ops(proto)
     if missing:
         raise RunError(f"{what} cannot be converted to ONNX: tf2onnx {tf2onnx.__version__} (opset {OPSET}) has no "
                        f"ONNX equivalent of the TensorFlow op(s) {', '.join(missing)}; nothing was written. "
+                       "Use --format saved_model or tflite.")
+    extra = [i.name for i in proto.graph.input if i.name != INPUT]
+    if extra:
+        raise RunError(f"{what} cannot be converted to ONNX: tf2onnx {tf2onnx.__version__} left tensors of the model "
+                       f"as inputs beside the image ({', '.join(extra[:3])}); nothing was written. "
                        "Use --format saved_model or tflite.")
     _rename_output(proto, OUTPUT)
     return proto.SerializeToString()
@@ -115,6 +121,22 @@ def unsupported_ops(proto) -> list[str]:
 
     return sorted({node.op_type for node in proto.graph.node
                    if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type)})
+
+
+def _inline_captured_constants(graph, proto) -> None:
+    """Tensors a layer computed once and keeps (Keras' Normalization: its mean and variance, as in EfficientNetB0)
+    are captured by the traced function, and tf2onnx makes them graph inputs: give them their values instead."""
+    from onnx import numpy_helper
+
+    values = {inner.name: outer.numpy() for outer, inner in zip(graph.external_captures, graph.internal_captures)
+              if hasattr(outer, "numpy") and outer.dtype.name != "resource"}
+    inputs = list(proto.graph.input)
+    del proto.graph.input[:]
+    for tensor in inputs:
+        if tensor.name in values:
+            proto.graph.initializer.append(numpy_helper.from_array(values[tensor.name], tensor.name))
+        else:
+            proto.graph.input.append(tensor)
 
 
 def _rename_output(proto, name: str) -> None:
