@@ -401,10 +401,10 @@ def export_command(model, output, name, fmt, quantize, data, version, unsafe, qu
       transfer export models/my-run/ --format tflite --quantize int8
       transfer export models/my-run/ --format onnx
     """
-    if fmt == "saved_model" and (quantize or data):
-        raise click.UsageError("--quantize and --data apply to --format tflite (and --data to onnx) only.")
-    if fmt == "onnx" and quantize:
+    if quantize and fmt != "tflite":
         raise click.UsageError("--quantize applies to --format tflite only.")
+    if data and fmt == "saved_model":
+        raise click.UsageError("--data applies to --format tflite and onnx only.")
     if fmt != "saved_model" and version is not None:
         raise click.UsageError("--version applies to --format saved_model only.")
     _setup_logging(quiet)
