@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -229,8 +230,15 @@ class Server:
         return f"http://{host}:{self.port}/v1/models/{self.model.name}"
 
     def run(self) -> None:
-        """Serve until interrupted (Ctrl-C); waitress then closes its sockets and lets running requests finish."""
+        """Serve until Ctrl-C, or SIGTERM (``docker stop``, systemd); waitress then closes its sockets and lets
+        running requests finish."""
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            signal.signal(signal.SIGTERM, _interrupt)
         self.server.run()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def make_server(model_path: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, name: str | None = None,
