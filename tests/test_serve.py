@@ -203,3 +203,18 @@ def test_missing_extra_names_the_pip_line(trained_run, runner, monkeypatch):
     monkeypatch.setitem(sys.modules, "waitress", None)  # what `import waitress` meets when it is not installed
     result = runner.invoke(main, ["serve", trained_run["run"], "--port", "0"])
     assert result.exit_code == 1 and "pip install 'transfer[serve]'" in result.output
+
+
+def test_concurrent_requests_each_get_their_own_answer(server, images):
+    """waitress answers on 4 threads; the model sees one batch at a time, and no answer is mixed up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = server["url"] + "/v1/models/colours:predict"
+    single = [call(url, {"instances": [b64(content)]})[1]["predictions"][0]["classes"][0]
+              for content in images["bytes"]]
+    requests = [[b64(images["bytes"][i]), b64(images["bytes"][(i + 1) % len(single)])] for i in range(len(single))]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda body: call(url, {"instances": body}), requests))
+    for i, (status, answer) in enumerate(answers):
+        assert status == 200
+        assert [p["classes"][0] for p in answer["predictions"]] == [single[i], single[(i + 1) % len(single)]]
