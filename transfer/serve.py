@@ -15,7 +15,7 @@ as TF Serving does. Images are decoded by :func:`transfer.images.load_image`,
 as `transfer predict` decodes files (Pillow, EXIF orientation, the run's resize
 mode), so the labels are the same. A bad request gets a JSON ``{"error": ...}``
 and status 400, 404 for another model's name or version (as TF Serving), and 413
-for a body over ``max_body`` (TF Serving has no such limit). The HTTP side is
+for a body over ``max_body`` (a limit of this server). The HTTP side is
 werkzeug (requests, responses) under waitress (a pure-Python WSGI server).
 """
 
