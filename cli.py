@@ -22,6 +22,7 @@ from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, FEA
                              MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
 from transfer.presets import PRESETS
 from transfer.tflite import QUANTIZATIONS
+from transfer.serve import DEFAULT_HOST, DEFAULT_PORT, MAX_BATCH, MAX_BODY
 from transfer.errors import TransferError
 from transfer.runs import json_text
 
@@ -113,6 +114,7 @@ def main(ctx):
     transfer export models/<run>/ --format tflite --quantize int8   TensorFlow Lite, verified
     transfer explain models/<run>/ cat.jpg    Grad-CAM: where the model looks
     transfer visualize models/<run>/ --image cat.jpg   first-layer filters, activation maps
+    transfer serve models/<run>/              TF Serving's REST API on 127.0.0.1:8501
     """
     if not ctx.meta.get("transfer.verbose"):
         console.quiet_start()  # before anything imports TensorFlow
@@ -341,7 +343,7 @@ unsafe_option = click.option(
 def predict_command(model, inputs, top_k, batch_size, max_pixels, unsafe, as_json, as_csv, quiet):
     """Predict the labels of images: files, folders (recursive) or globs.
 
-    MODEL is a run folder, a .keras file, an exported SavedModel or a .tflite. Exit status
+    MODEL is a run folder, a .keras file, an exported SavedModel, a .tflite or an .onnx. Exit status
     is 1 if any input could not be read (the others are still predicted).
 
     \b
@@ -396,13 +398,15 @@ def _print_csv(result):
 @click.argument("model", type=click.Path(exists=True))
 @click.option("-o", "--output", default=None, help="Base folder [default: MODEL/export].")
 @click.option("--name", default=None, help="Model name in the serving layout [default: the run's name].")
-@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite"]), default="saved_model",
-              show_default=True, help="saved_model: for TensorFlow Serving; tflite: for phones and edge devices.")
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite", "onnx"]), default="saved_model",
+              show_default=True, help="saved_model: for TensorFlow Serving; tflite: for phones and edge devices; "
+              "onnx: for onnxruntime (pip install 'transfer[onnx]').")
 @click.option("--quantize", type=click.Choice(QUANTIZATIONS), default=None,
               help="tflite only: float32 (none, the default), float16 weights, dynamic-range int8 weights, or "
                    "full int8 (uint8 pixels in, calibrated on the run's training images).")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
-              help="tflite int8: calibrate on the images under this folder instead of the run's training images.")
+              help="tflite int8: calibrate on the images under this folder instead of the run's training images; "
+              "tflite and onnx: check on them when MODEL is a .keras file without its run folder.")
 @click.option("--version", "version", type=click.IntRange(min=1), default=None,
               help="saved_model: version number [default: the next free one].")
 @unsafe_option
@@ -411,10 +415,11 @@ def _print_csv(result):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_handle_errors
 def export_command(model, output, name, fmt, quantize, data, version, unsafe, quiet, as_json):
-    """Export a run, verified: a SavedModel or TensorFlow Lite.
+    """Export a run, verified: a SavedModel, TensorFlow Lite or ONNX.
 
     --format saved_model writes OUTPUT/NAME/VERSION/ for TensorFlow Serving;
     --format tflite writes OUTPUT/NAME/tflite-QUANTIZE/ with model.tflite,
+    labels.txt and metadata.json; --format onnx writes OUTPUT/NAME/onnx/ with model.onnx,
     labels.txt and metadata.json. The SavedModel's serving_default signature takes `image` (float32 RGB 0-255 at
     the model's input size; preprocessing is inside) and returns `probabilities`;
     labels.txt is written beside the version folders. Every export is checked
@@ -425,15 +430,20 @@ def export_command(model, output, name, fmt, quantize, data, version, unsafe, qu
     Examples:
       transfer export models/my-run/ --output serving/
       transfer export models/my-run/ --format tflite --quantize int8
+      transfer export models/my-run/ --format onnx
     """
-    if fmt == "saved_model" and (quantize or data):
-        raise click.UsageError("--quantize and --data apply to --format tflite only.")
-    if fmt == "tflite" and version is not None:
+    if quantize and fmt != "tflite":
+        raise click.UsageError("--quantize applies to --format tflite only.")
+    if data and fmt == "saved_model":
+        raise click.UsageError("--data applies to --format tflite and onnx only.")
+    if fmt != "saved_model" and version is not None:
         raise click.UsageError("--version applies to --format saved_model only.")
     _setup_logging(quiet)
     _say_device()
     if fmt == "tflite":
         return _export_tflite(model, output, name, quantize or "none", data, unsafe, as_json)
+    if fmt == "onnx":
+        return _export_onnx(model, output, name, data, unsafe, as_json)
     from transfer.export import export
 
     with contextlib.redirect_stdout(sys.stderr):
@@ -453,9 +463,64 @@ def _export_tflite(model, output, name, quantize, data, unsafe, as_json):
     if as_json:
         click.echo(json_text(result.to_dict()))
     else:
-        click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB, {quantize}); on {result.images} "
-                   f"validation images: top-1 agreement with the Keras model {result.top1_agreement:.1%}, "
-                   f"max |Δp| {result.max_abs_diff:.2g}")
+        _print_verified(result, quantize)
+
+
+def _export_onnx(model, output, name, data, unsafe, as_json):
+    from transfer.onnx_export import export_onnx
+
+    with contextlib.redirect_stdout(sys.stderr):
+        result = export_onnx(model, output=output, name=name, data=data, unsafe=unsafe)
+    if as_json:
+        click.echo(json_text(result.to_dict()))
+    else:
+        _print_verified(result, "onnx")
+
+
+def _print_verified(result, what: str) -> None:
+    click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB, {what}); on {result.images} "
+               f"validation images: top-1 agreement with the Keras model {result.top1_agreement:.1%}, "
+               f"max |Δp| {result.max_abs_diff:.2g}")
+
+
+@main.command("serve")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="Address to listen on; 0.0.0.0 opens it to the network (there is no authentication).")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+              help="TCP port (TF Serving's REST port is 8501; 0: any free port).")
+@click.option("--model-name", default=None, help="The <name> in /v1/models/<name> [default: the run's name].")
+@click.option("--max-batch", type=click.IntRange(min=1), default=MAX_BATCH, show_default=True,
+              help="Most images in one request.")
+@click.option("--max-body", type=click.IntRange(min=1), default=MAX_BODY, show_default=True,
+              help="Largest request body in bytes (413 beyond it).")
+@unsafe_option
+@click.option("-q", "--quiet", is_flag=True, help="No request log.")
+@verbose_option
+@_handle_errors
+def serve_command(model, host, port, model_name, max_batch, max_body, unsafe, quiet):
+    """Serve MODEL over TensorFlow Serving's REST API until Ctrl-C (pip install 'transfer[serve]').
+
+    MODEL is anything `transfer predict` takes. POST {"instances": [{"b64": "..."}]} to
+    /v1/models/NAME:predict; the answer is {"predictions": [{"probabilities", "classes",
+    "scores"}]}. Requests are logged to stderr.
+
+    \b
+    Example:
+      transfer serve models/my-run/ --port 8501
+      curl -d '{"instances": [{"b64": "'$(base64 -w0 cat.jpg)'"}]}' \\
+        http://127.0.0.1:8501/v1/models/my-run:predict
+    """
+    _setup_logging(quiet)
+    _say_device()
+    from transfer.serve import make_server
+
+    with contextlib.redirect_stdout(sys.stderr):
+        server = make_server(model, host=host, port=port, name=model_name, max_batch=max_batch, max_body=max_body,
+                             unsafe=unsafe)
+    click.echo(f"serving {server.url} (version {server.model.version}); Ctrl-C stops", err=True)
+    server.run()
+    click.echo("stopped", err=True)
 
 
 @main.command("explain")

@@ -7,10 +7,10 @@ the GFLOP/s of a large float32 matmul measured here; no convnet reaches it,
 depthwise convolutions (MobileNetV2) least of all. The model has random
 weights: the timing does not depend on them. ``--tflite`` adds the same model
 exported as float32 and int8 ``.tflite`` (int8 calibrated on 100 of the photos),
-predicted by `transfer predict` through XNNPACK.
+predicted by `transfer predict` through XNNPACK; ``--onnx`` its ONNX export through onnxruntime.
 
     python benchmarks/bench_predict.py --images 1000 --naive-images 200
-    python benchmarks/bench_predict.py --backbone efficientnet_lite0 --image-size 224 --tflite
+    python benchmarks/bench_predict.py --backbone efficientnet_lite0 --image-size 224 --tflite --onnx
 """
 
 from __future__ import annotations
@@ -84,7 +84,6 @@ def tflite_rates(keras_path: str, paths: list[str], args, work: str) -> str:
 
     from transfer import layers, tflite  # noqa: F401  (layers: the model file's custom layers)
     from transfer.images import load_image
-    from transfer.predict import load_model, predict
 
     model = keras.saving.load_model(keras_path)
     calibration = np.stack([load_image(p, (args.image_size, args.image_size)) for p in paths[:100]])
@@ -93,12 +92,30 @@ def tflite_rates(keras_path: str, paths: list[str], args, work: str) -> str:
         path = os.path.join(work, f"model-{quantize}.tflite")
         with open(path, "wb") as f:
             f.write(tflite.convert(model, quantize, calibration))
-        loaded = load_model(path)
-        predict(loaded, paths[:args.batch_size], batch_size=args.batch_size)  # warm up
-        _, seconds = timed(predict, loaded, paths, batch_size=args.batch_size)
-        rates.append(f"TFLite {quantize if quantize == 'int8' else 'float32'} {len(paths) / seconds:.1f} img/s "
-                     f"({os.path.getsize(path) / 2**20:.1f} MiB)")
+        rates.append(f"TFLite {quantize if quantize == 'int8' else 'float32'} {_rate(path, paths, args)}")
     return " | ".join(rates)
+
+
+def onnx_rate(keras_path: str, paths: list[str], args, work: str) -> str:
+    """img/s of `transfer predict` on the model's ONNX export (onnxruntime), as a summary fragment."""
+    import keras
+
+    from transfer import layers, onnx_export  # noqa: F401  (layers: the model file's custom layers)
+
+    path = os.path.join(work, "model.onnx")
+    with open(path, "wb") as f:
+        f.write(onnx_export.convert(keras.saving.load_model(keras_path)))
+    return f"ONNX (onnxruntime) {_rate(path, paths, args)}"
+
+
+def _rate(path: str, paths: list[str], args) -> str:
+    """`transfer predict` on an exported file: img/s after a warm-up batch, and the file's size."""
+    from transfer.predict import load_model, predict
+
+    loaded = load_model(path)
+    predict(loaded, paths[:args.batch_size], batch_size=args.batch_size)  # warm up
+    _, seconds = timed(predict, loaded, paths, batch_size=args.batch_size)
+    return f"{len(paths) / seconds:.1f} img/s ({os.path.getsize(path) / 2**20:.1f} MiB)"
 
 
 def main():
@@ -106,6 +123,7 @@ def main():
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--naive-images", type=int, default=200, help="the naive loop runs on the first N (it is slow)")
     p.add_argument("--tflite", action="store_true", help="also time the float32 and int8 .tflite of the model")
+    p.add_argument("--onnx", action="store_true", help="also time the model's ONNX export (onnxruntime)")
     args = p.parse_args()
     from transfer.predict import load_model, predict
 
@@ -116,7 +134,8 @@ def main():
         loaded = load_model(keras_path)
         predict(loaded, paths[:args.batch_size], batch_size=args.batch_size)  # warm up (tracing)
         result, seconds = timed(predict, loaded, paths, batch_size=args.batch_size)
-        lite = tflite_rates(keras_path, paths, args, work) if args.tflite else ""
+        lite = " | ".join(rates(keras_path, paths, args, work) for rates, wanted in
+                          ((tflite_rates, args.tflite), (onnx_rate, args.onnx)) if wanted)
         naive_loop(loaded.keras_model, paths[:2], args.image_size)
         _, naive_s = timed(naive_loop, loaded.keras_model, paths[:args.naive_images], args.image_size)
     assert len(result.predictions) == len(paths), result.failures

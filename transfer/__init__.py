@@ -27,6 +27,8 @@ _LAZY = {
     "train": "training",
     "TrainResult": "training",
     "load_run": "runs",
+    "export_onnx": "onnx_export",
+    "make_server": "serve",
     "backbones": None,
 }
 

@@ -235,12 +235,16 @@ def _photos(loaded, paths: list[str], count: int, what: str) -> np.ndarray:
     return np.stack(images).astype(np.float32)
 
 
-def verify_tflite(loaded, runner, images: np.ndarray, quantize: str) -> tuple[float, float]:
-    """Top-1 agreement and largest |Δp| between the .tflite and Keras on ``images``; raise below ``THRESHOLDS``."""
+def agreement(loaded, runner, images: np.ndarray) -> tuple[float, float]:
+    """Top-1 agreement and largest |Δp| between an exported artifact's ``runner`` and the Keras model on ``images``."""
     expected = np.concatenate([loaded.predict_batch(images[i:i + 16]) for i in range(0, len(images), 16)])
     got = runner(images)
-    top1 = float(np.mean(np.argmax(expected, -1) == np.argmax(got, -1)))
-    diff = float(np.max(np.abs(expected - got)))
+    return float(np.mean(np.argmax(expected, -1) == np.argmax(got, -1))), float(np.max(np.abs(expected - got)))
+
+
+def verify_tflite(loaded, runner, images: np.ndarray, quantize: str) -> tuple[float, float]:
+    """Top-1 agreement and largest |Δp| between the .tflite and Keras on ``images``; raise below ``THRESHOLDS``."""
+    top1, diff = agreement(loaded, runner, images)
     least, most = THRESHOLDS[quantize]
     if not np.isfinite(diff) or top1 < least or (most is not None and diff >= most):
         limit = f" and max |Δp| below {most:g}" if most is not None else ""
@@ -252,30 +256,35 @@ def verify_tflite(loaded, runner, images: np.ndarray, quantize: str) -> tuple[fl
 
 def _tflite_metadata(loaded, run, runner, result: TFLiteResult) -> dict:
     """What an app needs beside the .tflite: labels, input size and type, and where the model came from."""
-    import keras
-    import tensorflow as tf
-
-    from . import __version__
-
     scale, zero_point = runner.input["quantization"]
-    preprocessing = run.record["model"].get("preprocessing") if run is not None else None
     return {"format": "tflite", "labels": loaded.labels, "image_size": list(loaded.image_size),
             "resize": loaded.resize, "quantization": result.quantize,
             "input": {"dtype": np.dtype(runner.input["dtype"]).name, "scale": float(scale),
                       "zero_point": int(zero_point), "pixels": "RGB 0-255, shape [batch, height, width, 3]"},
             "output": {"dtype": "float32", "values": "probabilities, one per label"},
-            "preprocessing": {"inside_model": True, "backbone": preprocessing},
             "verification": {k: v for k, v in result.to_dict().items() if k not in ("path", "labels", "quantize")},
+            **provenance(loaded, run)}
+
+
+def provenance(loaded, run) -> dict:
+    """The part of an export's metadata.json that says where it came from: preprocessing, source, versions."""
+    import keras
+    import tensorflow as tf
+
+    from . import __version__
+
+    preprocessing = run.record["model"].get("preprocessing") if run is not None else None
+    return {"preprocessing": {"inside_model": True, "backbone": preprocessing},
             "source": os.path.abspath(run.path if run is not None else loaded.source),
             "versions": {"transfer": __version__, "tensorflow": tf.__version__, "keras": keras.__version__}}
 
 
-def _write_tflite(base: str, target: str, content: bytes, metadata: dict) -> None:
+def _write_tflite(base: str, target: str, content: bytes, metadata: dict, filename: str = runs.TFLITE_FILE) -> None:
     """Into a hidden staging folder, renamed into place: the folder is complete or absent."""
     staging = os.path.join(base, f".{os.path.basename(target)}.partial-{uuid.uuid4().hex[:12]}")
     runs.make_dirs(staging, "--output")
     try:
-        with open(os.path.join(staging, runs.TFLITE_FILE), "wb") as f:
+        with open(os.path.join(staging, filename), "wb") as f:
             f.write(content)
         _write_labels(staging, metadata["labels"])
         runs.write_json(os.path.join(staging, runs.TFLITE_INFO_FILE), metadata)

@@ -20,6 +20,7 @@ import re
 import stat
 import warnings
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -81,9 +82,10 @@ def file_problem(path: str) -> str | None:
     return problem
 
 
-def open_rgb(path: str, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, ImageInfo]:
-    """Decode ``path`` fully to an 8-bit RGB image; raise :class:`ImageError` with a reason a user understands."""
-    problem = file_problem(path)
+def open_rgb(path: str | BinaryIO, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, ImageInfo]:
+    """Decode ``path`` (or the bytes of an open file: `transfer serve`) fully to an 8-bit RGB image; raise
+    :class:`ImageError` with a reason a user understands."""
+    problem = file_problem(path) if isinstance(path, (str, bytes, os.PathLike)) else None
     if problem:
         raise ImageError(problem)
     try:
@@ -110,7 +112,8 @@ def open_rgb(path: str, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, Imag
     return rgb, info
 
 
-def load_image(path: str, size: tuple[int, int], resize: str = "squash", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | BinaryIO, size: tuple[int, int], resize: str = "squash",
+               max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` to a ``(height, width, 3)`` uint8 RGB array of ``size``.
 
     ``resize="squash"`` stretches to the size (Keras' default); ``"crop"`` keeps

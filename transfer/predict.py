@@ -1,4 +1,5 @@
-"""Prediction from any artifact transfer makes: a run folder, a ``.keras`` file, an exported SavedModel or ``.tflite``.
+"""Prediction from any artifact transfer makes: a run folder, a ``.keras`` file, an exported SavedModel, ``.tflite``
+or ``.onnx``.
 
 Labels, input size and resizing come from the artifact itself, never from
 flags. Images go through the same decoder as training; a file that cannot be
@@ -30,7 +31,7 @@ class LoadedModel:
     """A model ready to predict, whatever it was loaded from."""
 
     source: str
-    kind: str  # "run", "keras", "savedmodel" or "tflite"
+    kind: str  # "run", "keras", "savedmodel", "tflite" or "onnx"
     labels: list[str]
     image_size: tuple[int, int]
     resize: str
@@ -63,8 +64,8 @@ class PredictResult:
 
 
 def load_model(path: str, unsafe: bool = False) -> LoadedModel:
-    """Load a run folder, a ``.keras`` file, a SavedModel folder, a TF-Serving base folder or a ``.tflite``
-    (file, or the ``tflite-<quantize>`` folder that holds it).
+    """Load a run folder, a ``.keras`` file, a SavedModel folder, a TF-Serving base folder, a ``.tflite``
+    (file, or the ``tflite-<quantize>`` folder that holds it) or an ``.onnx`` (file, or the ``onnx`` folder).
 
     ``.keras`` files load in Keras' safe mode: a model that would run arbitrary
     Python code (a ``Lambda`` layer) is refused unless ``unsafe`` is true.
@@ -86,10 +87,14 @@ def load_model(path: str, unsafe: bool = False) -> LoadedModel:
         path = os.path.join(path, runs.TFLITE_FILE)
     if os.path.isfile(path) and path.endswith(".tflite"):
         return _from_tflite(path)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, runs.ONNX_FILE)):
+        path = os.path.join(path, runs.ONNX_FILE)
+    if os.path.isfile(path) and path.endswith(".onnx"):
+        return _from_onnx(path)
     saved_model = _saved_model_dir(path)
     if saved_model:
         return _from_saved_model(saved_model)
-    raise RunError(f"{path!r} is not a run folder, a .keras file, an exported SavedModel or a .tflite file.")
+    raise RunError(f"{path!r} is not a run folder, a .keras file, an exported SavedModel, a .tflite or an .onnx file.")
 
 
 def _path_argument(value, what: str) -> str:
@@ -178,6 +183,26 @@ def _from_tflite(path: str) -> LoadedModel:
     except (ValueError, RuntimeError, IndexError) as error:
         raise RunError(f"{path!r} is not a valid TensorFlow Lite image model (truncated, damaged or another "
                        f"format): {first_line(error)}") from None
+    labels, resize = _beside(path, classes)
+    return LoadedModel(path, "tflite", labels, (int(height), int(width)), resize, runner)
+
+
+def _from_onnx(path: str) -> LoadedModel:
+    """An ``.onnx`` run by onnxruntime; labels and resizing from the ``metadata.json`` (or ``labels.txt``) beside it."""
+    from .onnx_export import Runner
+
+    with open(path, "rb") as f:
+        runner = Runner(f.read(), repr(path))
+    shape, classes = runner.input.shape, runner.output.shape[-1]
+    if len(shape) != 4 or not all(isinstance(n, int) for n in (*shape[1:], classes)) or shape[3] != 3:
+        raise RunError(f"{path!r} is not an image classifier of transfer (input {shape}, output "
+                       f"{runner.output.shape}); export the run again with --format onnx.")
+    labels, resize = _beside(path, classes)
+    return LoadedModel(path, "onnx", labels, (shape[1], shape[2]), resize, runner)
+
+
+def _beside(path: str, classes: int) -> tuple[list[str], str]:
+    """Labels and resize mode of an exported file, from the ``metadata.json`` (or ``labels.txt``) in its folder."""
     folder = os.path.dirname(os.path.abspath(path))
     info_file = os.path.join(folder, runs.TFLITE_INFO_FILE)
     info = _read_json(info_file) or {}
@@ -186,8 +211,7 @@ def _from_tflite(path: str) -> LoadedModel:
     if labels is None:
         labels_from = repr(os.path.join(folder, runs.LABELS_FILE))
         labels = _read_labels(os.path.join(folder, runs.LABELS_FILE))
-    labels = _checked_labels(labels, classes, path, labels_from)
-    return LoadedModel(path, "tflite", labels, (int(height), int(width)), info.get("resize", "squash"), runner)
+    return _checked_labels(labels, classes, path, labels_from), info.get("resize", "squash")
 
 
 def _info_labels(info: dict, info_file: str) -> list[str] | None:

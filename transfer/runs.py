@@ -44,6 +44,8 @@ EXPORT_INFO_FILE = "transfer.json"  # an export's labels, input size and resizin
 TFLITE_FILE = "model.tflite"  # `export --format tflite`: NAME/tflite-<quantize>/ holds it, labels.txt, metadata.json
 TFLITE_INFO_FILE = "metadata.json"
 TFLITE_PREFIX = "tflite-"
+ONNX_FILE = "model.onnx"  # `export --format onnx`: NAME/onnx/ holds it, labels.txt and metadata.json
+ONNX_FOLDER = "onnx"
 EXPORTS_FOLDER = "export"  # where `transfer export RUN` writes by default: RUN/export/<name>/<version>/
 MARKER_FILE = ".transfer-run.json"  # written into a staging folder when it is made, and last into a finished run
 #: what a run folder written before the marker file holds; --overwrite replaces such a run only if it holds no more
@@ -206,11 +208,11 @@ def exports_problem(base: str) -> str | None:
 
 
 def _is_export(path: str) -> bool:
-    """A SavedModel version folder or a ``tflite-<quantize>`` folder that export wrote."""
+    """A SavedModel version folder, a ``tflite-<quantize>`` or an ``onnx`` folder that export wrote."""
     name = os.path.basename(path)
     if name.isdigit():
         return os.path.isfile(os.path.join(path, "assets.extra", EXPORT_INFO_FILE))
-    return (name.startswith(TFLITE_PREFIX) and not os.path.islink(path)
+    return ((name.startswith(TFLITE_PREFIX) or name == ONNX_FOLDER) and not os.path.islink(path)
             and os.path.isfile(os.path.join(path, TFLITE_INFO_FILE)))
 
 
