@@ -107,7 +107,7 @@ def with_batch_norm(layer: keras.layers.Layer, kind: type) -> keras.layers.Layer
 
     Every other layer of the copy is the original layer object, so no other weights are copied.
     """
-    if not isinstance(layer, keras.Model) or not any(_other_batch_norm(inner, kind) for inner in _layers(layer)):
+    if not isinstance(layer, keras.Model) or not any(_other_batch_norm(inner, kind) for inner in all_layers(layer)):
         return layer
     swapped = []
 
@@ -127,10 +127,10 @@ def _other_batch_norm(layer: keras.layers.Layer, kind: type) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization) and type(layer) is not kind
 
 
-def _layers(model: keras.Model):
+def all_layers(model: keras.Model):
     """Every layer inside ``model``, nested models' layers included."""
     for layer in model.layers:
         yield layer
         if isinstance(layer, keras.Model):
-            yield from _layers(layer)
+            yield from all_layers(layer)
 
