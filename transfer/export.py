@@ -262,7 +262,8 @@ def _write_extras(path: str, loaded, run, result: ExportResult) -> None:
                      "verification": verification})
     runs.write_json(os.path.join(extra, runs.EXPORT_INFO_FILE),
                     {"labels": loaded.labels, "image_size": [height, width], "resize": loaded.resize,
-                     "input": savedmodel.PIXELS_INPUT, "output": "probabilities", "source": os.path.abspath(loaded.source)})
+                     "input": savedmodel.PIXELS_INPUT, "output": "probabilities",
+                     "source": os.path.abspath(loaded.source)})
 
 
 def _folder_size(path: str) -> int:
@@ -344,10 +345,11 @@ def _metadata(loaded, run) -> dict:
 
     record = run.record if run is not None else {}
     split = os.path.join(run.path, runs.SPLIT_FILE) if run is not None else None
+    data = record.get("data", {})
     return {"labels": loaded.labels, "image_size": list(loaded.image_size), "resize": loaded.resize,
             "preprocessing": {"inside_model": True, "backbone": record.get("model", {}).get("preprocessing")},
             "backbone": record.get("config", {}).get("backbone"),
-            "training_data": {"root": record.get("data", {}).get("root"), "counts": record.get("data", {}).get("counts"),
+            "training_data": {"root": data.get("root"), "counts": data.get("counts"),
                               "split_sha256": file_digest(split, "sha256") if split and os.path.isfile(split) else None},
             "metrics": _json_or_none(os.path.join(run.path, runs.METRICS_FILE)) if run is not None else None,
             "source": os.path.abspath(run.path if run is not None else loaded.source),
