@@ -405,8 +405,8 @@ def _print_csv(result):
               help="tflite only: float32 (none, the default), float16 weights, dynamic-range int8 weights, or "
                    "full int8 (uint8 pixels in, calibrated on the run's training images).")
 @click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
-              help="tflite int8: calibrate on the images under this folder instead of the run's training images; "
-              "tflite and onnx: check on them when MODEL is a .keras file without its run folder.")
+              help="Check the export on the images under this folder instead of the run's validation images "
+                   "(tflite int8: calibrate on them too, instead of the run's training images).")
 @click.option("--version", "version", type=click.IntRange(min=1), default=None,
               help="saved_model: version number [default: the next free one].")
 @unsafe_option
@@ -420,11 +420,12 @@ def export_command(model, output, name, fmt, quantize, data, version, unsafe, qu
     --format saved_model writes OUTPUT/NAME/VERSION/ for TensorFlow Serving;
     --format tflite writes OUTPUT/NAME/tflite-QUANTIZE/ with model.tflite,
     labels.txt and metadata.json; --format onnx writes OUTPUT/NAME/onnx/ with model.onnx,
-    labels.txt and metadata.json. The SavedModel's serving_default signature takes `image` (float32 RGB 0-255 at
-    the model's input size; preprocessing is inside) and returns `probabilities`;
+    labels.txt and metadata.json. The SavedModel's serving_default signature takes `image_bytes` (encoded
+    JPEG, PNG, GIF or BMP files; decoded, resized and preprocessed inside), predict_images takes `image` (float32
+    RGB 0-255 at the model's input size); both return `probabilities`, `classes` and `scores` (the top 5).
     labels.txt is written beside the version folders. Every export is checked
-    against the Keras model before it is kept: the .tflite on the run's
-    validation images (top-1 agreement and largest probability difference).
+    against the Keras model on the run's validation images before it is kept
+    (top-1 agreement and largest probability difference).
 
     \b
     Examples:
@@ -434,8 +435,6 @@ def export_command(model, output, name, fmt, quantize, data, version, unsafe, qu
     """
     if quantize and fmt != "tflite":
         raise click.UsageError("--quantize applies to --format tflite only.")
-    if data and fmt == "saved_model":
-        raise click.UsageError("--data applies to --format tflite and onnx only.")
     if fmt != "saved_model" and version is not None:
         raise click.UsageError("--version applies to --format saved_model only.")
     _setup_logging(quiet)
@@ -447,12 +446,14 @@ def export_command(model, output, name, fmt, quantize, data, version, unsafe, qu
     from transfer.export import export
 
     with contextlib.redirect_stdout(sys.stderr):
-        result = export(model, output=output, name=name, version=version, unsafe=unsafe)
+        result = export(model, output=output, name=name, version=version, data=data, unsafe=unsafe)
     if as_json:
-        click.echo(json_text({"path": result.path, "version": result.version, "labels": result.labels,
-                              "max_abs_diff": result.max_abs_diff}))
+        click.echo(json_text(result.to_dict()))
     else:
-        click.echo(f"exported: {result.path} (max difference from the Keras model {result.max_abs_diff:.2g})")
+        click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB); on {result.images} validation images: "
+                   f"pixels top-1 agreement with the Keras model {result.top1_agreement:.1%}, max |Δp| "
+                   f"{result.max_abs_diff:.2g}; image bytes decoded in the graph, top-1 agreement with predict "
+                   f"{result.bytes_top1_agreement:.1%}, max |Δp| {result.bytes_max_abs_diff:.2g}")
 
 
 def _export_tflite(model, output, name, quantize, data, unsafe, as_json):

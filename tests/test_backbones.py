@@ -8,6 +8,7 @@ from transfer import backbones
 from transfer.config import TrainConfig
 from transfer.heads import backbone_of, build_model, unfreeze_index
 from transfer.layers import Preprocess
+from transfer.portable import all_layers, portable
 
 ALL = backbones.names()
 PRETRAINED = [n for n in ALL if backbones.get(n).pretrained]
@@ -28,6 +29,9 @@ def test_entry_builds_and_classifies(name):
     probabilities = model.predict_on_batch(images)
     assert probabilities.shape == (2, 5)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    saved = portable(model)  # what model.keras holds: built-in layers only, the same predictions
+    assert not [layer for layer in all_layers(saved) if type(layer).__module__.startswith("transfer")]
+    np.testing.assert_allclose(saved.predict_on_batch(images), probabilities, atol=1e-6)
     base = backbone_of(model)
     assert base.count_params() == spec.params, "registry params out of date"
     start = unfreeze_index(base, spec.unfreeze)

@@ -59,7 +59,7 @@ def export_onnx(model_path: str, output: str | None = None, name: str | None = N
 
     ``data``: a folder of images to check on when the model has no run folder (and so no validation split).
     """
-    from .export import (_check_arguments, _destination, _folder_paths, _photos, _split_paths, _write_tflite,
+    from .export import (_check_arguments, _destination, _folder_paths, _readable, _split_paths, _write_tflite,
                          VERIFY_IMAGES)
 
     for module in ("tf2onnx", "onnx", "onnxruntime"):
@@ -72,7 +72,7 @@ def export_onnx(model_path: str, output: str | None = None, name: str | None = N
     if os.path.lexists(target):
         raise RunError(f"{target!r} already exists; delete it to export again, or choose another --name.")
     run = runs.load_run(source) if runs.is_run_folder(source) else None
-    checks = _photos(loaded, _split_paths(run, "val") or _folder_paths(data), VERIFY_IMAGES, "validation")
+    checks = _readable(loaded, _split_paths(run, "val") or _folder_paths(data), VERIFY_IMAGES, "validation")[1]
     what = repr(loaded.source)
     if run is not None:
         what = f"{run.path!r} (backbone {run.record.get('config', {}).get('backbone', '?')})"
@@ -184,11 +184,9 @@ def _metadata(loaded, run, result: ONNXResult) -> dict:
     """What a deployer needs beside the .onnx: labels, input and output names, and where it came from."""
     from .export import provenance
 
-    metadata = {"format": "onnx", "labels": loaded.labels, "image_size": list(loaded.image_size),
-                "resize": loaded.resize, "opset": OPSET,
+    metadata = {"format": "onnx", **provenance(loaded, run), "opset": OPSET,
                 "input": {"name": INPUT, "dtype": "float32", "pixels": "RGB 0-255, shape [batch, height, width, 3]"},
                 "output": {"name": OUTPUT, "dtype": "float32", "values": "probabilities, one per label"},
-                "verification": {k: v for k, v in result.to_dict().items() if k not in ("path", "labels")},
-                **provenance(loaded, run)}
+                "verification": {k: v for k, v in result.to_dict().items() if k not in ("path", "labels")}}
     metadata["versions"].update({m: importlib.import_module(m).__version__ for m in ("tf2onnx", "onnx", "onnxruntime")})
     return metadata

@@ -152,9 +152,11 @@ def _saved_model_dir(path: str) -> str | None:
 def _from_saved_model(path: str) -> LoadedModel:
     import tensorflow as tf
 
+    from .savedmodel import PIXELS_SIGNATURE
+
     try:
         loaded = tf.saved_model.load(path)
-        serve = loaded.signatures["serving_default"]
+        serve = loaded.signatures.get(PIXELS_SIGNATURE) or loaded.signatures["serving_default"]  # or an older export's
         (input_name, spec), = serve.structured_input_signature[1].items()
         classes = serve.structured_outputs["probabilities"].shape[-1]
     except Exception as error:

@@ -19,7 +19,7 @@ from typing import Any
 
 import keras
 
-from . import data, devices, features, preflight, runs
+from . import data, devices, features, portable, preflight, runs
 from .backbones import BackboneSpec
 from .config import TrainConfig, option_name, parse_duration
 from .devices import has_gpu
@@ -117,7 +117,7 @@ def _train(config: TrainConfig, started: float) -> TrainResult:
     metrics = {**_evaluate(model, config, dataset, history, seconds, cache, val_ds), "time_limit_stopped": timed_out}
     laps.lap("evaluate")
     metrics["seconds"] = laps.record(cache, boundary)
-    model.save(run.path(runs.MODEL_FILE))
+    portable.save(model, run.path(runs.MODEL_FILE))  # built-in layers only: plain Keras opens it
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     _plot(history, run.path(runs.PLOT_FILE))
     run_dir = run.commit()

@@ -39,7 +39,7 @@ def from_model(path: str) -> BackboneSpec | None:
 def _load_source(model_path: str):
     import keras
 
-    from .. import layers  # noqa: F401  (a transfer model refers to its custom layers)
+    from .. import layers  # noqa: F401  (a run saved before model.keras was portable refers to its custom layers)
 
     try:
         return keras.saving.load_model(model_path, compile=False)
@@ -51,9 +51,13 @@ def _conv_base(model, model_path: str):
     """(base, preprocessing): a transfer model's own backbone, or any model cut before its last pooling/flatten."""
     import keras
 
+    from ..layers import FusedBatchNormalization
+    from ..portable import preprocessing_mode, with_batch_norm
+
     names = [layer.name for layer in model.layers]
-    if BACKBONE_LAYER in names and "preprocess" in names:
-        return model.get_layer(BACKBONE_LAYER), model.get_layer("preprocess").mode
+    if BACKBONE_LAYER in names and "preprocess" in names:  # batch norm fused again: it trains faster on a CPU
+        return (with_batch_norm(model.get_layer(BACKBONE_LAYER), FusedBatchNormalization),
+                preprocessing_mode(model.get_layer("preprocess")))
     cuts = [layer for layer in model.layers if isinstance(
         layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten))]
     if not cuts:
