@@ -40,6 +40,8 @@ def trained(tmp_path_factory):
 def weights(run_dir):
     import keras
 
+    import transfer.layers  # noqa: F401  (registers the model's own layers)
+
     return keras.saving.load_model(os.path.join(run_dir, runs.MODEL_FILE)).get_weights()
 
 

@@ -139,3 +139,19 @@ def test_a_kill_in_phase_1_on_cached_features_resumes_without_computing_them_aga
     caches = [line for line in resumed.stderr.splitlines() if line.startswith("feature cache ")]
     assert caches and caches[0].endswith("120 image(s) from the cache, 0 computed")
     assert_finished(str(root / "models" / "cached"), ["head"] * 12 + ["fine_tune"])
+
+
+def test_sigterm_waits_for_the_end_of_the_batch_and_exits_143():
+    """A preempted machine's SIGTERM, in this process: during a batch it only asks; the batch's end stops."""
+    from transfer.training import interrupts
+
+    with interrupts.handled() as stop:
+        stop.fitting = True
+        os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler before the next line
+        callback = interrupts.StopAfterBatch(stop)
+        with pytest.raises(KeyboardInterrupt):
+            callback.on_train_batch_end(0)
+        assert stop.status == 143
+        with pytest.raises(KeyboardInterrupt):  # a second signal stops at once
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are given back

@@ -69,7 +69,7 @@ def test_jit_compiles_training_with_xla(tmp_path, monkeypatch):
 def test_cli_passes_the_speed_options(runner, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_train(config):
+    def fake_train(config, **options):
         seen.update(config.to_dict())
         raise ConfigError("stop here")
 

@@ -30,7 +30,7 @@ class Runner:
 
     def __init__(self, run: runs.RunFolder, config: TrainConfig, model: keras.Model, state: resume.State,
                  started: float, stop: StopRequest, laps, class_weight: dict[int, float] | None):
-        self.run, self.config, self.model, self.state = run, config, model, state
+        self.run, self.config, self.state = run, config, state
         self.started, self.stop, self.laps, self.class_weight = started, stop, laps, class_weight
         self.checkpoint = Checkpoint(model, run.path(runs.CHECKPOINT_FILE), monitor=config.monitor,
                                      save_best_only=True, save_weights_only=True)
