@@ -197,7 +197,8 @@ def _print_inspection(r: dict) -> None:
 @click.option("--batch-norm/--no-batch-norm", default=default("batch_norm"), help="Batch norm after head dense layers.")
 @click.option("--val-split", type=float, default=default("val_split"), show_default=True,
               help="Validation fraction when DATA_DIR has no val/ folder.")
-@click.option("--seed", type=int, default=default("seed"), show_default=True, help="Seed for the split and training (Python, NumPy and TensorFlow).")
+@click.option("--seed", type=int, default=default("seed"), show_default=True,
+              help="Seed for the split and training (Python, NumPy and TensorFlow).")
 @click.option("--deterministic/--no-deterministic", default=default("deterministic"), show_default=True,
               help="Use TensorFlow's deterministic ops, so that the same --seed, data and options give the same "
               "weights (slower on a GPU).")

@@ -48,7 +48,7 @@ class State:
     phase_start: int = 0  # the first epoch of that phase
     elapsed: float = 0.0  # seconds of the run so far (--time-limit; history's elapsed_seconds)
     deadline: float | None = None  # the phase's --time-limit deadline, in seconds from the run's start
-    timer: dict[str, float] = field(default_factory=dict)  # the phase's time limit: its start (s from the run's) and steps
+    timer: dict[str, float] = field(default_factory=dict)  # the phase's time limit: its start and steps done
     watchers: list[dict[str, Any]] = field(default_factory=list)  # early stopping and LR reduction, in order
     best: float | None = None  # the best checkpoint's monitored value
     timed_out: list[str] = field(default_factory=list)  # the phases that --time-limit ended

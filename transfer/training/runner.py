@@ -61,27 +61,20 @@ class Runner:
         steps = phase.epochs * int(inputs.train_ds.cardinality())
         timer = None
         if state.deadline is not None:
-            timer = TimeLimit(self.started + state.deadline, phase.lr if config.lr_schedule == "cosine" else None, steps)
-        if config.lr_schedule == "cosine":  # over the phase's steps, or over its time (the timer sets it)
-            schedule = phase.lr if timer else keras.optimizers.schedules.CosineDecay(phase.lr, decay_steps=steps)
-            adapt = []
-        else:
-            schedule = phase.lr
-            adapt = [keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, factor=0.2,
-                                                       patience=max(1, config.patience // 2), min_lr=phase.lr / 100)]
+            timer = TimeLimit(self.started + state.deadline, phase.lr if config.lr_schedule == "cosine" else None,
+                              steps)
+        schedule, watchers = _schedule(phase, config, timer, steps)
         compile_model(model, make_optimizer(phase.optimizer, schedule, config.weight_decay), config)
         if inputs.full_model is not None:  # compiled with the same optimizer, so that it is saved like one on images
             compile_model(inputs.full_model, model.optimizer, config)
-        watchers = adapt + [keras.callbacks.EarlyStopping(monitor=config.monitor, patience=config.patience)]
         diverged = StopOnNaN()
-        backup = _Backup(self, index, phase.name, end, inputs.whole, watchers, timer, diverged, resumed)
         callbacks = [timer] if timer else []
         callbacks += [
             Validation(inputs.val_ds, config.validation_freq, first_epoch=state.phase_start, last_epoch=end - 1),
             diverged,
             *(WhenValidated(watcher, config.monitor) for watcher in [*watchers, self.checkpoint]),
             HistoryCSV(self.run.path(runs.HISTORY_FILE), phase.name, self.started),
-            backup,
+            _Backup(self, index, phase.name, end, inputs.whole, watchers, timer, diverged, resumed),
             StopAfterBatch(self.stop),
         ]
         self.stop.fitting = True
@@ -113,6 +106,19 @@ class Runner:
             state.timer = {} if timer is None else {"start": timer.start - self.started, "done": timer.done}
             state.watchers = [resume.counters(watcher) for watcher in backup.watchers]
         resume.save(self.run, state, backup.whole, None if over else backup.model.optimizer)
+
+
+def _schedule(phase: Phase, config: TrainConfig, timer: TimeLimit | None, steps: int):
+    """The learning rate (a number or a schedule) and the callbacks that watch validation (LR reduction, early
+    stopping), in the order they run; their counters are what a backup keeps of them."""
+    if config.lr_schedule == "cosine":  # over the phase's steps, or over its time (the timer sets it)
+        schedule = phase.lr if timer else keras.optimizers.schedules.CosineDecay(phase.lr, decay_steps=steps)
+        adapt = []
+    else:
+        schedule = phase.lr
+        adapt = [keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, factor=0.2,
+                                                   patience=max(1, config.patience // 2), min_lr=phase.lr / 100)]
+    return schedule, adapt + [keras.callbacks.EarlyStopping(monitor=config.monitor, patience=config.patience)]
 
 
 class _Backup(keras.callbacks.Callback):
