@@ -52,9 +52,11 @@ def stop_after_backup(proc, staging, epochs, signum, timeout=240):
     return proc.returncode, err
 
 
-def history(run_dir):
+def history(run_dir, column=None):
     with open(os.path.join(run_dir, runs.HISTORY_FILE), newline="") as f:
         rows = list(csv.DictReader(f))
+    if column:
+        return [float(row[column]) for row in rows]
     return [int(row["epoch"]) for row in rows], [row["phase"] for row in rows]
 
 
@@ -62,6 +64,8 @@ def assert_finished(run_dir, phases):
     """Every epoch exactly once, in its phase; only a finished run's files; a model that predicts the colours."""
     epochs, seen = history(run_dir)
     assert epochs == list(range(len(phases))) and seen == phases
+    elapsed = history(run_dir, "elapsed_seconds")
+    assert elapsed == sorted(elapsed)  # the time spent before a stop counts on (--time-limit too)
     assert set(os.listdir(run_dir)) == FINISHED
     assert not os.path.exists(run_dir + runs.STAGING_SUFFIX)
     metrics = json.load(open(os.path.join(run_dir, runs.METRICS_FILE)))

@@ -51,7 +51,7 @@ STAGING_SUFFIX = ".partial"
 #: in a staging folder: backup/epoch-N/ holds the state after N epochs, for --resume (training/resume.py)
 BACKUP_FOLDER = "backup"
 STATE_FILE = "state.json"  # written last into a backup: one without it was cut short and is ignored
-WEIGHTS_FILE = "model.weights.h5"
+WEIGHTS_FILE = "model.npz"
 OPTIMIZER_FILE = "optimizer.npz"
 FORMAT_VERSION = 1
 
