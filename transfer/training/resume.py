@@ -104,7 +104,7 @@ def restore_run(run: runs.RunFolder, state: State, model: keras.Model) -> None:
 
 
 def _save_arrays(path: str, variables) -> None:
-    """Variables' values as one .npz, in order (twenty times faster than Keras' .weights.h5 for a real backbone:
+    """Variables' values as one .npz, in order (several times faster than Keras' .weights.h5 for a real backbone:
     benchmarks/bench_resume.py)."""
     np.savez(path, *[keras.ops.convert_to_numpy(v) for v in variables])
 
