@@ -93,12 +93,7 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
         _write_inputs(run, config, spec, dataset, class_weights)
 
     fit_started = time.perf_counter()
-    decode = {"image_size": config.image_size, "resize": config.resize, "max_pixels": config.max_pixels}
-    budget = data.memory_budget(config.cache_memory)  # shared by the decoded training and validation images
-    train_images = data.decoded_images(dataset.splits["train"], **decode, budget=budget)
-    train_bytes = data.decoded_bytes(dataset.splits["train"], config.image_size)
-    budget -= train_bytes if train_bytes <= budget else 0  # what the training images' cache takes, if they have one
-    val_ds = data.batches(data.decoded_images(dataset.splits["val"], **decode, budget=budget), config.batch_size)
+    train_images, val_ds = _images(dataset, config)
     sources = Sources(model, spec, dataset, train_images, val_ds, cache, boundary)
     runner = Runner(run, config, model, state, started - state.elapsed, stop, laps, class_weights)
     runner.run_phases(plan(config, sources))
@@ -117,6 +112,17 @@ def _seed(config: TrainConfig) -> None:
 
         tf.config.experimental.enable_op_determinism()
         log.info("deterministic ops: the same --seed, data and options give the same model")
+
+
+def _images(dataset: data.Dataset, config: TrainConfig):
+    """The decoded training images (each phase shuffles them anew) and the validation batches."""
+    decode = {"image_size": config.image_size, "resize": config.resize, "max_pixels": config.max_pixels}
+    budget = data.memory_budget(config.cache_memory)  # shared by the decoded training and validation images
+    train_images = data.decoded_images(dataset.splits["train"], **decode, budget=budget)
+    train_bytes = data.decoded_bytes(dataset.splits["train"], config.image_size)
+    budget -= train_bytes if train_bytes <= budget else 0  # what the training images' cache takes, if they have one
+    return train_images, data.batches(data.decoded_images(dataset.splits["val"], **decode, budget=budget),
+                                      config.batch_size)
 
 
 def _finish(run: runs.RunFolder, model: keras.Model, config: TrainConfig, dataset: data.Dataset, seconds: float,
