@@ -159,3 +159,25 @@ def test_sigterm_waits_for_the_end_of_the_batch_and_exits_143():
         with pytest.raises(KeyboardInterrupt):  # a second signal stops at once
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are given back
+
+
+def test_a_backup_or_a_history_row_that_a_kill_cut_short_is_not_used(tmp_path):
+    """A kill while a backup or a row of history.csv is being written: the last complete one counts."""
+    from transfer.errors import RunError
+    from transfer.training import resume
+
+    run = runs.RunFolder(str(tmp_path), "r")
+    run.start()
+    complete = run.new_backup(2)
+    runs.write_text(os.path.join(complete, runs.STATE_FILE), json.dumps({"epoch": 2, "phase_start": 0}))
+    run.keep_backup(complete)
+    os.makedirs(os.path.join(run.new_backup(3), "half-written"))  # no state file yet
+    assert run.latest_backup() == complete and resume.load(run).epoch == 2
+    with open(run.path(runs.HISTORY_FILE), "w") as f:
+        f.write("epoch,loss,phase\n0,0.9,head\n1,0.5,head\n2,0.4,head\n3,0.")
+    resume._truncate_history(run.path(runs.HISTORY_FILE), 2)
+    assert open(run.path(runs.HISTORY_FILE)).read() == "epoch,loss,phase\n0,0.9,head\n1,0.5,head\n"
+    with pytest.raises(RunError, match="add --resume to continue it, or --overwrite"):
+        runs.RunFolder(str(tmp_path), "r")
+    runs.RunFolder(str(tmp_path), "r", overwrite=True).start()  # --overwrite starts again
+    assert run.latest_backup() is None
