@@ -48,9 +48,9 @@ def _handle_errors(command):
                                        "the free disk space.") from None
         except MemoryError:
             raise click.ClickException("out of memory; lower --batch-size or --image-size.") from None
-        except KeyboardInterrupt:
-            click.echo("Interrupted; finished runs and exports are untouched.", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as error:  # transfer.errors.Interrupted says how to resume, and its exit status
+            click.echo(str(error) or "Interrupted; finished runs and exports are untouched.", err=True)
+            sys.exit(getattr(error, "status", 130))
 
     return wrapper
 
@@ -223,7 +223,11 @@ def _print_inspection(r: dict) -> None:
 @click.option("--batch-norm/--no-batch-norm", default=default("batch_norm"), help="Batch norm after head dense layers.")
 @click.option("--val-split", type=float, default=default("val_split"), show_default=True,
               help="Validation fraction when DATA_DIR has no val/ folder.")
-@click.option("--seed", type=int, default=default("seed"), show_default=True, help="Seed for the split and training.")
+@click.option("--seed", type=int, default=default("seed"), show_default=True,
+              help="Seed for the split and training (Python, NumPy and TensorFlow).")
+@click.option("--deterministic/--no-deterministic", default=default("deterministic"), show_default=True,
+              help="Use TensorFlow's deterministic ops, so that the same --seed, data and options give the same "
+              "weights (slower on a GPU).")
 @click.option("--batch-size", type=int, default=default("batch_size"), show_default=True)
 @click.option("--augment", type=click.Choice(AUGMENT_PRESETS), default=None,
               help="Training-time augmentation: flip (mirror images; feature caching keeps it, so it costs one more "
@@ -286,12 +290,14 @@ def _print_inspection(r: dict) -> None:
 @click.option("-o", "--output-dir", default=default("output_dir"), show_default=True, help="Where run folders go.")
 @click.option("--name", default=None, help="Run folder name [default: timestamp-backbone].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run of the same name (once the new one finishes).")
+@click.option("--resume", is_flag=True, help="Continue the unfinished run --name (killed or interrupted) from its last "
+              "finished epoch, with the settings it was started with.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or logs.")
 @verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 @_handle_errors
-def train_command(ctx, preset, config_file, quiet, as_json, **options):
+def train_command(ctx, preset, config_file, quiet, as_json, resume, **options):
     """Train a classifier on DATA_DIR (one subfolder per class, or train/ val/ [test/]).
 
     \b
@@ -303,12 +309,12 @@ def train_command(ctx, preset, config_file, quiet, as_json, **options):
     explicit = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     explicit["verbose"] = 0 if quiet else (1 if sys.stderr.isatty() else 2)
     config = configfile.merge(preset, configfile.load(config_file) if config_file else {}, explicit)
-    preflight.check(config, open_models=False)  # every error that needs no TensorFlow, before its slow import
+    preflight.check(config, open_models=False, resume=resume)  # every error that needs no TensorFlow, before its import
     _say_device()
     from transfer.training import train
 
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bars print to stdout
-        result = train(config)
+        result = train(config, resume=resume)
     summary = {"run_dir": result.run_dir, "labels": result.labels, "metrics": result.metrics}
     if as_json:
         click.echo(json_text(summary))

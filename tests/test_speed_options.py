@@ -25,7 +25,7 @@ def _train(tmp_path, **overrides):
 @pytest.mark.parametrize("mode, gpu, expected", [("on", False, "mixed_float16"), ("auto", True, "mixed_float16"),
                                                  ("auto", False, "float32"), ("off", True, "float32")])
 def test_policy_is_set_for_the_run_and_restored_after(monkeypatch, mode, gpu, expected):
-    monkeypatch.setattr(training, "has_gpu", lambda: gpu)
+    monkeypatch.setattr(training.precision, "has_gpu", lambda: gpu)
     with training.dtype_policy(mode):
         assert keras.mixed_precision.global_policy().name == expected
     assert keras.mixed_precision.global_policy().name == "float32"
@@ -69,7 +69,7 @@ def test_jit_compiles_training_with_xla(tmp_path, monkeypatch):
 def test_cli_passes_the_speed_options(runner, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_train(config):
+    def fake_train(config, **options):
         seen.update(config.to_dict())
         raise ConfigError("stop here")
 

@@ -114,9 +114,10 @@ def test_durations(text, seconds):
 def test_time_limit_gives_phase_one_its_share_of_the_time_by_epochs():
     import time
 
-    from transfer.training import _share
+    from transfer.training.phases import deadline_of, plan
 
     config = TrainConfig(data_dir="x", epochs=3, fine_tune_epochs=1)
+    assert [(phase.name, phase.share) for phase in plan(config, sources=None)] == [("head", 0.75), ("fine_tune", 1)]
     deadline = time.monotonic() + 100
-    assert _share(deadline, config) - time.monotonic() == pytest.approx(75, abs=1)
-    assert _share(None, config) is None
+    assert deadline_of(deadline, 0.75) - time.monotonic() == pytest.approx(75, abs=1)
+    assert deadline_of(None, 0.75) is None

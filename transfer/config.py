@@ -63,6 +63,7 @@ class TrainConfig:
     # data
     val_split: float = 0.2
     seed: int = 42
+    deterministic: bool = False  # TensorFlow's deterministic ops: the same seed, data and settings give the same model
     batch_size: int = 32
     augment: str | None = None  # None: the backbone's (flip for pretrained ones: feature caching keeps it; light)
     resize: str = "squash"

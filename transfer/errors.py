@@ -29,6 +29,14 @@ class TrainingError(TransferError):
     """Training went wrong in a way the settings can fix: the loss became NaN or infinite."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run; the message says how to continue it. ``status``: the exit status."""
+
+    def __init__(self, message: str, status: int = 130):
+        super().__init__(message)
+        self.status = status
+
+
 class ImageError(TransferError):
     """One image file cannot be decoded; the message is the reason."""
 

@@ -64,9 +64,7 @@ def export_onnx(model_path: str, output: str | None = None, name: str | None = N
 
     for module in ("tf2onnx", "onnx", "onnxruntime"):
         require(module)
-    if data is not None and not os.path.isdir(data):
-        raise ConfigError(f"--data {data!r} is not a folder of images.")
-    _check_arguments(output, name, None)
+    _check_arguments(output, name, None, data)
     loaded, source, base = _destination(model_path, output, name, unsafe)
     target = os.path.join(base, runs.ONNX_FOLDER)
     if os.path.lexists(target):

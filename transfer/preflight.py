@@ -10,12 +10,13 @@ callers get the same errors. Importing this module must not import TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 from . import backbones, data, runs
 from .backbones import BackboneSpec
-from .config import TrainConfig, physical_memory
-from .errors import ConfigError
+from .config import TrainConfig, default, option_name, physical_memory
+from .errors import ConfigError, RunError
 
 #: bytes kept per value of a batch's images while training, at the least: a network's first layers alone hold
 #: several times its input (real networks hold far more, so this only refuses what cannot possibly fit)
@@ -24,16 +25,24 @@ ACTIVATION_FACTOR = 16
 PARAM_COPIES = 4
 
 
-def check(config: TrainConfig, *, open_models: bool = True) -> tuple[BackboneSpec | None, TrainConfig]:
+#: settings that say where a run goes or how it reports, not what it trains: --resume takes them as given
+NOT_TRAINING = ("data_dir", "output_dir", "name", "overwrite", "verbose")
+
+
+def check(config: TrainConfig, *, open_models: bool = True,
+          resume: bool = False) -> tuple[BackboneSpec | None, TrainConfig]:
     """The validated config, resolved for its backbone and with its run name, and the backbone's spec.
 
     Raises for every problem that can be known before training: option values,
     the backbone and its options, nothing to train, memory, the run name, its
     destination and the cache folder. With ``open_models=False`` a backbone given
     as a model path is not opened (that needs Keras): its own checks wait for
-    :func:`transfer.train`, and the spec returned is None.
+    :func:`transfer.train`, and the spec returned is None. With ``resume``,
+    the settings are those of the unfinished run ``config.name`` (:func:`resumed`).
     """
     config = config.validate()
+    if resume:
+        config = resumed(config)
     spec = None
     if open_models or config.backbone.lower() in backbones.names() or not os.path.exists(config.backbone):
         spec, config = backbones.resolve(config)
@@ -42,10 +51,42 @@ def check(config: TrainConfig, *, open_models: bool = True) -> tuple[BackboneSpe
         raise ConfigError("--epochs and --fine-tune-epochs are both 0: nothing to train.")
     backbone = os.path.basename(os.path.normpath(spec.name if spec else config.backbone))
     config = dataclasses.replace(config, name=runs.default_name(backbone) if config.name is None else config.name)
-    runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir)
+    runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir, resume=resume)
     data.check_layout(config.data_dir)
     data.check_cache_dir(config.cache_dir, config.data_dir)
     return spec, config
+
+
+def resumed(config: TrainConfig) -> TrainConfig:
+    """The settings of the unfinished run ``config.name`` in ``config.output_dir``, from its config.json.
+
+    A setting of ``config`` that is not its default and differs from the run's
+    is an error that names it: a resumed run trains as it was started. The
+    dataset folder must be the same one.
+    """
+    if config.name is None:
+        raise ConfigError("--resume continues the unfinished run named by --name; give its --name.")
+    staging = os.path.join(config.output_dir, config.name + runs.STAGING_SUFFIX)
+    try:
+        with open(os.path.join(staging, runs.CONFIG_FILE), encoding="utf-8") as f:
+            saved = TrainConfig.from_dict(json.load(f)["config"])
+    except FileNotFoundError:
+        runs.RunFolder(config.output_dir, config.name, resume=True)  # says why there is nothing to continue
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunError(f"--resume: {os.path.join(staging, runs.CONFIG_FILE)!r} cannot be read ({error}); "
+                       "start again with --overwrite.") from None
+    if os.path.realpath(config.data_dir) != os.path.realpath(saved.data_dir):
+        raise ConfigError(f"--resume: the run {config.name!r} was trained on {saved.data_dir!r}, not "
+                          f"{config.data_dir!r}; give that DATA_DIR.")
+    for item in dataclasses.fields(TrainConfig):
+        given, was = getattr(config, item.name), getattr(saved, item.name)
+        if item.name not in NOT_TRAINING and given != default(item.name) and given != was:
+            raise ConfigError(f"--resume continues the run {config.name!r} with the settings it was started with, "
+                              f"and {option_name(item.name)} was {was!r}, not {given!r}; leave "
+                              f"{option_name(item.name)} out, or start again with --overwrite.")
+    return dataclasses.replace(saved, output_dir=config.output_dir, verbose=config.verbose,
+                               overwrite=saved.overwrite or config.overwrite)
 
 
 def check_memory(spec: BackboneSpec, config: TrainConfig, available: int | None = None) -> None:

@@ -52,6 +52,11 @@ MARKER_FILE = ".transfer-run.json"  # written into a staging folder when it is m
 RUN_FILES = frozenset({MODEL_FILE, CONFIG_FILE, LABELS_FILE, HISTORY_FILE, METRICS_FILE, SPLIT_FILE, SKIPPED_FILE,
                        PLOT_FILE})
 STAGING_SUFFIX = ".partial"
+#: in a staging folder: backup/epoch-N/ holds the state after N epochs, for --resume (training/resume.py)
+BACKUP_FOLDER = "backup"
+STATE_FILE = "state.json"  # written last into a backup: one without it was cut short and is ignored
+WEIGHTS_FILE = "model.npz"
+OPTIMIZER_FILE = "optimizer.npz"
 FORMAT_VERSION = 1
 
 
@@ -225,27 +230,41 @@ def _only_exports(folder: str) -> bool:
                for n in names)
 
 
+def latest_backup(staging: str) -> str | None:
+    """The newest complete backup of the unfinished run in ``staging``; None when it has none (not resumable)."""
+    parent = os.path.join(staging, BACKUP_FOLDER)
+    try:
+        names = sorted(os.listdir(parent), reverse=True)
+    except OSError:
+        return None
+    return next((os.path.join(parent, n) for n in names if os.path.isfile(os.path.join(parent, n, STATE_FILE))), None)
+
+
 class RunFolder:
     """A run being written: files go to a staging folder that :meth:`commit` renames into place.
 
     Only folders that transfer made are ever deleted: a leftover staging folder
     carries the staging marker, and ``--overwrite`` replaces only a finished
     run (its marker, written last, lists its files) that holds nothing else.
+    A leftover staging folder with a backup (a run that can be resumed) is
+    deleted only with ``--overwrite``; ``resume`` continues it instead.
     """
 
-    def __init__(self, output_dir: str, name: str, overwrite: bool = False, data_dir: str | None = None):
+    def __init__(self, output_dir: str, name: str, overwrite: bool = False, data_dir: str | None = None,
+                 resume: bool = False):
         """Check the name and the destination now (before any slow work); nothing is made before :meth:`start`."""
         check_name(name)
-        self.name, self.overwrite = name, overwrite
+        self.name, self.overwrite, self.resume = name, overwrite, resume
         self.final = os.path.join(output_dir, name)
         self.staging = self.final + STAGING_SUFFIX
         check_writable(output_dir, "--output-dir")
         if data_dir is not None:
             check_apart(output_dir, [self.final, self.staging], data_dir)
-        self._check_final("already exists")
-        self._check_staging()
+        checks = [self._check_final, self._check_staging]
+        for check in reversed(checks) if resume else checks:  # --resume: first, whether there is a run to continue
+            check()
 
-    def _check_final(self, state: str) -> None:
+    def _check_final(self, state: str = "already exists") -> None:
         if not os.path.lexists(self.final):
             return
         problem = replace_problem(self.final)
@@ -259,8 +278,39 @@ class RunFolder:
         if os.path.lexists(self.staging) and (os.path.islink(self.staging) or _read_marker(self.staging) is None):
             raise RunError(f"{self.staging!r} is where this run is written until it finishes, and it holds something "
                            "that transfer did not make; move it away or choose another --name.")
+        resumable = os.path.lexists(self.staging) and self.latest_backup() is not None
+        if self.resume and not os.path.lexists(self.staging):
+            raise RunError(f"--resume: there is no unfinished run {self.staging!r} to continue; "
+                           "train without --resume, or check --name and --output-dir.")
+        if self.resume and not resumable:
+            raise RunError(f"--resume: {self.staging!r} stopped before its first epoch finished, so there is nothing "
+                           "to continue; train again without --resume.")
+        if resumable and not (self.resume or self.overwrite):
+            raise RunError(f"{self.staging!r} holds an unfinished run that can be continued: add --resume to continue "
+                           "it, or --overwrite to delete it and start again.")
+
+    def latest_backup(self) -> str | None:
+        return latest_backup(self.staging)
+
+    def new_backup(self, epochs: int) -> str:
+        """An empty folder for the state after ``epochs`` epochs (one that a kill cut short is emptied)."""
+        folder = os.path.join(self.staging, BACKUP_FOLDER, f"epoch-{epochs:06d}")
+        if os.path.lexists(folder):
+            shutil.rmtree(folder)
+        os.makedirs(folder)
+        return folder
+
+    def keep_backup(self, folder: str) -> None:
+        """Once ``folder`` is complete (its state file written last), the older backups go."""
+        parent = os.path.dirname(folder)
+        for name in os.listdir(parent):
+            if os.path.join(parent, name) != folder:
+                shutil.rmtree(os.path.join(parent, name))
 
     def start(self) -> None:
+        if self.resume:
+            log.info("resuming the run in %s", self.staging)
+            return
         if os.path.lexists(self.staging):
             self._check_staging()
             log.warning("removing %s, left by an earlier run that did not finish", self.staging)
@@ -276,6 +326,7 @@ class RunFolder:
         """Mark the run finished (the marker is its last file) and move it into place; an earlier run goes last."""
         if os.path.exists(self.path(CHECKPOINT_FILE)):
             os.remove(self.path(CHECKPOINT_FILE))  # model.keras holds the same weights
+        shutil.rmtree(self.path(BACKUP_FOLDER), ignore_errors=True)  # only --resume needed it
         _write_marker(self.staging, self.name, finished=True)
         self._check_final(f"appeared or changed while training (the new run is in {self.staging!r})")
         old = None

@@ -108,7 +108,8 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
     """Fill every backbone-dependent default of ``config`` and check it fits the backbone."""
     spec = get(config.backbone)
     if spec.kind == "model":
-        if config.weights not in (None, "none") or (config.image_size or spec.default_size) != spec.default_size:
+        size = config.image_size or spec.default_size
+        if config.weights not in (None, "none", "model") or size != spec.default_size:  # "model": as resolved before
             raise ConfigError(f"--backbone {config.backbone!r} is a trained model: it brings its own weights and "
                               f"input size ({spec.default_size}); drop --weights and --image-size.")
         weights = "model"

@@ -1,0 +1,73 @@
+"""Ctrl-C (SIGINT) and SIGTERM (a preempted machine): stop after the current batch, keep the run resumable.
+
+While a phase trains, the signal only sets a flag; :class:`StopAfterBatch`
+raises ``KeyboardInterrupt`` at the end of the batch (or of the epoch's
+backup), so the last finished epoch stays backed up. Outside training, or at
+a second signal, it is raised at once, as Python does by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+import keras
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """The signal handler: ``signum`` is the signal that asked to stop (None: none did)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.fitting = False  # while True, a first signal waits for the end of the batch
+
+    def __call__(self, signum, frame):
+        repeated = self.signum is not None
+        self.signum = signum
+        if repeated or not self.fitting:
+            raise KeyboardInterrupt
+
+    @property
+    def status(self) -> int:
+        """The exit status a shell gives a process this signal ended: 130 for Ctrl-C, 143 for SIGTERM."""
+        return 128 + (self.signum or signal.SIGINT)
+
+
+@contextlib.contextmanager
+def handled():
+    """Install :class:`StopRequest` for SIGINT and SIGTERM (only the main thread may), restoring the old handlers."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {signum: signal.signal(signum, stop) for signum in SIGNALS}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class StopAfterBatch(keras.callbacks.Callback):
+    """Raises ``KeyboardInterrupt`` after the batch (or the epoch's end) during which a signal asked to stop.
+
+    It comes after the backup among the callbacks, so an epoch that has just
+    finished is backed up before the run stops.
+    """
+
+    def __init__(self, stop: StopRequest):
+        super().__init__()
+        self.stop = stop
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check()
+
+    def _check(self):
+        if self.stop.signum is not None:
+            raise KeyboardInterrupt

@@ -1,0 +1,143 @@
+"""The phases of a run, one object each: what it trains, on which inputs, with which optimizer and schedule.
+
+Phase 1 (``head``) trains the head on a frozen backbone (or, from scratch, the
+whole network); phase 2 (``fine_tune``) unfreezes the backbone's top. Either
+may run on images or, where the backbone's bottom is frozen, on what the
+frozen part computes, cached once (:mod:`transfer.features`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import keras
+
+from .. import data, features
+from ..backbones import BackboneSpec
+from ..config import TrainConfig
+from ..heads import freeze_backbone, unfreeze_top
+from ..layers import SparseSmoothedCrossentropy
+
+log = logging.getLogger("transfer")
+
+
+@dataclass
+class Inputs:
+    """What one phase fits: ``model`` on ``train_ds``, validated on ``val_ds``.
+
+    ``full_model`` is set when ``model`` is only the trainable top of it, fed
+    with cached features or activations; it shares the top's layers, so it is
+    the model that is checkpointed, backed up and saved.
+    """
+
+    model: keras.Model
+    train_ds: Any
+    val_ds: Any
+    full_model: keras.Model | None = None
+
+    @property
+    def whole(self) -> keras.Model:
+        return self.full_model or self.model
+
+
+@dataclass
+class Phase:
+    """One phase of the schedule. ``setup`` makes the right layers trainable and returns its inputs
+    (computing a feature cache the first time); ``share`` is its part of the time left when it starts."""
+
+    name: str  # history.csv's phase column: head or fine_tune
+    epochs: int
+    optimizer: str
+    lr: float
+    lr_option: str  # the setting behind ``lr``, for messages
+    setup: Callable[[], Inputs]
+    share: float = 1.0
+
+
+@dataclass
+class Sources:
+    """Everything a phase may train on: the decoded images, and the caches (None: not cached)."""
+
+    model: keras.Model
+    spec: BackboneSpec
+    dataset: data.Dataset
+    train_images: Any  # decoded (image, label) pairs; each phase draws its own shuffle from them
+    val_ds: Any
+    cache: features.FeatureCache | None  # phase 1: pooled features of the frozen backbone
+    boundary: features.FeatureCache | None  # phase 2: activations where the frozen bottom ends
+
+
+def plan(config: TrainConfig, sources: Sources) -> list[Phase]:
+    """The phases this run trains, in order (a phase of 0 epochs is left out)."""
+    phases = []
+    if config.epochs:
+        phases.append(Phase("head", config.epochs, config.optimizer, config.lr, "lr", lambda: _head(config, sources),
+                            share=config.epochs / (config.epochs + config.fine_tune_epochs)))
+    if config.fine_tune_epochs:
+        phases.append(Phase("fine_tune", config.fine_tune_epochs, config.fine_tune_optimizer, config.fine_tune_lr,
+                            "fine_tune_lr", lambda: _fine_tune(config, sources)))
+    return phases
+
+
+def _head(config: TrainConfig, sources: Sources) -> Inputs:
+    model, pretrained = sources.model, sources.spec.pretrained
+    freeze_backbone(model, frozen=pretrained)
+    log.info("phase 1: %s", "head only, backbone frozen" if pretrained else "whole network, from scratch")
+    return _inputs(config, sources, sources.cache)
+
+
+def _fine_tune(config: TrainConfig, sources: Sources) -> Inputs:
+    n = unfreeze_top(sources.model, config.unfreeze, keep_batchnorm_frozen=sources.spec.pretrained)
+    log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
+    return _inputs(config, sources, sources.boundary)
+
+
+def _inputs(config: TrainConfig, sources: Sources, cache: features.FeatureCache | None) -> Inputs:
+    """The full model on images, or the cache's trainable top on cached features.
+
+    Each phase gets a fresh shuffle (over the same decoded images), so that
+    phase 2 sees the same order whether phase 1 ran on images or on cached features.
+    """
+    dataset = sources.dataset
+    images = Inputs(sources.model, data.batches(sources.train_images, config.batch_size, shuffle=True,
+                                                seed=config.seed), sources.val_ds)
+    if cache is None:
+        return images
+    if not cache.prepare(dataset.splits["train"] + dataset.splits["val"]):  # one pass of the backbone over both
+        log.warning("cached features fit neither --cache-memory nor the cache folder %s; training on images",
+                    cache.folder)
+        return images
+    train_ds = cache.dataset(dataset.splits["train"], shuffle=True, seed=config.seed,
+                             pick="random" if config.augment == "flip" else "first")
+    val_ds = cache.dataset(dataset.splits["val"], pick="all" if config.tta and cache.view_axis else "first")
+    log.info("feature cache %s: %d image(s) from the cache, %d computed", cache.folder, cache.hits, cache.computed)
+    return Inputs(cache.top, train_ds, val_ds, full_model=sources.model)
+
+
+def deadline_of(deadline: float | None, fraction: float) -> float | None:
+    """``fraction`` of the time left until ``deadline`` (a ``time.monotonic()``), from now."""
+    if deadline is None:
+        return None
+    now = time.monotonic()
+    return now + (deadline - now) * fraction
+
+
+def make_optimizer(name: str, lr, weight_decay: float | None = None) -> keras.optimizers.Optimizer:
+    """``lr`` is a number or a Keras learning-rate schedule; ``weight_decay`` None keeps the optimizer's default."""
+    decay = {} if weight_decay is None else {"weight_decay": weight_decay}
+    return {
+        "adam": lambda: keras.optimizers.Adam(lr, **decay),
+        "adamw": lambda: keras.optimizers.AdamW(lr, **decay),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr, **decay),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, **decay),
+    }[name]()
+
+
+def compile_model(model, optimizer, config: TrainConfig) -> None:
+    """Compile (needed after every change of ``trainable``) with the run's loss."""
+    smoothing = config.label_smoothing
+    loss = SparseSmoothedCrossentropy(smoothing) if smoothing else "sparse_categorical_crossentropy"
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=config.jit)

@@ -1,0 +1,148 @@
+"""Executes a run's phases in order against a resumable state.
+
+For each phase the runner compiles what it trains, builds its callbacks and
+fits it; after every epoch it backs the state up (:mod:`.resume`), so a run
+that is killed continues from its last finished epoch, in the right phase. A
+resumed run skips the phases it finished and starts inside the one it was in.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import keras
+
+from .. import runs
+from ..progress import EpochProgress
+from ..config import TrainConfig, option_name, parse_duration
+from ..errors import TrainingError
+from . import resume
+from .callbacks import Checkpoint, HistoryCSV, StopOnNaN, TimeLimit, Validation, WhenValidated
+from .interrupts import StopAfterBatch, StopRequest
+from .phases import Inputs, Phase, compile_model, deadline_of, make_optimizer
+
+log = logging.getLogger("transfer")
+
+
+class Runner:
+    """Runs phases for one run folder. ``started`` is the ``time.monotonic()`` the run counts from (moved back by
+    the time a resumed run had already spent); ``deadline`` the ``--time-limit`` one, or None."""
+
+    def __init__(self, run: runs.RunFolder, config: TrainConfig, model: keras.Model, state: resume.State,
+                 started: float, stop: StopRequest, laps, class_weight: dict[int, float] | None):
+        self.run, self.config, self.state = run, config, state
+        self.started, self.stop, self.laps, self.class_weight = started, stop, laps, class_weight
+        self.checkpoint = Checkpoint(model, run.path(runs.CHECKPOINT_FILE), monitor=config.monitor,
+                                     save_best_only=True, save_weights_only=True)
+        self.checkpoint.best = state.best
+
+    @property
+    def deadline(self) -> float | None:
+        limit = parse_duration(self.config.time_limit)
+        return self.started + limit if limit else None
+
+    def run_phases(self, phases: list[Phase]) -> None:
+        for index, phase in enumerate(phases):
+            if index < self.state.phase:
+                continue  # finished before the run was resumed
+            self._fit(index, phase, phase.setup())
+            self.laps.lap(phase.name)
+
+    def _fit(self, index: int, phase: Phase, inputs: Inputs) -> None:
+        """Compile and fit one phase, from its first epoch or, resumed, from the one after the last backup."""
+        config, state = self.config, self.state
+        resumed = state.phase == index and state.mid_phase
+        if not resumed:
+            deadline = deadline_of(self.deadline, phase.share)
+            state.phase, state.phase_start = index, state.epoch
+            state.deadline = None if deadline is None else deadline - self.started
+        end = state.phase_start + phase.epochs
+        model = inputs.model
+        steps = phase.epochs * int(inputs.train_ds.cardinality())
+        timer = None
+        if state.deadline is not None:
+            timer = TimeLimit(self.started + state.deadline, phase.lr if config.lr_schedule == "cosine" else None,
+                              steps)
+        schedule, watchers = _schedule(phase, config, timer, steps)
+        compile_model(model, make_optimizer(phase.optimizer, schedule, config.weight_decay), config)
+        if inputs.full_model is not None:  # compiled with the same optimizer, so that it is saved like one on images
+            compile_model(inputs.full_model, model.optimizer, config)
+        diverged = StopOnNaN()
+        callbacks = [timer] if timer else []
+        callbacks += [
+            Validation(inputs.val_ds, config.validation_freq, first_epoch=state.phase_start, last_epoch=end - 1),
+            diverged,
+            *(WhenValidated(watcher, config.monitor) for watcher in [*watchers, self.checkpoint]),
+            HistoryCSV(self.run.path(runs.HISTORY_FILE), phase.name, self.started),
+            _Backup(self, index, phase.name, end, inputs.whole, watchers, timer, diverged, resumed),
+            StopAfterBatch(self.stop),
+            EpochProgress(phase.name, first=state.phase_start, epochs=phase.epochs, verbose=config.verbose),  # not Keras' bar
+        ]
+        self.stop.fitting = True
+        try:
+            model.fit(inputs.train_ds, initial_epoch=state.epoch, epochs=end, callbacks=callbacks,
+                      verbose=0, class_weight=self.class_weight, shuffle=False)  # the dataset shuffles
+        finally:
+            self.stop.fitting = False
+        if diverged.found:
+            what, epoch = diverged.found
+            raise TrainingError(f"the {what} became NaN or infinite at epoch {epoch + 1} of phase {phase.name}, so "
+                                f"training stopped and no run was saved (what was written is in {self.run.staging!r}). "
+                                f"Lower {option_name(phase.lr_option)} (now {phase.lr:g}), or --l2 and "
+                                "--weight-decay if you raised them.")
+
+    def epoch_done(self, backup: "_Backup", epoch: int) -> None:
+        """Back the run up after ``epoch``: inside its phase, or, when the phase ends here, at the next one's start."""
+        state = self.state
+        over = backup.model.stop_training or epoch + 1 >= backup.end
+        state.epoch, state.elapsed = epoch + 1, time.monotonic() - self.started
+        state.best, state.laps = self.checkpoint.best, dict(self.laps.seconds)
+        if backup.timer is not None and backup.timer.reached and backup.name not in state.timed_out:
+            state.timed_out.append(backup.name)
+        if over:
+            state.phase, state.phase_start, state.deadline = backup.index + 1, state.epoch, None
+            state.timer, state.watchers = {}, []
+        else:
+            timer = backup.timer
+            state.timer = {} if timer is None else {"start": timer.start - self.started, "done": timer.done}
+            state.watchers = [resume.counters(watcher) for watcher in backup.watchers]
+        resume.save(self.run, state, backup.whole, None if over else backup.model.optimizer)
+
+
+def _schedule(phase: Phase, config: TrainConfig, timer: TimeLimit | None, steps: int):
+    """The learning rate (a number or a schedule) and the callbacks that watch validation (LR reduction, early
+    stopping), in the order they run; their counters are what a backup keeps of them."""
+    if config.lr_schedule == "cosine":  # over the phase's steps, or over its time (the timer sets it)
+        schedule = phase.lr if timer else keras.optimizers.schedules.CosineDecay(phase.lr, decay_steps=steps)
+        adapt = []
+    else:
+        schedule = phase.lr
+        adapt = [keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, factor=0.2,
+                                                   patience=max(1, config.patience // 2), min_lr=phase.lr / 100)]
+    return schedule, adapt + [keras.callbacks.EarlyStopping(monitor=config.monitor, patience=config.patience)]
+
+
+class _Backup(keras.callbacks.Callback):
+    """The runner's hook into ``fit``: puts a resumed phase's optimizer and counters back when it starts (after
+    Keras' callbacks reset theirs), and backs the run up at the end of each epoch (after every other callback)."""
+
+    def __init__(self, runner: Runner, index: int, name: str, end: int, whole: keras.Model, watchers,
+                 timer: TimeLimit | None, diverged: StopOnNaN, resumed: bool):
+        super().__init__()
+        self.runner, self.index, self.name, self.end, self.whole = runner, index, name, end, whole
+        self.watchers, self.timer, self.diverged, self.resumed = watchers, timer, diverged, resumed
+
+    def on_train_begin(self, logs=None):
+        state = self.runner.state
+        if not self.resumed:
+            return
+        resume.restore_phase(state, self.model, self.watchers)
+        if self.timer is not None and state.timer:
+            self.timer.start = self.runner.started + state.timer["start"]
+            self.timer.done = int(state.timer["done"])
+        log.info("resumed at epoch %d (phase %s)", state.epoch + 1, self.name)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.diverged.found:  # a diverged run is never resumed from
+            self.runner.epoch_done(self, epoch)

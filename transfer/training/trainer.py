@@ -1,0 +1,199 @@
+"""``train``: one run from a dataset folder to a finished run folder.
+
+The steps, in order: check everything that can be checked (preflight), scan
+and audit the images, build the model, plan its phases, run them
+(:class:`.runner.Runner`), then evaluate and save (:func:`_finish`).
+Everything a run produces is written through :class:`transfer.runs.RunFolder`,
+so an interrupted run leaves earlier runs untouched and can be resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+from .. import data, devices, features, portable, preflight, runs
+from ..backbones import BackboneSpec
+from ..config import TrainConfig
+from ..errors import Interrupted
+from ..heads import backbone_of, build_model, unfreeze_index
+from . import interrupts, resume
+from .evaluation import evaluate, plot, read_history, restore_best
+from .phases import Sources, plan
+from .precision import dtype_policy, is_mixed
+from .runner import Runner
+
+log = logging.getLogger("transfer")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns; the run folder holds the same, on disk."""
+
+    run_dir: str
+    model: keras.Model
+    labels: list[str]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    config: TrainConfig
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
+    """Train a classifier on ``config.data_dir`` and write its run folder. Never prints; logs to ``transfer``.
+
+    ``resume``: continue the unfinished run ``config.name`` from its last
+    finished epoch, with the settings it was started with (a setting of
+    ``config`` that differs from them is an error). Ctrl-C or SIGTERM stops
+    after the current batch with :class:`transfer.errors.Interrupted`.
+    """
+    started = time.monotonic()  # --time-limit counts from here: the scan and decoding are part of the run
+    config = config.validate()
+    if resume:
+        config = preflight.resumed(config)
+    # config.json records what was used, not "auto"
+    config = dataclasses.replace(config, mixed_precision="on" if is_mixed(config.mixed_precision) else "off")
+    with dtype_policy(config.mixed_precision), interrupts.handled() as stop:
+        spec, config = preflight.check(config, resume=resume)  # options, memory, name, destination: before slow work
+        try:
+            return _train(spec, config, started, resume, stop)
+        except KeyboardInterrupt:
+            raise _interrupted(config, stop.status) from None
+
+
+def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bool,
+           stop: interrupts.StopRequest) -> TrainResult:
+    run = runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir, resume=resuming)
+    state = resume.load(run) if resuming else resume.State()
+    dataset = data.scan(config.data_dir, config.val_split, config.seed, max_pixels=config.max_pixels,
+                        dedupe=config.dedupe, cache_dir=config.cache_dir, progress=config.verbose > 0)
+    data.check_skips(dataset, config.strict, config.max_skip_fraction)
+    laps = _Laps(started, state.laps)
+    laps.lap("audit")
+    class_weights = data.class_weights(dataset, config.class_weight)
+    config = dataclasses.replace(config, data_dir=dataset.root)
+    log.info("classes: %s; images: %s", ", ".join(dataset.classes),
+             ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
+    _seed(config)
+    model = build_model(spec, config, len(dataset.classes))
+    unfreeze_index(backbone_of(model), config.unfreeze)  # a bad --unfreeze fails now, not after phase 1
+    laps.lap("model")  # building it, converting or reading pretrained weights
+    cache, boundary = _caches(model, spec, config, {c.path: c.digest for c in dataset.report.used})
+    run.start()
+    if resuming:
+        resume.check_labels(run, dataset.classes)
+        resume.restore_run(run, state, model)
+    else:
+        _write_inputs(run, config, spec, dataset, class_weights)
+
+    fit_started = time.perf_counter()
+    train_images, val_ds = _images(dataset, config)
+    sources = Sources(model, spec, dataset, train_images, val_ds, cache, boundary)
+    runner = Runner(run, config, model, state, started - state.elapsed, stop, laps, class_weights)
+    runner.run_phases(plan(config, sources))
+    if config.restore_best:
+        restore_best(model, run.path(runs.CHECKPOINT_FILE))
+    seconds = time.perf_counter() - fit_started
+    return _finish(run, model, config, dataset, seconds, (cache, boundary), val_ds, state.timed_out, laps)
+
+
+def _seed(config: TrainConfig) -> None:
+    """Seed Python, NumPy and TensorFlow; ``--deterministic`` also makes TensorFlow's ops deterministic (for the
+    rest of the process: TensorFlow cannot turn it off)."""
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+        log.info("deterministic ops: the same --seed, data and options give the same model")
+
+
+def _images(dataset: data.Dataset, config: TrainConfig):
+    """The decoded training images (each phase shuffles them anew) and the validation batches."""
+    decode = {"image_size": config.image_size, "resize": config.resize, "max_pixels": config.max_pixels}
+    budget = data.memory_budget(config.cache_memory)  # shared by the decoded training and validation images
+    train_images = data.decoded_images(dataset.splits["train"], **decode, budget=budget)
+    train_bytes = data.decoded_bytes(dataset.splits["train"], config.image_size)
+    budget -= train_bytes if train_bytes <= budget else 0  # what the training images' cache takes, if they have one
+    return train_images, data.batches(data.decoded_images(dataset.splits["val"], **decode, budget=budget),
+                                      config.batch_size)
+
+
+def _finish(run: runs.RunFolder, model: keras.Model, config: TrainConfig, dataset: data.Dataset, seconds: float,
+            caches: tuple[features.FeatureCache | None, ...], val_ds, timed_out: list[str],
+            laps: "_Laps") -> TrainResult:
+    """The end of training: evaluate, save the model, metrics.json and the plot, and move the run into place."""
+    history = read_history(run.path(runs.HISTORY_FILE))
+    metrics = {**evaluate(model, config, dataset, history, seconds, caches[0], val_ds), "time_limit_stopped": timed_out}
+    laps.lap("evaluate")
+    metrics["seconds"] = laps.record(*caches)
+    portable.save(model, run.path(runs.MODEL_FILE))  # built-in layers only: plain Keras opens it
+    runs.write_json(run.path(runs.METRICS_FILE), metrics)
+    plot(history, run.path(runs.PLOT_FILE))
+    run_dir = run.commit()
+    log.info("run saved to %s", run_dir)
+    return TrainResult(run_dir, model, dataset.classes, metrics, history, config)
+
+
+def _caches(model: keras.Model, spec: BackboneSpec, config: TrainConfig, digests: dict[str, str]):
+    """Phase 1's feature cache and phase 2's boundary cache (None: that phase trains on images).
+
+    Both are made before any training, so that they are keyed by the backbone's
+    weights as the run starts, which a resumed run (whose weights come from its
+    backup) keys them by too: it finds the features it computed.
+    """
+    if not features.use_cache(spec, config):
+        return None, None
+    cache = features.frozen_phase_cache(model, config, digests)
+    return cache, features.boundary_cache(model, config, digests) if config.fine_tune_epochs else None
+
+
+def _interrupted(config: TrainConfig, status: int) -> Interrupted:
+    """What the user reads after Ctrl-C: how to continue, when an epoch was backed up."""
+    staging = os.path.join(config.output_dir, config.name + runs.STAGING_SUFFIX)
+    if runs.latest_backup(staging) is None:
+        return Interrupted("Interrupted before an epoch finished; finished runs and exports are untouched.", status)
+    command = shlex.join(["transfer", "train", os.path.abspath(config.data_dir), "--output-dir",
+                          os.path.abspath(config.output_dir), "--name", config.name, "--resume"])
+    return Interrupted(f"Interrupted; {staging} keeps every finished epoch. Continue with: {command}", status)
+
+
+class _Laps:
+    """Seconds spent in each stage of a run, for metrics.json: where the time of a slow run went (a resumed
+    run adds its own to what its backup recorded)."""
+
+    def __init__(self, started: float, seconds: dict[str, float]):
+        self.last, self.seconds = started, dict(seconds)
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.seconds[stage] = round(self.seconds.get(stage, 0) + now - self.last, 2)
+        self.last = now
+
+    def record(self, *caches: features.FeatureCache | None) -> dict[str, float]:
+        """The stages, and how much of them the backbone's passes over the images took (part of head/fine_tune)."""
+        computing = [round(c.seconds, 2) for c in caches if c is not None]
+        return {**self.seconds, **({"features": computing} if computing else {})}
+
+
+def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, dataset: data.Dataset,
+                  class_weights: dict[int, float] | None) -> None:
+    """Labels, split, skipped files, config and environment first, so even an interrupted run says what it was
+    doing, and where."""
+    data.write_manifest(dataset, run.path(runs.SPLIT_FILE))
+    data.write_skipped(dataset, run.path(runs.SKIPPED_FILE))
+    runs.write_text(run.path(runs.LABELS_FILE), "".join(f"{c}\n" for c in dataset.classes))
+    report = dataset.report
+    info = {"root": dataset.root, "split_source": dataset.split_source, "counts": dataset.counts(),
+            "class_weights": {dataset.classes[i]: w for i, w in class_weights.items()} if class_weights else None,
+            "audit": {"skipped": len(report.skipped), "ignored": report.ignored + report.junk, "unused": len(report.unused),
+                      "duplicate_groups": len(report.duplicates), "leaks": len(report.leaks),
+                      "dropped": len(report.dropped)}}
+    runs.write_json(run.path(runs.CONFIG_FILE), runs.run_record(config, dataset.classes, spec.preprocessing, info))
+    runs.write_json(run.path(runs.ENVIRONMENT_FILE), devices.environment())
