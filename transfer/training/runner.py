@@ -14,9 +14,9 @@ import time
 import keras
 
 from .. import runs
-from ..progress import EpochProgress
 from ..config import TrainConfig, option_name, parse_duration
 from ..errors import TrainingError
+from ..progress import EpochProgress
 from . import resume
 from .callbacks import Checkpoint, HistoryCSV, StopOnNaN, TimeLimit, Validation, WhenValidated
 from .interrupts import StopAfterBatch, StopRequest
