@@ -109,6 +109,8 @@ def placed(config: TrainConfig, environ=os.environ):
         yield config
         return
     scratch = tempfile.mkdtemp(prefix="transfer-worker-")
+    log.info("not the chief: this worker's run folder and caches go to %s, deleted when it ends; the chief "
+             "saves the run", scratch)
     try:
         yield dataclasses.replace(config, output_dir=os.path.join(scratch, "models"),
                                   cache_dir=os.path.join(scratch, "cache"))

@@ -1,0 +1,157 @@
+"""--distribute: two worker processes on 127.0.0.1 train one run; a run mirrored over two CPU replicas; bad choices.
+
+The workers are real ``transfer train`` processes joined by ``TF_CONFIG``, as on
+two machines. There is no second GPU here: the mirrored run splits the CPU into
+two logical devices before TensorFlow starts (a wrapper around the CLI), which
+``MirroredStrategy`` uses like two GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from cli import main
+from conftest import make_dataset
+from transfer import runs
+from transfer.predict import predict
+from transfer.training import distribute
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = ["train", "--backbone", "smallcnn", "--image-size", "32", "--augment", "none", "--epochs", "4",
+         "--fine-tune-epochs", "1", "--name", "run"]
+TWO_CPUS = """
+import os, runpy, sys
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.argv = ["cli", *sys.argv[1:]]
+runpy.run_module("cli", run_name="__main__")
+"""
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT, **extra}
+
+
+def _start(args, env, prefix=("-m", "cli")) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *prefix, *map(str, args)], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(proc: subprocess.Popen, timeout=300) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two workers (chief: worker 0) and, trained the same way on one process, the one-worker run: the same
+    global batch of 8 (4 per replica on 2 workers)."""
+    tmp = tmp_path_factory.mktemp("distribute")
+    data = make_dataset(tmp / "colours", per_class=16)
+    cluster = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    procs = []
+    try:
+        for index in range(2):
+            tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
+            os.makedirs(tmp / f"tmp{index}")
+            env = _env(TF_CONFIG=json.dumps(tf_config), TMPDIR=str(tmp / f"tmp{index}"))
+            procs.append(_start([*TRAIN, data, "--distribute", "multiworker", "--batch-size", "4",
+                                 "-o", tmp / f"models{index}", "--cache-dir", tmp / f"cache{index}"], env))
+        single = _start([*TRAIN, data, "--distribute", "none", "--batch-size", "8", "-o", tmp / "single"], _env())
+        results = [_finish(p) for p in [*procs, single]]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+    return tmp, results
+
+
+def test_two_workers_train_one_run_that_only_the_chief_saves(trained):
+    tmp, results = trained
+    for status, output in results:
+        assert status == 0, output[-3000:]
+    assert "--distribute multiworker: 2 replica(s) on 2 worker(s); this one is the chief" in results[0][1]
+    assert "this one is not the chief" in results[1][1]
+    assert os.path.isfile(tmp / "models0" / "run" / runs.MODEL_FILE)
+    assert not os.path.exists(tmp / "models1") and not os.path.exists(tmp / "cache1")
+    assert os.listdir(tmp / "tmp1") == []  # its temporary folder is gone too
+    metrics = json.load(open(tmp / "models0" / "run" / runs.METRICS_FILE))
+    assert metrics["val"]["accuracy"] >= 0.9  # chance: 1/3
+    config = json.load(open(tmp / "models0" / "run" / runs.CONFIG_FILE))["config"]
+    assert config["batch_size"] == 4 and config["distribute"] == "multiworker"  # per replica, as given
+
+
+def test_two_workers_predict_like_one_worker_trained_the_same_way(trained, tmp_path):
+    tmp, _ = trained
+    fresh = make_dataset(tmp_path / "fresh", per_class=4, seed=7)
+
+    def probabilities(run):
+        return {p.path: dict(p.top_k) for p in predict(str(run), [fresh]).predictions}
+
+    two, one = probabilities(tmp / "models0" / "run"), probabilities(tmp / "single" / "run")
+    assert len(two) == 12 and two.keys() == one.keys()
+    for path in two:
+        assert max(two[path], key=two[path].get) == max(one[path], key=one[path].get), path
+        assert all(abs(two[path][c] - one[path][c]) < 0.25 for c in two[path]), (path, two[path], one[path])
+
+
+def test_mirrored_over_two_cpu_replicas_trains_with_the_batch_size_per_replica(tmp_path):
+    data = make_dataset(tmp_path / "colours", per_class=16)
+    proc = _start([*TRAIN, data, "--distribute", "mirrored", "--batch-size", "4", "-o", tmp_path / "models"],
+                  _env(), prefix=("-c", TWO_CPUS))
+    status, output = _finish(proc)
+    assert status == 0, output[-3000:]
+    assert "--distribute mirrored: 2 replica(s) on 1 worker(s)" in output
+    metrics = json.load(open(tmp_path / "models" / "run" / runs.METRICS_FILE))
+    assert metrics["val"]["accuracy"] >= 0.9 and metrics["epochs"] == {"head": 4, "fine_tune": 1}
+
+
+CLUSTER = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}
+
+
+@pytest.mark.parametrize("tf_config, options, message", [
+    (None, [], "Error: --distribute multiworker needs TF_CONFIG naming a cluster"),
+    ({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}, [],
+     "Error: --distribute multiworker needs TF_CONFIG naming a cluster of two or more tasks"),
+    ("[1, 2", [], "Error: TF_CONFIG is not a JSON object"),
+    (CLUSTER, ["--time-limit", "1h"], "Error: --time-limit is not supported with --distribute multiworker"),
+])
+def test_a_bad_combination_is_a_clear_error(runner, colours_dir, tmp_path, tf_config, options, message):
+    env = {"TF_CONFIG": tf_config if isinstance(tf_config, str) or tf_config is None else json.dumps(tf_config)}
+    result = runner.invoke(main, ["train", colours_dir, "--distribute", "multiworker", "-o",
+                                          str(tmp_path / "models"), *options], env=env)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not os.path.exists(tmp_path / "models")
+
+
+def test_auto_and_the_chief_follow_tf_config():
+    two = {"TF_CONFIG": json.dumps(CLUSTER)}
+    with_chief = {"TF_CONFIG": json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
+                                           "task": {"type": "worker", "index": 0}})}
+    assert distribute.choose("auto", gpus=0, environ={}) == "none"
+    assert distribute.choose("auto", gpus=2, environ={}) == "mirrored"
+    assert distribute.choose("auto", gpus=0, environ=two) == "multiworker"
+    assert distribute.choose("none", gpus=2, environ=two) == "none"
+    assert distribute.is_chief({}) and not distribute.is_chief(two) and not distribute.is_chief(with_chief)
+    assert distribute.is_chief({"TF_CONFIG": json.dumps({**CLUSTER, "task": {"type": "worker", "index": 0}})})
