@@ -61,29 +61,41 @@ def _finish(proc: subprocess.Popen, timeout=300) -> tuple[int, str]:
     return proc.returncode, out + err
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Two workers (chief: worker 0) and, trained the same way on one process, the one-worker run: the same
-    global batch of 8 (4 per replica on 2 workers)."""
-    tmp = tmp_path_factory.mktemp("distribute")
-    data = make_dataset(tmp / "colours", per_class=16)
+def _two_workers(args, tmp) -> list[subprocess.Popen]:
+    """``transfer train ARGS`` as workers 0 (the chief) and 1 of a cluster on 127.0.0.1; worker i writes
+    to ``tmp/models<i>`` and ``tmp/cache<i>`` if it writes at all, and keeps its temporary files in ``tmp/tmp<i>``."""
     cluster = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
+        os.makedirs(tmp / f"tmp{index}")
+        env = _env(TF_CONFIG=json.dumps(tf_config), TMPDIR=str(tmp / f"tmp{index}"))
+        procs.append(_start([*args, "--distribute", "multiworker", "-o", tmp / f"models{index}",
+                             "--cache-dir", tmp / f"cache{index}"], env))
+    return procs
+
+
+def _kill(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two workers and, trained the same way in one process, the one-worker run: the same global batch of 8
+    (4 per replica on 2 workers)."""
+    tmp = tmp_path_factory.mktemp("distribute")
+    data = make_dataset(tmp / "colours", per_class=16)
+    procs = []
     try:
-        for index in range(2):
-            tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
-            os.makedirs(tmp / f"tmp{index}")
-            env = _env(TF_CONFIG=json.dumps(tf_config), TMPDIR=str(tmp / f"tmp{index}"))
-            procs.append(_start([*TRAIN, data, "--distribute", "multiworker", "--batch-size", "4",
-                                 "-o", tmp / f"models{index}", "--cache-dir", tmp / f"cache{index}"], env))
-        single = _start([*TRAIN, data, "--distribute", "none", "--batch-size", "8", "-o", tmp / "single"], _env())
-        results = [_finish(p) for p in [*procs, single]]
+        procs = _two_workers([*TRAIN, data, "--batch-size", "4"], tmp)
+        procs.append(_start([*TRAIN, data, "--distribute", "none", "--batch-size", "8", "-o", tmp / "single"],
+                            _env()))
+        return tmp, [_finish(p) for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=30)
-    return tmp, results
+        _kill(procs)
 
 
 def test_two_workers_train_one_run_that_only_the_chief_saves(trained):
@@ -113,6 +125,26 @@ def test_two_workers_predict_like_one_worker_trained_the_same_way(trained, tmp_p
     for path in two:
         assert max(two[path], key=two[path].get) == max(one[path], key=one[path].get), path
         assert all(abs(two[path][c] - one[path][c]) < 0.25 for c in two[path]), (path, two[path], one[path])
+
+
+def test_two_workers_cache_features_once_each_and_only_the_chief_keeps_them(tmp_path):
+    """A frozen pretrained backbone: each worker computes every image's features once (with Keras, the engine
+    on a GPU), for phase 1 and for phase 2's boundary."""
+    data = make_dataset(tmp_path / "colours", per_class=16)
+    procs = []
+    try:
+        procs = _two_workers(["train", data, "--backbone", "efficientnet_lite0", "--image-size", "64", "--epochs",
+                              "3", "--fine-tune-epochs", "1", "--batch-size", "4", "--feature-engine", "keras",
+                              "--name", "run"], tmp_path)
+        results = [_finish(p) for p in procs]
+    finally:
+        _kill(procs)
+    for status, output in results:
+        assert status == 0, output[-3000:]
+        assert output.count("0 image(s) from the cache, 48 computed") == 2, output[-3000:]
+    assert os.listdir(tmp_path / "cache0" / "features") and not os.path.exists(tmp_path / "cache1")
+    assert os.listdir(tmp_path / "tmp1") == []
+    assert json.load(open(tmp_path / "models0" / "run" / runs.METRICS_FILE))["val"]["accuracy"] >= 0.9
 
 
 def test_mirrored_over_two_cpu_replicas_trains_with_the_batch_size_per_replica(tmp_path):

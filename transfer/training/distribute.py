@@ -18,9 +18,9 @@ and computes any feature cache itself (machines share no disk), which gives the
 same split and features as the chief's, since they come from the same files.
 
 Keras 3.15 on TensorFlow 2.21 needs two repairs for ``multiworker``, both in
-:class:`_MultiWorker`, and validation runs on a one-device copy of the model
-(:func:`evaluate`): its distributed ``evaluate`` splits an uneven last batch
-wrongly across workers.
+:class:`_MultiWorker`; and evaluation runs on a one-device copy of the model
+(:func:`local`), cached features are computed on this worker's batches alone
+(:func:`predict_on_batch`).
 """
 
 from __future__ import annotations
@@ -133,16 +133,36 @@ def sharded(ds):
 
 
 def evaluate(model, ds) -> dict[str, float]:
-    """``model.evaluate`` on one device: a copy of a distributed model, so every worker gets the exact
-    metrics of the whole set (and agrees on early stopping); a model on one device evaluates itself."""
+    """``model.evaluate`` on one device (:func:`local`): every worker gets the exact metrics of the whole set,
+    and so takes the same early-stopping and learning-rate decisions."""
+    return local(model).evaluate(ds, verbose=0, return_dict=True)
+
+
+def local(model):
+    """``model`` if it is on one device, else a copy of it on one device with its weights now.
+
+    Keras' distributed ``evaluate`` and ``predict`` split an uneven last batch
+    wrongly across workers, and gather every worker's rows; a copy gives what
+    the same weights give on one machine.
+    """
     import keras
 
     if model.distribute_strategy.num_replicas_in_sync == 1:
-        return model.evaluate(ds, verbose=0, return_dict=True)
+        return model
     twin = keras.models.clone_model(model)
     twin.set_weights(model.get_weights())
     twin.compile(loss=model.loss, metrics=["accuracy"])
-    return twin.evaluate(ds, verbose=0, return_dict=True)
+    return twin
+
+
+def predict_on_batch(model, batch):
+    """``model.predict_on_batch`` of this worker's ``batch`` alone (under ``multiworker`` Keras' own returns
+    every worker's rows, one batch after another)."""
+    import tensorflow as tf
+
+    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return model(batch, training=False)
+    return model.predict_on_batch(batch)
 
 
 def _multi_worker():
