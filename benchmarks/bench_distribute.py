@@ -36,7 +36,7 @@ def train(data: str, out: str, workers: int, args) -> float:
     """Train on ``workers`` local processes; the chief's images per second after its first epoch."""
     command = [sys.executable, "-m", "cli", "train", data, "--backbone", args.backbone, "--image-size",
                str(args.image_size), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
-               "--fine-tune-epochs", "0", "--augment", "none", "--name", "bench", "--verbose", "0"]
+               "--fine-tune-epochs", "0", "--augment", "none", "--name", "bench", "--quiet"]
     cluster = [f"127.0.0.1:{port}" for port in free_ports(workers)]
     procs = []
     try:

@@ -32,11 +32,13 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
 
 from ..config import TrainConfig
 from ..errors import ConfigError
 
 log = logging.getLogger("transfer")
+_twins: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # distributed model -> its copy on one device
 
 
 def cluster(environ=os.environ) -> tuple[dict, dict]:
@@ -149,9 +151,11 @@ def local(model):
 
     if model.distribute_strategy.num_replicas_in_sync == 1:
         return model
-    twin = keras.models.clone_model(model)
+    twin = _twins.get(model)
+    if twin is None:  # made once per model: its compiled evaluation is then traced once, not every epoch
+        twin = _twins[model] = keras.models.clone_model(model)
+        twin.compile(loss=model.loss, metrics=["accuracy"])
     twin.set_weights(model.get_weights())
-    twin.compile(loss=model.loss, metrics=["accuracy"])
     return twin
 
 
