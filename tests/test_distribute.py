@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -145,6 +146,25 @@ def test_two_workers_cache_features_once_each_and_only_the_chief_keeps_them(tmp_
     assert os.listdir(tmp_path / "cache0" / "features") and not os.path.exists(tmp_path / "cache1")
     assert os.listdir(tmp_path / "tmp1") == []
     assert json.load(open(tmp_path / "models0" / "run" / runs.METRICS_FILE))["val"]["accuracy"] >= 0.9
+
+
+def test_a_worker_that_dies_stops_the_chief_with_a_clear_error_and_its_partial_run_kept(tmp_path):
+    data = make_dataset(tmp_path / "colours", per_class=8)
+    history = tmp_path / "models0" / ("run" + runs.STAGING_SUFFIX) / runs.HISTORY_FILE
+    procs = []
+    try:
+        procs = _two_workers([*TRAIN, data, "--epochs", "1000", "--patience", "1000", "--batch-size", "4"], tmp_path)
+        deadline = time.monotonic() + 180
+        while not (history.exists() and len(history.read_text().splitlines()) > 1):  # an epoch is done
+            assert time.monotonic() < deadline and procs[0].poll() is None, "the chief never finished an epoch"
+            time.sleep(0.5)
+        procs[1].kill()
+        status, output = _finish(procs[0], timeout=120)
+    finally:
+        _kill(procs)
+    assert status == 1 and "Traceback" not in output, output[-3000:]
+    assert "Error: /job:worker/replica:0/task:1 of the cluster stopped, so training stopped here too" in output
+    assert os.path.isfile(history)  # the chief's partial run is kept
 
 
 def test_mirrored_over_two_cpu_replicas_trains_with_the_batch_size_per_replica(tmp_path):

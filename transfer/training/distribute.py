@@ -30,12 +30,13 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import weakref
 
 from ..config import TrainConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 
 log = logging.getLogger("transfer")
 _twins: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # distributed model -> its copy on one device
@@ -118,6 +119,25 @@ def placed(config: TrainConfig, environ=os.environ):
                                   cache_dir=os.path.join(scratch, "cache"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def worker_lost(strategy, staging: str):
+    """A worker that died (killed, preempted, Ctrl-C) stops the others with a TensorFlow error that names it:
+    say so in one line, and where this worker's partial run is."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as error:
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        task = cluster()[1]
+        this = f"/job:{task.get('type')}/replica:0/task:{task.get('index')}"  # named too, as where it waited
+        lost = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", error.message)) - {this}) or ["a worker"]
+        raise TrainingError(f"{', '.join(lost)} of the cluster stopped, so training stopped here too; what this "
+                            f"worker wrote is in {staging!r}. Start every worker again (the chief with --overwrite)."
+                            ) from None
 
 
 def global_batch(config: TrainConfig, strategy) -> TrainConfig:

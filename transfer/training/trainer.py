@@ -100,7 +100,8 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
     train_images, val_ds = _images(dataset, batched)
     sources = Sources(model, spec, dataset, train_images, val_ds, cache, boundary)
     runner = Runner(run, batched, model, state, started - state.elapsed, stop, laps, class_weights)
-    runner.run_phases(plan(batched, sources))
+    with distribute.worker_lost(strategy, run.staging):
+        runner.run_phases(plan(batched, sources))
     if config.restore_best:
         restore_best(model, run.path(runs.CHECKPOINT_FILE))
     seconds = time.perf_counter() - fit_started
