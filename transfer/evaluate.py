@@ -1,0 +1,192 @@
+"""How good a model is on labeled images: `transfer evaluate`, and the metrics and report at the end of a run.
+
+Both go the same way: probabilities for every image, then
+:func:`transfer.metrics.classification_metrics`, the confusion matrix, the
+images with the highest loss, and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import data, runs
+from .errors import DataError, RunError
+from .images import MAX_PIXELS
+from .metrics import classification_metrics, losses
+from .report import Report, png_bytes, write as write_report
+
+log = logging.getLogger("transfer")
+
+#: images in top_losses.png and in the report's worst-errors table
+WORST = 16
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` wrote (``path``) and what evaluation.json holds (``record``)."""
+
+    path: str
+    record: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.record["metrics"]
+
+
+def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str | None = None,
+             batch_size: int = 32, max_pixels: int = MAX_PIXELS, cache_dir: str | None = None,
+             allow_missing: bool = False, unsafe: bool = False, progress: bool = False,
+             gradcam: list[tuple[str, bytes]] = ()) -> Evaluation:
+    """Evaluate ``model`` (anything :func:`transfer.predict.load_model` takes) on the labeled images of ``data_dir``
+    and write evaluation.json, confusion_matrix.png, misclassified.csv, top_losses.png and report.html into
+    ``output`` [default: MODEL/evaluations/<data> for a run folder, ./evaluation-<data> otherwise].
+
+    Files that cannot be used are skipped and listed, as in training. Classes of
+    the folder that the model does not know are an error; so are classes of the
+    model that the folder lacks, unless ``allow_missing``.
+    """
+    from .predict import load_model
+
+    root, _, split_dirs = data.check_layout(data_dir)
+    split = data.pick_split(root, split_dirs, split)
+    folder = runs.EvaluationFolder(output or default_output(model, root, split))
+    if runs.within(os.path.realpath(folder.final), os.path.realpath(root)):
+        raise RunError(f"--output {folder.final!r} is inside the dataset folder {root!r}, where it would be taken "
+                       "for a class; choose one outside it.")
+    loaded = load_model(model, unsafe)
+    dataset = data.scan_labeled(root, None if split == "all" else split, max_pixels=max_pixels, cache_dir=cache_dir,
+                                progress=progress)
+    index = _class_index(dataset.classes, loaded.labels, split_dirs[split], allow_missing)
+    examples = dataset.splits[split]
+    from .predict import probabilities
+
+    log.info("evaluating %s on %d images of %s", loaded.source, len(examples), split_dirs[split])
+    kept, paths, rows, unreadable = [], [], [], []
+    for example, (path, probs, error) in zip(examples, probabilities(loaded, [e.path for e in examples],
+                                                                     batch_size, max_pixels)):
+        if error:
+            unreadable.append({"path": data.display_path(path, root), "reason": error})
+            continue
+        kept.append(index[example.label])
+        paths.append(path)
+        rows.append(probs)
+    if not rows:
+        raise DataError(f"no image of {split_dirs[split]!r} could be read; see the reasons above.")
+    y_true, probs = np.array(kept), np.stack(rows)
+    metrics = classification_metrics(y_true, probs, loaded.labels)
+    worst = worst_rows(paths, y_true, probs, loaded.labels, root)
+    skipped = [{"path": data.display_path(c.path, root), "reason": c.reason} for c in dataset.report.skipped]
+    record = {"model": loaded.source, "model_kind": loaded.kind, "data": root, "folder": split_dirs[split],
+              "split": split, "labels": loaded.labels, "metrics": metrics, "skipped": skipped,
+              "unreadable": unreadable}
+    folder.start()
+    _write_evaluation(folder, record, worst, dataset, gradcam)
+    return Evaluation(folder.commit(), record)
+
+
+def default_output(model: str, root: str, split: str) -> str:
+    """MODEL/evaluations/<data> for a run folder (it goes with the run), ./evaluation-<data> for anything else."""
+    name = os.path.basename(os.path.normpath(root)) + ("" if split == "all" else f"-{split}")
+    if runs.is_run_folder(model):
+        return os.path.join(model, runs.EVALUATIONS_FOLDER, name)
+    return os.path.abspath(f"evaluation-{name}")
+
+
+def _class_index(classes: list[str], labels: list[str], folder: str, allow_missing: bool) -> list[int]:
+    """The model's class number of each class folder; a class on one side only is an error naming it."""
+    unknown = [c for c in classes if c not in labels]
+    if unknown:
+        raise DataError(f"{folder!r} has classes that the model does not know: {', '.join(map(repr, unknown))} "
+                        f"(it knows {', '.join(map(repr, labels))}); remove or rename those folders.")
+    missing = [label for label in labels if label not in classes]
+    if missing and not allow_missing:
+        raise DataError(f"{folder!r} has no folder for the model's classes {', '.join(map(repr, missing))}; add "
+                        "them, or pass --allow-missing-classes to evaluate without them.")
+    if missing:
+        log.warning("%s has no images of %s: their recall is 0", folder, ", ".join(map(repr, missing)))
+    return [labels.index(c) for c in classes]
+
+
+def worst_rows(paths: list[str], y_true: np.ndarray, probs: np.ndarray, labels: list[str],
+               root: str) -> list[dict[str, Any]]:
+    """One row per image (file, true and predicted class, their probabilities, loss), highest loss first."""
+    loss = losses(y_true, probs)
+    predicted = probs.argmax(axis=1)
+    order = np.argsort(-loss, kind="stable")
+    return [{"path": paths[i], "file": data.display_path(paths[i], root), "true": labels[y_true[i]],
+             "predicted": labels[predicted[i]], "probability": float(probs[i, predicted[i]]),
+             "true_probability": float(probs[i, y_true[i]]), "loss": float(loss[i])} for i in order]
+
+
+def write_misclassified(rows: list[dict[str, Any]], path: str) -> None:
+    """misclassified.csv: the images whose prediction is wrong, highest loss first."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "true", "predicted", "predicted_probability", "true_probability", "loss"])
+    for row in rows:
+        if row["true"] != row["predicted"]:
+            writer.writerow([data.csv_cell(row["file"]), data.csv_cell(row["true"]), data.csv_cell(row["predicted"]),
+                             f"{row['probability']:.6f}", f"{row['true_probability']:.6f}", f"{row['loss']:.6f}"])
+    runs.write_text(path, buffer.getvalue())
+
+
+def _write_evaluation(folder: runs.EvaluationFolder, record: dict[str, Any], worst: list[dict[str, Any]],
+                      dataset: data.Dataset, gradcam) -> None:
+    from .plots import plot_confusion, plot_top_losses
+
+    metrics = record["metrics"]
+    runs.write_json(folder.path(runs.EVALUATION_FILE), record)
+    plot_confusion(metrics["confusion_matrix"], record["labels"], folder.path(runs.CONFUSION_FILE))
+    write_misclassified(worst, folder.path(runs.MISCLASSIFIED_FILE))
+    plot_top_losses(worst[:WORST], folder.path(runs.TOP_LOSSES_FILE))
+    facts = [("model", f"{record['model']} ({record['model_kind']})"), ("images", record["folder"]),
+             ("evaluated", f"{metrics['images']} images"),
+             ("skipped", f"{len(record['skipped'])} by the audit, {len(record['unreadable'])} unreadable")]
+    write_report(Report(f"Evaluation of {os.path.basename(os.path.normpath(record['model']))}", facts,
+                        {record["split"]: metrics}, [("Confusion matrix", png_bytes(folder.path(runs.CONFUSION_FILE)))],
+                        counts=dataset.counts(), skipped=_skipped_pairs(record), worst=worst[:WORST],
+                        gradcam=list(gradcam)), folder.path(runs.REPORT_FILE))
+
+
+def _skipped_pairs(record: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(s["path"], s["reason"]) for s in record["skipped"] + record["unreadable"]]
+
+
+def report_run(run: runs.RunFolder, model, config, dataset: data.Dataset, metrics: dict[str, Any], val_ds,
+               gradcam: list[tuple[str, bytes]] = ()) -> dict[str, Any]:
+    """At the end of training: per-class metrics of val (and test) added to ``metrics`` and metrics.json,
+    confusion_matrix.png (val) and report.html in the run folder. Returns the metrics."""
+    from .plots import plot_confusion
+
+    worst = []
+    for split in ("val", "test"):
+        if split not in dataset.splits:
+            continue
+        ds = val_ds if split == "val" else data.make_tf_dataset(
+            dataset.splits[split], config.image_size, config.batch_size, resize=config.resize, cache=False,
+            max_pixels=config.max_pixels)
+        probs = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+        y_true = np.array([e.label for e in dataset.splits[split]])
+        metrics[split] = {**classification_metrics(y_true, probs, dataset.classes), **metrics[split]}
+        if split == "val":
+            worst = worst_rows([e.path for e in dataset.splits[split]], y_true, probs, dataset.classes, dataset.root)
+    runs.write_json(run.path(runs.METRICS_FILE), metrics)
+    plot_confusion(metrics["val"]["confusion_matrix"], dataset.classes, run.path(runs.CONFUSION_FILE))
+    facts = [("run", run.final), ("backbone", config.backbone), ("data", dataset.root),
+             ("best epoch", f"{metrics['best_epoch']} ({metrics['best_phase']})"),
+             ("training time", f"{metrics['train_seconds']:.0f} s")]
+    plots = [(caption, png) for caption, png in (("Learning curves", png_bytes(run.path(runs.PLOT_FILE))),
+                                                 ("Confusion matrix (val)", png_bytes(run.path(runs.CONFUSION_FILE))))
+             if png]
+    skipped = [(data.display_path(c.path, dataset.root), c.reason) for c in dataset.report.skipped]
+    metric_splits = {split: metrics[split] for split in ("val", "test") if split in metrics}
+    write_report(Report(f"Run {run.name}", facts, metric_splits, plots, config.to_dict(), dataset.counts(), skipped,
+                        worst[:WORST], list(gradcam)), run.path(runs.REPORT_FILE))
+    return metrics
