@@ -354,7 +354,7 @@ def evaluate_command(model, data_dir, split, output, allow_missing_classes, batc
                      quiet, as_json):
     """Measure MODEL on the labeled images of DATA_DIR (class folders, or train/ val/ test/ folders).
 
-    MODEL is a run folder, a .keras file or an exported SavedModel. Writes evaluation.json,
+    MODEL is a run folder, a .keras file, an exported SavedModel or a .tflite. Writes evaluation.json,
     confusion_matrix.png, misclassified.csv, top_losses.png and report.html. Files that
     cannot be used are skipped and listed; classes on one side only are an error.
     Exit status: 0 done, 1 error, 2 bad usage.
@@ -364,7 +364,7 @@ def evaluate_command(model, data_dir, split, output, allow_missing_classes, batc
       transfer evaluate models/my-run/ photos/ --split test
     """
     _setup_logging(quiet)
-    from transfer.evaluate import evaluate
+    from transfer.evaluation import evaluate
 
     with contextlib.redirect_stdout(sys.stderr):
         result = evaluate(model, data_dir, split=split, output=output, batch_size=batch_size, max_pixels=max_pixels,

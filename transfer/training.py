@@ -19,7 +19,7 @@ from typing import Any
 
 import keras
 
-from . import data, evaluate, features, preflight, runs
+from . import data, evaluation, features, preflight, runs
 from .backbones import BackboneSpec
 from .config import TrainConfig, option_name, parse_duration
 from .devices import has_gpu
@@ -119,8 +119,8 @@ def _train(config: TrainConfig, started: float) -> TrainResult:
     model.save(run.path(runs.MODEL_FILE))
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     _plot(history, run.path(runs.PLOT_FILE))
-    # issue 15: per-class metrics into metrics.json, confusion_matrix.png and report.html (transfer/evaluate.py)
-    metrics = evaluate.report_run(run, model, config, dataset, metrics, val_ds)
+    # issue 15: per-class metrics into metrics.json, confusion_matrix.png and report.html (transfer/evaluation.py)
+    metrics = evaluation.report_run(run, model, config, dataset, metrics, val_ds)
     run_dir = run.commit()
     log.info("run saved to %s", run_dir)
     return TrainResult(run_dir, model, dataset.classes, metrics, history, config)

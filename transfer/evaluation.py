@@ -56,7 +56,8 @@ def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str
 
     root, _, split_dirs = data.check_layout(data_dir)
     split = data.pick_split(root, split_dirs, split)
-    folder = runs.EvaluationFolder(output or default_output(model, root, split))
+    name = os.path.basename(os.path.normpath(root)) + ("" if split == "all" else f"-{split}")
+    folder = runs.EvaluationFolder(output or default_output(model, name))
     if runs.within(os.path.realpath(folder.final), os.path.realpath(root)):
         raise RunError(f"--output {folder.final!r} is inside the dataset folder {root!r}, where it would be taken "
                        "for a class; choose one outside it.")
@@ -84,16 +85,15 @@ def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str
     worst = worst_rows(paths, y_true, probs, loaded.labels, root)
     skipped = [{"path": data.display_path(c.path, root), "reason": c.reason} for c in dataset.report.skipped]
     record = {"model": loaded.source, "model_kind": loaded.kind, "data": root, "folder": split_dirs[split],
-              "split": split, "labels": loaded.labels, "metrics": metrics, "skipped": skipped,
+              "split": split, "name": name, "labels": loaded.labels, "metrics": metrics, "skipped": skipped,
               "unreadable": unreadable}
     folder.start()
     _write_evaluation(folder, record, worst, dataset, gradcam)
     return Evaluation(folder.commit(), record)
 
 
-def default_output(model: str, root: str, split: str) -> str:
-    """MODEL/evaluations/<data> for a run folder (it goes with the run), ./evaluation-<data> for anything else."""
-    name = os.path.basename(os.path.normpath(root)) + ("" if split == "all" else f"-{split}")
+def default_output(model: str, name: str) -> str:
+    """MODEL/evaluations/<name> for a run folder (it goes with the run), ./evaluation-<name> for anything else."""
     if runs.is_run_folder(model):
         return os.path.join(model, runs.EVALUATIONS_FOLDER, name)
     return os.path.abspath(f"evaluation-{name}")
@@ -149,8 +149,8 @@ def _write_evaluation(folder: runs.EvaluationFolder, record: dict[str, Any], wor
     facts = [("model", f"{record['model']} ({record['model_kind']})"), ("images", record["folder"]),
              ("evaluated", f"{metrics['images']} images"),
              ("skipped", f"{len(record['skipped'])} by the audit, {len(record['unreadable'])} unreadable")]
-    write_report(Report(f"Evaluation of {os.path.basename(os.path.normpath(record['model']))}", facts,
-                        {record["split"]: metrics}, [("Confusion matrix", png_bytes(folder.path(runs.CONFUSION_FILE)))],
+    plots = [("Confusion matrix", png_bytes(folder.path(runs.CONFUSION_FILE)))]
+    write_report(Report(f"Evaluation on {record['name']}", facts, {record["name"]: metrics}, plots,
                         counts=dataset.counts(), skipped=_skipped_pairs(record), worst=worst[:WORST],
                         gradcam=list(gradcam)), folder.path(runs.REPORT_FILE))
 
