@@ -65,22 +65,8 @@ def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str
     dataset = data.scan_labeled(root, None if split == "all" else split, max_pixels=max_pixels, cache_dir=cache_dir,
                                 progress=progress)
     index = _class_index(dataset.classes, loaded.labels, split_dirs[split], allow_missing)
-    examples = dataset.splits[split]
-    from .predict import probabilities
-
-    log.info("evaluating %s on %d images of %s", loaded.source, len(examples), split_dirs[split])
-    kept, paths, rows, unreadable = [], [], [], []
-    for example, (path, probs, error) in zip(examples, probabilities(loaded, [e.path for e in examples],
-                                                                     batch_size, max_pixels)):
-        if error:
-            unreadable.append({"path": data.display_path(path, root), "reason": error})
-            continue
-        kept.append(index[example.label])
-        paths.append(path)
-        rows.append(probs)
-    if not rows:
-        raise DataError(f"no image of {split_dirs[split]!r} could be read; see the reasons above.")
-    y_true, probs = np.array(kept), np.stack(rows)
+    log.info("evaluating %s on %d images of %s", loaded.source, len(dataset.splits[split]), split_dirs[split])
+    paths, y_true, probs, unreadable = _predict(loaded, dataset.splits[split], index, root, batch_size, max_pixels)
     metrics = classification_metrics(y_true, probs, loaded.labels)
     worst = worst_rows(paths, y_true, probs, loaded.labels, root)
     skipped = [{"path": data.display_path(c.path, root), "reason": c.reason} for c in dataset.report.skipped]
@@ -90,6 +76,25 @@ def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str
     folder.start()
     _write_evaluation(folder, record, worst, dataset, gradcam)
     return Evaluation(folder.commit(), record)
+
+
+def _predict(loaded, examples: list[data.Example], index: list[int], root: str, batch_size: int, max_pixels: int):
+    """(paths, the model's class numbers, probabilities, unreadable files) of the images that could be decoded."""
+    from .predict import probabilities
+
+    paths, y_true, rows, unreadable = [], [], [], []
+    for example, (path, probs, error) in zip(examples, probabilities(loaded, [e.path for e in examples],
+                                                                     batch_size, max_pixels)):
+        if error:
+            log.warning("skipped %s: %s", data.display_path(path, root), error)
+            unreadable.append({"path": data.display_path(path, root), "reason": error})
+            continue
+        paths.append(path)
+        y_true.append(index[example.label])
+        rows.append(probs)
+    if not rows:
+        raise DataError(f"no image under {root!r} could be read; see the reasons above.")
+    return paths, np.array(y_true), np.stack(rows), unreadable
 
 
 def default_output(model: str, name: str) -> str:
@@ -160,19 +165,20 @@ def _skipped_pairs(record: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def report_run(run: runs.RunFolder, model, config, dataset: data.Dataset, metrics: dict[str, Any], val_ds,
-               gradcam: list[tuple[str, bytes]] = ()) -> dict[str, Any]:
+               cache=None, gradcam: list[tuple[str, bytes]] = ()) -> dict[str, Any]:
     """At the end of training: per-class metrics of val (and test) added to ``metrics`` and metrics.json,
-    confusion_matrix.png (val) and report.html in the run folder. Returns the metrics."""
+    confusion_matrix.png (val) and report.html in the run folder. Returns the metrics.
+
+    ``val_ds`` is training's validation pipeline and ``cache`` its feature cache, if any: the predictions
+    come from the cached features when the backbone never changed, as training's own evaluation does.
+    """
     from .plots import plot_confusion
 
     worst = []
     for split in ("val", "test"):
         if split not in dataset.splits:
             continue
-        ds = val_ds if split == "val" else data.make_tf_dataset(
-            dataset.splits[split], config.image_size, config.batch_size, resize=config.resize, cache=False,
-            max_pixels=config.max_pixels)
-        probs = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+        probs = np.asarray(_run_probabilities(model, config, dataset, split, val_ds, cache), dtype=np.float64)
         y_true = np.array([e.label for e in dataset.splits[split]])
         metrics[split] = {**classification_metrics(y_true, probs, dataset.classes), **metrics[split]}
         if split == "val":
@@ -190,3 +196,14 @@ def report_run(run: runs.RunFolder, model, config, dataset: data.Dataset, metric
     write_report(Report(f"Run {run.name}", facts, metric_splits, plots, config.to_dict(), dataset.counts(), skipped,
                         worst[:WORST], list(gradcam)), run.path(runs.REPORT_FILE))
     return metrics
+
+
+def _run_probabilities(model, config, dataset: data.Dataset, split: str, val_ds, cache) -> np.ndarray:
+    """The trained model's probabilities on a split; with cached features and no fine-tuning, the head on them (the
+    same model, without a second pass of the backbone)."""
+    examples = dataset.splits[split]
+    if cache is not None and cache.ready and not config.fine_tune_epochs:
+        return cache.top.predict(cache.dataset(examples, pick="all" if config.tta else "first"), verbose=0)
+    images = val_ds if split == "val" else data.make_tf_dataset(
+        examples, config.image_size, config.batch_size, resize=config.resize, cache=False, max_pixels=config.max_pixels)
+    return model.predict(images, verbose=0)

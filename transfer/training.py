@@ -120,7 +120,7 @@ def _train(config: TrainConfig, started: float) -> TrainResult:
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     _plot(history, run.path(runs.PLOT_FILE))
     # issue 15: per-class metrics into metrics.json, confusion_matrix.png and report.html (transfer/evaluation.py)
-    metrics = evaluation.report_run(run, model, config, dataset, metrics, val_ds)
+    metrics = evaluation.report_run(run, model, config, dataset, metrics, val_ds, cache)
     run_dir = run.commit()
     log.info("run saved to %s", run_dir)
     return TrainResult(run_dir, model, dataset.classes, metrics, history, config)
