@@ -104,6 +104,7 @@ def test_split_layout_defaults_to_test_and_split_picks_another(trained_run, tmp_
     assert json.loads(result.stdout)["metrics"]["images"] == 9
     result = runner.invoke(main, ["evaluate", trained_run["run"], data, "--split", "holdout"])
     assert result.exit_code == 1 and "--split holdout" in result.output and "test/" in result.output
+    assert runner.invoke(main, ["evaluate", trained_run["run"]]).exit_code == 2  # usage: DATA_DIR missing
 
 
 def test_a_class_missing_from_the_folder_is_an_error_unless_allowed(trained_run, tmp_path, runner):

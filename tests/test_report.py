@@ -64,6 +64,12 @@ def test_top_losses_grid_is_drawn(tmp_path):
     assert image.width > image.height and not_blank(str(tmp_path / "top.png"))
 
 
+def test_text_that_is_not_utf8_still_renders():
+    page = html_report.render(html_report.Report("t", facts=[("data", "/photos/caf\udce9")]))
+    assert "/photos/caf\\udce9" in page
+    page.encode("utf-8")
+
+
 def test_gradcam_section_only_when_given():
     png = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 0, 0)).save(png, format="PNG")

@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +175,7 @@ def report_run(run: runs.RunFolder, model, config, dataset: data.Dataset, metric
     """
     from .plots import plot_confusion
 
+    started = time.monotonic()
     worst = []
     for split in ("val", "test"):
         if split not in dataset.splits:
@@ -183,8 +185,17 @@ def report_run(run: runs.RunFolder, model, config, dataset: data.Dataset, metric
         metrics[split] = {**classification_metrics(y_true, probs, dataset.classes), **metrics[split]}
         if split == "val":
             worst = worst_rows([e.path for e in dataset.splits[split]], y_true, probs, dataset.classes, dataset.root)
-    runs.write_json(run.path(runs.METRICS_FILE), metrics)
     plot_confusion(metrics["val"]["confusion_matrix"], dataset.classes, run.path(runs.CONFUSION_FILE))
+    write_report(_run_page(run, config, dataset, metrics, worst[:WORST], gradcam), run.path(runs.REPORT_FILE))
+    metrics["seconds"]["report"] = round(time.monotonic() - started, 2)  # this function: predictions, plots, page
+    runs.write_json(run.path(runs.METRICS_FILE), metrics)
+    return metrics
+
+
+def _run_page(run: runs.RunFolder, config, dataset: data.Dataset, metrics: dict[str, Any],
+              worst: list[dict[str, Any]], gradcam) -> Report:
+    """What a run's report.html shows: the run, its metrics, learning curves, confusion matrix, worst errors,
+    dataset and settings."""
     facts = [("run", run.final), ("backbone", config.backbone), ("data", dataset.root),
              ("best epoch", f"{metrics['best_epoch']} ({metrics['best_phase']})"),
              ("training time", f"{metrics['train_seconds']:.0f} s")]
@@ -192,10 +203,9 @@ def report_run(run: runs.RunFolder, model, config, dataset: data.Dataset, metric
                                                  ("Confusion matrix (val)", png_bytes(run.path(runs.CONFUSION_FILE))))
              if png]
     skipped = [(data.display_path(c.path, dataset.root), c.reason) for c in dataset.report.skipped]
-    metric_splits = {split: metrics[split] for split in ("val", "test") if split in metrics}
-    write_report(Report(f"Run {run.name}", facts, metric_splits, plots, config.to_dict(), dataset.counts(), skipped,
-                        worst[:WORST], list(gradcam)), run.path(runs.REPORT_FILE))
-    return metrics
+    splits = {split: metrics[split] for split in ("val", "test") if split in metrics}
+    return Report(f"Run {run.name}", facts, splits, plots, config.to_dict(), dataset.counts(), skipped, worst,
+                  list(gradcam))
 
 
 def _run_probabilities(model, config, dataset: data.Dataset, split: str, val_ds, cache) -> np.ndarray:

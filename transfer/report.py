@@ -67,7 +67,9 @@ def render(report: Report) -> str:
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """Text as HTML; a path that is not valid UTF-8 keeps its odd bytes as ``\\udcxx`` escapes."""
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return html.escape(text, quote=True)
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
