@@ -76,6 +76,10 @@ def test_evaluating_again_replaces_its_own_output_but_never_a_users_folder(evalu
     with pytest.raises(runs.RunError, match="not an evaluation folder of transfer"):
         evaluate(run, labeled, output=str(mine))
     assert (mine / "notes.txt").read_text() == "keep"
+    (tmp_path / "new.partial").mkdir()  # where an evaluation into new/ is staged: not ours, so not removed
+    with pytest.raises(runs.RunError, match="new.partial"):
+        evaluate(run, labeled, output=str(tmp_path / "new"))
+    assert os.path.isdir(tmp_path / "new.partial")
     with pytest.raises(runs.RunError, match="inside the dataset folder"):
         evaluate(run, labeled, output=os.path.join(labeled, "out"))
 
