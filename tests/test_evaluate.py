@@ -128,6 +128,7 @@ def test_cli_process_with_a_corrupt_file_and_an_unknown_class(trained_run, label
     proc = succeeded(cli("evaluate", trained_run["run"], data, "-o", tmp_path / "out"))
     assert "skipped green/broken.png" in proc.stderr and "accuracy" in proc.stdout
     write_image(str(data / "purple" / "0.png"), (128, 0, 128))
-    failed(cli("evaluate", trained_run["run"], data, "-o", tmp_path / "out2"), "classes that the model does not know",
-           "'purple'")
+    proc = cli("evaluate", trained_run["run"], data, "-o", tmp_path / "out2")
+    failed(proc, "classes that the model does not know", "'purple'")
+    assert "skipped" not in proc.stderr  # refused before the audit read the files
     assert not os.path.exists(tmp_path / "out2")

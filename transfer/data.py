@@ -128,6 +128,11 @@ def scan_labeled(data_dir: str, split: str | None = None, *, max_pixels: int = M
     return Dataset(root, classes, {name: examples}, "folders", report)
 
 
+def class_folders(folder: str, root: str) -> list[str]:
+    """The class names in ``folder`` (DATA_DIR or one of its split folders), sorted, before any file is read."""
+    return _subfolders(folder, os.path.realpath(root))
+
+
 def pick_split(root: str, split_dirs: dict[str, str], split: str | None) -> str:
     """The split that ``--split`` names (train, val/validation, test), or the default: test, val, train."""
     if split is None:

@@ -63,9 +63,10 @@ def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str
         raise RunError(f"--output {folder.final!r} is inside the dataset folder {root!r}, where it would be taken "
                        "for a class; choose one outside it.")
     loaded = load_model(model, unsafe)
+    # the classes are checked before the audit reads a file (it keeps them all, or fails)
+    index = _class_index(data.class_folders(split_dirs[split], root), loaded.labels, split_dirs[split], allow_missing)
     dataset = data.scan_labeled(root, None if split == "all" else split, max_pixels=max_pixels, cache_dir=cache_dir,
                                 progress=progress)
-    index = _class_index(dataset.classes, loaded.labels, split_dirs[split], allow_missing)
     log.info("evaluating %s on %d images of %s", loaded.source, len(dataset.splits[split]), split_dirs[split])
     paths, y_true, probs, unreadable = _predict(loaded, dataset.splits[split], index, root, batch_size, max_pixels)
     metrics = classification_metrics(y_true, probs, loaded.labels)
