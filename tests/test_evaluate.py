@@ -132,3 +132,14 @@ def test_cli_process_with_a_corrupt_file_and_an_unknown_class(trained_run, label
     failed(proc, "classes that the model does not know", "'purple'")
     assert "skipped" not in proc.stderr  # refused before the audit read the files
     assert not os.path.exists(tmp_path / "out2")
+
+
+def test_an_exported_savedmodel_gives_the_same_metrics(evaluated, labeled, tmp_path):
+    from transfer import export
+
+    run, from_run = evaluated
+    exported = export(run, output=str(tmp_path / "serving"))
+    result = evaluate(exported.path, labeled, output=str(tmp_path / "out"))
+    assert result.record["model_kind"] == "savedmodel"
+    assert result.metrics["confusion_matrix"] == from_run.metrics["confusion_matrix"]
+    assert result.metrics["log_loss"] == pytest.approx(from_run.metrics["log_loss"], rel=1e-4)
