@@ -68,7 +68,7 @@ def confusion_figure(matrix, labels: list[str]):
                                    (axes[1], normalised, "row-normalised (recall on the diagonal)", "{:.2f}")):
         image = ax.imshow(values, cmap="Blues", vmin=0, interpolation="nearest")
         fig.colorbar(image, ax=ax, shrink=0.8)
-        ax.set_title(title + (f" (every {step}th class named)" if step > 1 else ""), fontsize=font + 1)
+        ax.set_title(title + (f" (one class in {step} named)" if step > 1 else ""), fontsize=font + 1)
         ax.set_xticks(ticks, names, rotation=90, fontsize=font)
         ax.set_yticks(ticks, names if ax is axes[0] else [""] * len(ticks), fontsize=font)
         ax.set_xlabel("predicted")
