@@ -110,6 +110,7 @@ def main(ctx):
     transfer inspect photos/                  audit a dataset folder: counts, problems
     transfer train photos/ --backbone resnet50
     transfer predict models/<run>/ new_photos/ --top-k 3
+    transfer evaluate models/<run>/ labeled_photos/   metrics, confusion matrix, worst errors, report.html
     transfer export models/<run>/             SavedModel for TensorFlow Serving
     transfer export models/<run>/ --format tflite --quantize int8   TensorFlow Lite, verified
     transfer explain models/<run>/ cat.jpg    Grad-CAM: where the model looks
@@ -372,6 +373,64 @@ def predict_command(model, inputs, top_k, batch_size, max_pixels, unsafe, as_jso
     (_print_json if as_json else _print_csv if as_csv else _print_table)(result)
     if result.failures:
         sys.exit(1)
+
+
+@main.command("evaluate")
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--split", default=None, help="With train/ val/ test/ folders: the split to evaluate "
+              "[default: test, else val, else train].")
+@click.option("-o", "--output", default=None,
+              help="Folder to write [default: MODEL/evaluations/<data> for a run, ./evaluation-<data> otherwise].")
+@click.option("--allow-missing-classes", is_flag=True, help="Evaluate even if DATA_DIR lacks some of the model's "
+              "classes (their recall counts as 0).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-pixels", type=click.IntRange(min=1), default=default("max_pixels"), show_default=True,
+              help="Skip larger images (checked from the header, before decoding).")
+@click.option("--cache-dir", default=None, help="Audit cache folder [default: ~/.cache/transfer].")
+@unsafe_option
+@click.option("-q", "--quiet", is_flag=True, help="No logs.")
+@click.option("--json", "as_json", is_flag=True, help="Print evaluation.json instead of the table.")
+@_handle_errors
+def evaluate_command(model, data_dir, split, output, allow_missing_classes, batch_size, max_pixels, cache_dir, unsafe,
+                     quiet, as_json):
+    """Measure MODEL on the labeled images of DATA_DIR (class folders, or train/ val/ test/ folders).
+
+    MODEL is a run folder, a .keras file, an exported SavedModel or a .tflite. Writes evaluation.json,
+    confusion_matrix.png, misclassified.csv, top_losses.png and report.html. Files that
+    cannot be used are skipped and listed; classes on one side only are an error.
+    Exit status: 0 done, 1 error, 2 bad usage.
+
+    \b
+    Example:
+      transfer evaluate models/my-run/ photos/ --split test
+    """
+    _setup_logging(quiet)
+    from transfer.evaluation import evaluate
+
+    with contextlib.redirect_stdout(sys.stderr):
+        result = evaluate(model, data_dir, split=split, output=output, batch_size=batch_size, max_pixels=max_pixels,
+                          cache_dir=cache_dir, allow_missing=allow_missing_classes, unsafe=unsafe,
+                          progress=not quiet and not as_json)
+    if as_json:
+        click.echo(json_text({**result.record, "output": result.path}))
+    else:
+        _print_evaluation(result.metrics, result.path)
+
+
+def _print_evaluation(m: dict, output: str) -> None:
+    click.echo(f"{m['images']} images: accuracy {m['accuracy']:.4f}, top-{m['top_k']} accuracy "
+               f"{m['top_k_accuracy']:.4f}, log loss {m['log_loss']:.4f}")
+    rows = [(label, r["precision"], r["recall"], r["f1"], r["support"]) for label, r in m["per_class"].items()]
+    rows += [(f"{name} average", m[name]["precision"], m[name]["recall"], m[name]["f1"], m["images"])
+             for name in ("macro", "weighted")]
+    width = max(len(_show(row[0])) for row in rows)
+    click.echo("  " + "class".ljust(width) + "".join(h.rjust(11) for h in ("precision", "recall", "f1", "support")))
+    for label, precision, recall, f1, support in rows:
+        click.echo("  " + _show(label).ljust(width) + f"{precision:11.4f}{recall:11.4f}{f1:11.4f}{support:11d}")
+    for note in m["notes"]:
+        click.echo(f"note: {note}")
+    click.echo(f"written: {output}")
 
 
 def _show(path: str) -> str:

@@ -7,10 +7,11 @@ the GFLOP/s of a large float32 matmul measured here; no convnet reaches it,
 depthwise convolutions (MobileNetV2) least of all. The model has random
 weights: the timing does not depend on them. ``--tflite`` adds the same model
 exported as float32 and int8 ``.tflite`` (int8 calibrated on 100 of the photos),
-predicted by `transfer predict` through XNNPACK; ``--onnx`` its ONNX export through onnxruntime.
+predicted by `transfer predict` through XNNPACK; ``--onnx`` its ONNX export through onnxruntime;
+``--saved-model`` its SavedModel export (``transfer export``), predicted through the pixels signature.
 
     python benchmarks/bench_predict.py --images 1000 --naive-images 200
-    python benchmarks/bench_predict.py --backbone efficientnet_lite0 --image-size 224 --tflite --onnx
+    python benchmarks/bench_predict.py --backbone efficientnet_lite0 --image-size 224 --tflite --onnx --saved-model
 """
 
 from __future__ import annotations
@@ -108,6 +109,15 @@ def onnx_rate(keras_path: str, paths: list[str], args, work: str) -> str:
     return f"ONNX (onnxruntime) {_rate(path, paths, args)}"
 
 
+def saved_model_rate(keras_path: str, paths: list[str], args, work: str) -> str:
+    """img/s of `transfer predict` on the model's SavedModel export, as a summary fragment."""
+    from transfer.export import export
+
+    result = export(keras_path, output=os.path.join(work, "export"), name="bench",
+                    data=os.path.dirname(os.path.dirname(paths[0])))
+    return f"SavedModel {_rate(result.path, paths, args)}"
+
+
 def _rate(path: str, paths: list[str], args) -> str:
     """`transfer predict` on an exported file: img/s after a warm-up batch, and the file's size."""
     from transfer.predict import load_model, predict
@@ -115,7 +125,9 @@ def _rate(path: str, paths: list[str], args) -> str:
     loaded = load_model(path)
     predict(loaded, paths[:args.batch_size], batch_size=args.batch_size)  # warm up
     _, seconds = timed(predict, loaded, paths, batch_size=args.batch_size)
-    return f"{len(paths) / seconds:.1f} img/s ({os.path.getsize(path) / 2**20:.1f} MiB)"
+    size = os.path.getsize(path) if os.path.isfile(path) else sum(
+        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+    return f"{len(paths) / seconds:.1f} img/s ({size / 2**20:.1f} MiB)"
 
 
 def main():
@@ -124,6 +136,7 @@ def main():
     p.add_argument("--naive-images", type=int, default=200, help="the naive loop runs on the first N (it is slow)")
     p.add_argument("--tflite", action="store_true", help="also time the float32 and int8 .tflite of the model")
     p.add_argument("--onnx", action="store_true", help="also time the model's ONNX export (onnxruntime)")
+    p.add_argument("--saved-model", action="store_true", help="also time the model's SavedModel export")
     args = p.parse_args()
     from transfer.predict import load_model, predict
 
@@ -135,7 +148,8 @@ def main():
         predict(loaded, paths[:args.batch_size], batch_size=args.batch_size)  # warm up (tracing)
         result, seconds = timed(predict, loaded, paths, batch_size=args.batch_size)
         lite = " | ".join(rates(keras_path, paths, args, work) for rates, wanted in
-                          ((tflite_rates, args.tflite), (onnx_rate, args.onnx)) if wanted)
+                          ((saved_model_rate, args.saved_model), (tflite_rates, args.tflite),
+                                                   (onnx_rate, args.onnx)) if wanted)
         naive_loop(loaded.keras_model, paths[:2], args.image_size)
         _, naive_s = timed(naive_loop, loaded.keras_model, paths[:args.naive_images], args.image_size)
     assert len(result.predictions) == len(paths), result.failures

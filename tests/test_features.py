@@ -64,6 +64,9 @@ def test_cached_and_uncached_training_give_the_same_model(tmp_path, trained_run,
         assert mine["loss"] == pytest.approx(theirs["loss"], abs=1e-5)
         assert mine["val_loss"] == pytest.approx(theirs["val_loss"], abs=1e-5)
     assert cached.metrics["val"]["loss"] == pytest.approx(plain.metrics["val"]["loss"], abs=1e-5)
+    # the run's report predicts through the cached features too (without fine-tuning): the same numbers
+    assert cached.metrics["val"]["log_loss"] == pytest.approx(plain.metrics["val"]["log_loss"], abs=1e-5)
+    assert cached.metrics["val"]["confusion_matrix"] == plain.metrics["val"]["confusion_matrix"]
     if fine_tune_epochs:  # phase 2 really trained the backbone's top, so the comparison covers it
         source = keras.saving.load_model(os.path.join(trained_run["run"], "model.keras")).get_layer("backbone")
         top = cached.model.get_layer("backbone").get_layer("block3_conv")

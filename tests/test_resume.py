@@ -26,7 +26,8 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 SCRATCH = ["--backbone", "smallcnn", "--image-size", "32", "--augment", "none", "--batch-size", "2", "--epochs", "3",
            "--fine-tune-epochs", "4"]
 FINISHED = {runs.MODEL_FILE, runs.CONFIG_FILE, runs.LABELS_FILE, runs.HISTORY_FILE, runs.METRICS_FILE, runs.SPLIT_FILE,
-            runs.SKIPPED_FILE, runs.PLOT_FILE, runs.MARKER_FILE, runs.ENVIRONMENT_FILE}
+            runs.SKIPPED_FILE, runs.PLOT_FILE, runs.MARKER_FILE, runs.ENVIRONMENT_FILE,
+            runs.REPORT_FILE, runs.CONFUSION_FILE}
 
 
 def cli(*args, timeout=300):

@@ -6,9 +6,10 @@ The same names serve the CLI and a notebook::
     result = transfer.train(transfer.TrainConfig(data_dir="photos", backbone="resnet50"))
     transfer.predict(result.run_dir, ["new_photos/"]).predictions
     transfer.export(result.run_dir)
+    transfer.evaluate(result.run_dir, "labeled_photos/").metrics["accuracy"]
 
 Importing the package is cheap: TensorFlow is imported only when a function
-that needs it is first used. ``predict``, ``export``, ``explain`` and ``visualize`` are imported here, not
+that needs it is first used. ``predict``, ``export``, ``evaluate``, ``explain`` and ``visualize`` are imported here, not
 lazily: they share their names with their modules, and the first import of
 ``transfer.predict`` (by ``export``, say) would otherwise rebind
 ``transfer.predict`` to the module.
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 from .config import TrainConfig  # noqa: E402
 from .errors import TransferError  # noqa: E402
+from .evaluation import evaluate  # noqa: E402
 from .explain import explain  # noqa: E402
 from .export import export, export_tflite  # noqa: E402
 from .predict import load_model, predict  # noqa: E402
@@ -42,5 +44,5 @@ def __getattr__(name):
     return module if _LAZY[name] is None else getattr(module, name)
 
 
-__all__ = ["TrainConfig", "TransferError", "explain", "export", "export_tflite", "load_model", "predict", "visualize",
-           *_LAZY]
+__all__ = ["TrainConfig", "TransferError", "evaluate", "explain", "export", "export_tflite", "load_model", "predict",
+           "visualize", *_LAZY]

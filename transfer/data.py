@@ -104,6 +104,49 @@ def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: i
     return Dataset(root, classes, splits, source, report)
 
 
+def scan_labeled(data_dir: str, split: str | None = None, *, max_pixels: int = MAX_PIXELS,
+                 cache_dir: str | None = None, progress: bool = False) -> Dataset:
+    """Every usable image of one labeled folder, for evaluation: ``data_dir``'s class folders, or those of one of
+    its split folders (``split``; by default test/, else val/, else train/), through the same audit as :func:`scan`.
+
+    The dataset has one split, named after the folder used (``all`` for class folders at the top).
+    """
+    root, real_root, split_dirs = check_layout(data_dir)
+    check_cache_dir(cache_dir, root)
+    name = pick_split(root, split_dirs, split)
+    junk: list[str] = []
+    layout = {name: _list_classes(split_dirs[name], real_root, junk)}
+    if not layout[name]:
+        raise DataError(f"{split_dirs[name]!r} has no class folders; put the images in one folder per class.")
+    report = AuditReport(unused=_loose_images(split_dirs[name]), junk=len(junk))
+    candidates = [p for paths in layout[name].values() for p in paths]
+    report.checks = audit(candidates, root, max_pixels, cache_dir, progress)
+    usable = _usable(layout, split_dirs, report, dedupe=False)[name]
+    classes = list(usable)
+    examples = [Example(p, i) for i, c in enumerate(classes) for p in usable[c]]
+    _log_report(root, report, candidates, split_dirs)
+    return Dataset(root, classes, {name: examples}, "folders", report)
+
+
+def class_folders(folder: str, root: str) -> list[str]:
+    """The class names in ``folder`` (DATA_DIR or one of its split folders), sorted, before any file is read."""
+    return _subfolders(folder, os.path.realpath(root))
+
+
+def pick_split(root: str, split_dirs: dict[str, str], split: str | None) -> str:
+    """The split that ``--split`` names (train, val/validation, test), or the default: test, val, train."""
+    if split is None:
+        return next(s for s in ("all", "test", "val", "train") if s in split_dirs)
+    if "all" in split_dirs:
+        raise DataError(f"--split {split} was given but {root!r} has no split folders (train/ val/ test/); "
+                        "leave --split out to use its class folders.")
+    name = SPLIT_FOLDERS.get(split.lower())
+    if name not in split_dirs:
+        raise DataError(f"--split {split}: {root!r} has no such split folder; it has "
+                        f"{_listed([os.path.basename(d) for d in split_dirs.values()])}.")
+    return name
+
+
 def check_layout(data_dir: str) -> tuple[str, str, dict[str, str]]:
     """(root, its real path, split -> folder): the checks of the folders themselves (layout, symlinks, class
     names), which read no file, so that the CLI makes them before the slow TensorFlow import."""

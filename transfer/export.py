@@ -310,9 +310,7 @@ def _readable(loaded, paths: list[str], count: int, what: str) -> tuple[list[str
 
 def agreement(loaded, runner, images: np.ndarray) -> tuple[float, float]:
     """Top-1 agreement and largest |Δp| between an exported artifact's ``runner`` and the Keras model on ``images``."""
-    expected = np.concatenate([loaded.predict_batch(images[i:i + 16]) for i in range(0, len(images), 16)])
-    got = runner(images)
-    return float(np.mean(np.argmax(expected, -1) == np.argmax(got, -1))), float(np.max(np.abs(expected - got)))
+    return _agreement(_in_batches(loaded.predict_batch, images), runner(images))
 
 
 def verify_tflite(loaded, runner, images: np.ndarray, quantize: str) -> tuple[float, float]:

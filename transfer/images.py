@@ -140,3 +140,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def thumbnail_array(path: str, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The image at most ``size`` pixels on its longer side, for reports; a grey square when it cannot be read."""
+    try:
+        rgb, _ = open_rgb(path, max_pixels)
+    except ImageError:
+        return np.full((size, size, 3), 128, np.uint8)
+    rgb.thumbnail((size, size))
+    return np.asarray(rgb, dtype=np.uint8)

@@ -275,8 +275,6 @@ def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_s
 
     ``inputs`` is a list of paths; a single path (text or ``os.PathLike``) is one input.
     """
-    import tensorflow as tf
-
     inputs = _input_list(inputs)
     for name, value in (("top_k", top_k), ("batch_size", batch_size), ("max_pixels", max_pixels)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -284,8 +282,23 @@ def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_s
     loaded = model if isinstance(model, LoadedModel) else load_model(model, unsafe)
     paths, failures = collect_inputs(inputs)
     result = PredictResult(failures=failures)
+    k = max(1, min(top_k, len(loaded.labels)))
+    for path, probs, error in probabilities(loaded, paths, batch_size, max_pixels):
+        if error:
+            result.failures.append((path, error))
+            continue
+        order = np.argsort(-probs)[:k]
+        result.predictions.append(Prediction(path, [(loaded.labels[j], float(probs[j])) for j in order]))
+    return result
+
+
+def probabilities(loaded: LoadedModel, paths: list[str], batch_size: int = 32, max_pixels: int = MAX_PIXELS):
+    """(path, probabilities of every class, None), or (path, None, reason) for a file that cannot be decoded, for
+    each of ``paths`` in order: the one batch loop that predict and evaluate share."""
+    import tensorflow as tf
+
     if not paths:
-        return result
+        return
     height, width = loaded.image_size
 
     def decode(path):
@@ -302,22 +315,19 @@ def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_s
     names = [os.fsencode(p) for p in paths]  # bytes: any file name the OS accepts, UTF-8 or not
     ds = (tf.data.Dataset.from_tensor_slices(names).map(load, num_parallel_calls=tf.data.AUTOTUNE)
           .batch(min(batch_size, len(paths))).prefetch(tf.data.AUTOTUNE))
-    k = max(1, min(top_k, len(loaded.labels)))
     start = 0
     for images, errors in ds:
-        probabilities = loaded.predict_batch(images.numpy())
-        for i, (probs, error) in enumerate(zip(probabilities, errors.numpy())):
+        batch = loaded.predict_batch(images.numpy())
+        for i, (probs, error) in enumerate(zip(batch, errors.numpy())):
             path = paths[start + i]
             if error:
-                result.failures.append((path, error.decode()))
+                yield path, None, error.decode()
                 continue
             if not np.all(np.isfinite(probs)):
                 raise RunError(f"the model {loaded.source!r} gives NaN or infinite probabilities (for {path!r}): its "
                                "weights are broken, e.g. by a training run that diverged; train it again.")
-            order = np.argsort(-probs)[:k]
-            result.predictions.append(Prediction(path, [(loaded.labels[j], float(probs[j])) for j in order]))
-        start += len(probabilities)
-    return result
+            yield path, probs, None
+        start += len(batch)
 
 
 def _input_list(inputs) -> list[str]:

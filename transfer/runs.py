@@ -39,7 +39,6 @@ SKIPPED_FILE = "skipped.csv"
 PLOT_FILE = "history.png"
 CHECKPOINT_FILE = "best.weights.h5"
 ENVIRONMENT_FILE = "environment.json"  # versions, platform and devices the run ran on
-REPORT_FILE = "report.html"  # the run's report, where one is written (train's summary points to it)
 EXPORT_INFO_FILE = "transfer.json"  # an export's labels, input size and resizing, in its assets.extra/
 TFLITE_FILE = "model.tflite"  # `export --format tflite`: NAME/tflite-<quantize>/ holds it, labels.txt, metadata.json
 TFLITE_INFO_FILE = "metadata.json"
@@ -47,6 +46,13 @@ TFLITE_PREFIX = "tflite-"
 ONNX_FILE = "model.onnx"  # `export --format onnx`: NAME/onnx/ holds it, labels.txt and metadata.json
 ONNX_FOLDER = "onnx"
 EXPORTS_FOLDER = "export"  # where `transfer export RUN` writes by default: RUN/export/<name>/<version>/
+REPORT_FILE = "report.html"  # in a run folder and in each evaluation folder
+CONFUSION_FILE = "confusion_matrix.png"
+EVALUATIONS_FOLDER = "evaluations"  # where `transfer evaluate RUN DATA` writes by default: RUN/evaluations/<data>/
+EVALUATION_FILE = "evaluation.json"
+MISCLASSIFIED_FILE = "misclassified.csv"
+TOP_LOSSES_FILE = "top_losses.png"
+EVALUATION_MARKER = ".transfer-evaluation.json"
 MARKER_FILE = ".transfer-run.json"  # written into a staging folder when it is made, and last into a finished run
 #: what a run folder written before the marker file holds; --overwrite replaces such a run only if it holds no more
 RUN_FILES = frozenset({MODEL_FILE, CONFIG_FILE, LABELS_FILE, HISTORY_FILE, METRICS_FILE, SPLIT_FILE, SKIPPED_FILE,
@@ -190,8 +196,8 @@ def replace_problem(path: str) -> str | None:
         return f"it is not a run folder of transfer (no {MARKER_FILE})"
     expected = set(marker.get("files", [])) if marker is not None else RUN_FILES
     extra = sorted(set(os.listdir(path)) - expected)
-    if extra == [EXPORTS_FOLDER] and _only_exports(os.path.join(path, EXPORTS_FOLDER)):
-        extra = []  # `transfer export` made them, of this run's model: they go with it
+    made = {EXPORTS_FOLDER: _only_exports, EVALUATIONS_FOLDER: _only_evaluations}  # by export and evaluate
+    extra = [e for e in extra if not (e in made and made[e](os.path.join(path, e)))]  # of this run: they go with it
     if extra:
         return f"it holds files that the run did not write ({', '.join(extra[:5])}); move them out first"
     return None
@@ -238,6 +244,80 @@ def latest_backup(staging: str) -> str | None:
     except OSError:
         return None
     return next((os.path.join(parent, n) for n in names if os.path.isfile(os.path.join(parent, n, STATE_FILE))), None)
+def _only_evaluations(folder: str) -> bool:
+    """Whether ``folder`` (a run's evaluations/) holds nothing but folders that `transfer evaluate` wrote."""
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return False
+    return all(evaluation_problem(os.path.join(folder, n)) is None for n in os.listdir(folder))
+
+
+def evaluation_problem(path: str) -> str | None:
+    """Why ``transfer evaluate`` may not replace ``path``; None when it is an evaluation folder it wrote (finished or
+    not) holding only its own files, or does not exist."""
+    if not os.path.lexists(path):
+        return None
+    if os.path.islink(path) or not os.path.isdir(path):
+        return "it is not a folder"
+    try:
+        with open(os.path.join(path, EVALUATION_MARKER), encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        marker = None
+    if not (isinstance(marker, dict) and marker.get("tool") == "transfer"):
+        return f"it is not an evaluation folder of transfer (no {EVALUATION_MARKER})"
+    extra = sorted(set(os.listdir(path)) - set(marker.get("files") or []) - {EVALUATION_MARKER})
+    if marker.get("finished") and extra:
+        return f"it holds files that transfer evaluate did not write ({', '.join(extra[:5])})"
+    return None
+
+
+class EvaluationFolder:
+    """An evaluation being written: into ``<output>.partial``, renamed into place once complete.
+
+    ``--output`` may replace an earlier evaluation that transfer wrote there,
+    never a folder of the user's.
+    """
+
+    def __init__(self, final: str):
+        """Check the destination now, before any slow work."""
+        self.final = os.path.abspath(final)
+        self.staging = self.final + STAGING_SUFFIX
+        check_writable(os.path.dirname(self.final), "--output")
+        for path in (self.final, self.staging):
+            problem = evaluation_problem(path)
+            if problem:
+                raise RunError(f"--output {path!r} exists and {problem}; transfer evaluate replaces only its own "
+                               "evaluations: choose another --output.")
+
+    def start(self) -> None:
+        if os.path.lexists(self.staging):
+            shutil.rmtree(self.staging)
+        make_dirs(self.staging, "--output")
+        self._mark(finished=False)
+
+    def path(self, filename: str) -> str:
+        return os.path.join(self.staging, filename)
+
+    def _mark(self, finished: bool) -> None:
+        files = sorted(os.listdir(self.staging)) if finished else []
+        write_json(self.path(EVALUATION_MARKER), {"tool": "transfer", "format": FORMAT_VERSION, "finished": finished,
+                                                  "files": [f for f in files if f != EVALUATION_MARKER]})
+
+    def commit(self) -> str:
+        """The marker (listing the files) last, then into place; an earlier evaluation there goes."""
+        self._mark(finished=True)
+        problem = evaluation_problem(self.final)
+        if problem:
+            raise RunError(f"--output {self.final!r} appeared while evaluating and {problem}; the evaluation is in "
+                           f"{self.staging!r}.")
+        if os.path.lexists(self.final):
+            old = os.path.join(os.path.dirname(self.final), f".{os.path.basename(self.final)}.old-{uuid.uuid4().hex[:12]}")
+            os.rename(self.final, old)
+            os.rename(self.staging, self.final)
+            shutil.rmtree(old)
+        else:
+            os.rename(self.staging, self.final)
+        return self.final
 
 
 class RunFolder:

@@ -21,6 +21,7 @@ import keras
 
 from .. import data, devices, features, portable, preflight, runs
 from ..backbones import BackboneSpec
+from ..evaluation import report_run
 from ..config import TrainConfig
 from ..errors import Interrupted
 from ..heads import backbone_of, build_model, unfreeze_index
@@ -142,6 +143,8 @@ def _finish(run: runs.RunFolder, model: keras.Model, config: TrainConfig, datase
     portable.save(model, run.path(runs.MODEL_FILE))  # built-in layers only: plain Keras opens it
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     plot(history, run.path(runs.PLOT_FILE))
+    # per-class metrics into metrics.json, confusion_matrix.png and report.html (transfer/evaluation.py)
+    metrics = report_run(run, model, config, dataset, metrics, val_ds, caches[0])
     run_dir = run.commit()
     log.info("run saved to %s", run_dir)
     return TrainResult(run_dir, model, dataset.classes, metrics, history, config)
