@@ -179,6 +179,15 @@ def local(model):
     return twin
 
 
+def finished(model, *caches):
+    """After training: the model, and the trained top of each feature cache, on one device (:func:`local`), for
+    the evaluation, the report and the saving that follow, and for the caller."""
+    for cache in caches:
+        if cache is not None:
+            cache.top = local(cache.top)
+    return local(model)
+
+
 def predict_on_batch(model, batch):
     """``model.predict_on_batch`` of this worker's ``batch`` alone (under ``multiworker`` Keras' own returns
     every worker's rows, one batch after another)."""

@@ -106,7 +106,7 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
     if config.restore_best:
         restore_best(model, run.path(runs.CHECKPOINT_FILE))
     seconds = time.perf_counter() - fit_started
-    model = distribute.local(model)  # what follows evaluates and predicts as on one machine
+    model = distribute.finished(model, cache, boundary)  # what follows evaluates and predicts as on one machine
     return _finish(run, model, config, dataset, seconds, (cache, boundary), val_ds, state.timed_out, laps)
 
 
