@@ -163,9 +163,9 @@ def evaluate(model, ds) -> dict[str, float]:
 def local(model):
     """``model`` if it is on one device, else a copy of it on one device with its weights now.
 
-    Keras' distributed ``evaluate`` and ``predict`` split an uneven last batch
-    wrongly across workers, and gather every worker's rows; a copy gives what
-    the same weights give on one machine.
+    Keras 3.15's distributed ``evaluate`` gave other metrics than the same
+    weights on one device (9 images in batches of 8, two workers), and every
+    step of it is a collective; a copy gives exactly what the weights give.
     """
     import keras
 
@@ -180,8 +180,8 @@ def local(model):
 
 
 def finished(model, *caches):
-    """After training: the model, and the trained top of each feature cache, on one device (:func:`local`), for
-    the evaluation, the report and the saving that follow, and for the caller."""
+    """After training: the model, and the trained top of each feature cache, on one device (:func:`local`), so
+    that the evaluation, the report and the saving that follow, and the caller, need no other worker."""
     for cache in caches:
         if cache is not None:
             cache.top = local(cache.top)
