@@ -19,7 +19,8 @@ import pytest
 
 from cli import main
 from conftest import make_dataset
-from transfer import runs
+from transfer import TrainConfig, runs
+from transfer.errors import ConfigError
 from transfer.predict import predict
 from transfer.training import distribute
 
@@ -209,3 +210,7 @@ def test_auto_and_the_chief_follow_tf_config():
     assert distribute.choose("none", gpus=2, environ=two) == "none"
     assert distribute.is_chief({}) and not distribute.is_chief(two) and not distribute.is_chief(with_chief)
     assert distribute.is_chief({"TF_CONFIG": json.dumps({**CLUSTER, "task": {"type": "worker", "index": 0}})})
+    config = TrainConfig(data_dir="photos", distribute="auto")
+    with pytest.raises(ConfigError, match="--resume is not supported with --distribute multiworker"):
+        distribute.check(config, resume=True, environ=two)  # the CLI's own check of --resume comes first
+    distribute.check(config, resume=True, environ={})
