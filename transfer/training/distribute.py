@@ -123,7 +123,7 @@ def placed(config: TrainConfig, environ=os.environ):
 
 @contextlib.contextmanager
 def worker_lost(strategy, staging: str):
-    """A worker that died (killed, preempted, Ctrl-C) stops the others with a TensorFlow error that names it:
+    """A worker that died (killed, preempted) stops the others with a TensorFlow error that names it:
     say so in one line, and where this worker's partial run is."""
     import tensorflow as tf
 
