@@ -87,14 +87,15 @@ def test_explain_refuses_a_folder_of_the_users(located, tmp_path):
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("--layer", "no_such_layer", "Valid layers: augment, preprocess, block1_conv"),
+    ("--layer", "no_such_layer", "Valid layers: augment, preprocess_scale, block1_conv"),
     ("--class", "middle", "valid classes: left, right"),
 ])
 def test_bad_layer_or_class_is_one_error_line(located, tmp_path, option, value, message):
     result = CliRunner().invoke(main, ["explain", located["run"], located["images"][0], option, value,
                                        "-o", str(tmp_path / "out")])
     assert result.exit_code == 1 and message in result.output, result.output
-    assert result.output.startswith("Error: ") and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output  # after the device line, one Error line
     assert not (tmp_path / "out").exists()
 
 
