@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from transfer import backbones as registry
 from transfer import configfile, console, preflight, runs
-from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, FEATURE_ENGINES, LR_SCHEDULES,
+from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, DISTRIBUTE, FEATURE_ENGINES, LR_SCHEDULES,
                              MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
 from transfer.presets import PRESETS
 from transfer.tflite import QUANTIZATIONS
@@ -229,7 +229,8 @@ def _print_inspection(r: dict) -> None:
 @click.option("--deterministic/--no-deterministic", default=default("deterministic"), show_default=True,
               help="Use TensorFlow's deterministic ops, so that the same --seed, data and options give the same "
               "weights (slower on a GPU).")
-@click.option("--batch-size", type=int, default=default("batch_size"), show_default=True)
+@click.option("--batch-size", type=int, default=default("batch_size"), show_default=True,
+              help="Images per step on each replica (GPU or worker): a step takes this times the replicas.")
 @click.option("--augment", type=click.Choice(AUGMENT_PRESETS), default=None,
               help="Training-time augmentation: flip (mirror images; feature caching keeps it, so it costs one more "
               "pass of the backbone), light or strong (flips, rotation, translation, zoom[, contrast]: every epoch "
@@ -287,6 +288,9 @@ def _print_inspection(r: dict) -> None:
 @click.option("--feature-engine", type=click.Choice(FEATURE_ENGINES), default=default("feature_engine"),
               show_default=True, help="What computes cached features: auto (TFLite/XNNPACK on a CPU, several times "
               "faster for EfficientNet-Lite and MobileNet, checked against Keras on the first batch), tflite, keras.")
+@click.option("--distribute", type=click.Choice(DISTRIBUTE), default=default("distribute"), show_default=True,
+              help="mirrored: every GPU of this machine; multiworker: the machines TF_CONFIG names; auto: "
+              "multiworker when TF_CONFIG names a cluster, mirrored with several GPUs, else none (one device).")
 @click.option("--jit/--no-jit", default=default("jit"), show_default=True, help="Compile training with XLA.")
 @click.option("-o", "--output-dir", default=default("output_dir"), show_default=True, help="Where run folders go.")
 @click.option("--name", default=None, help="Run folder name [default: timestamp-backbone].")

@@ -31,6 +31,7 @@ LR_SCHEDULES = ("plateau", "cosine")
 CACHE_FEATURES = ("auto", "on", "off")
 MIXED_PRECISION = ("auto", "on", "off")
 FEATURE_ENGINES = ("auto", "tflite", "keras")
+DISTRIBUTE = ("auto", "none", "mirrored", "multiworker")  # see transfer/training/distribute.py
 
 
 @dataclass
@@ -99,6 +100,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto: float16 compute only when a GPU is present
     feature_engine: str = "auto"  # auto: cached features through TFLite/XNNPACK on a CPU, checked against Keras
     jit: bool = False  # compile training steps with XLA
+    distribute: str = "auto"  # tf.distribute strategy; batch_size is per replica
     verbose: int = 1
 
     def __post_init__(self):
@@ -185,6 +187,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "fine_tune_optimizer": OPTIMIZERS, "pooling": POOLINGS, "augment": AUGMENT_PRESETS,
     "resize": RESIZE_MODES, "monitor": MONITORS, "class_weight": CLASS_WEIGHTS, "lr_schedule": LR_SCHEDULES,
     "cache_features": CACHE_FEATURES, "mixed_precision": MIXED_PRECISION, "feature_engine": FEATURE_ENGINES,
+    "distribute": DISTRIBUTE,
 }
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
           tuple: "a list of whole numbers", type(None): "none"}

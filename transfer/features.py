@@ -360,7 +360,9 @@ class _Engine:
         log.warning("%s; computing features with Keras", reason)
 
     def keras(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.extractor.predict_on_batch(batch), dtype=np.float32)
+        from .training.distribute import predict_on_batch  # here: the training package imports this module
+
+        return np.asarray(predict_on_batch(self.extractor, batch), dtype=np.float32)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self.runner is None:

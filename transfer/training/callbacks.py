@@ -8,6 +8,8 @@ import time
 
 import keras
 
+from . import distribute
+
 log = logging.getLogger("transfer")
 
 
@@ -83,7 +85,7 @@ class Validation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch - self.first_epoch + 1) % self.freq and epoch < self.last_epoch and not self.model.stop_training:
             return
-        results = self.model.evaluate(self.val_ds, verbose=0, return_dict=True)
+        results = distribute.evaluate(self.model, self.val_ds)
         logs.update({f"val_{name}": float(value) for name, value in results.items()})
 
 

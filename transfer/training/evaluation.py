@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import data, features
 from ..config import TrainConfig
+from . import distribute
 
 log = logging.getLogger("transfer")
 
@@ -50,7 +51,7 @@ def evaluate(model, config: TrainConfig, dataset: data.Dataset, history: list[di
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         if split in dataset.splits:
-            results = evaluated.evaluate(pipeline(split), verbose=0, return_dict=True)
+            results = distribute.evaluate(evaluated, pipeline(split))
             metrics[split] = {k: float(v) for k, v in results.items()}
             metrics[split]["images"] = len(dataset.splits[split])
     best = min if config.monitor.endswith("loss") else max

@@ -17,7 +17,7 @@ from .. import runs
 from ..config import TrainConfig, option_name, parse_duration
 from ..errors import TrainingError
 from ..progress import EpochProgress
-from . import resume
+from . import distribute, resume
 from .callbacks import Checkpoint, HistoryCSV, StopOnNaN, TimeLimit, Validation, WhenValidated
 from .interrupts import StopAfterBatch, StopRequest
 from .phases import Inputs, Phase, compile_model, deadline_of, make_optimizer
@@ -65,9 +65,10 @@ class Runner:
             timer = TimeLimit(self.started + state.deadline, phase.lr if config.lr_schedule == "cosine" else None,
                               steps)
         schedule, watchers = _schedule(phase, config, timer, steps)
-        compile_model(model, make_optimizer(phase.optimizer, schedule, config.weight_decay), config)
-        if inputs.full_model is not None:  # compiled with the same optimizer, so that it is saved like one on images
-            compile_model(inputs.full_model, model.optimizer, config)
+        with model.distribute_strategy.scope():  # the optimizer's slots mirrored like the weights (--distribute)
+            compile_model(model, make_optimizer(phase.optimizer, schedule, config.weight_decay), config)
+            if inputs.full_model is not None:  # compiled with the same optimizer: it is saved like one on images
+                compile_model(inputs.full_model, model.optimizer, config)
         diverged = StopOnNaN()
         callbacks = [timer] if timer else []
         callbacks += [
@@ -81,7 +82,7 @@ class Runner:
         ]
         self.stop.fitting = True
         try:
-            model.fit(inputs.train_ds, initial_epoch=state.epoch, epochs=end, callbacks=callbacks,
+            model.fit(distribute.sharded(inputs.train_ds), initial_epoch=state.epoch, epochs=end, callbacks=callbacks,
                       verbose=0, class_weight=self.class_weight, shuffle=False)  # the dataset shuffles
         finally:
             self.stop.fitting = False

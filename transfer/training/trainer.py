@@ -25,7 +25,7 @@ from ..evaluation import report_run
 from ..config import TrainConfig
 from ..errors import Interrupted
 from ..heads import backbone_of, build_model, unfreeze_index
-from . import interrupts, resume
+from . import distribute, interrupts, resume
 from .evaluation import evaluate, plot, read_history, restore_best
 from .phases import Sources, plan
 from .precision import dtype_policy, is_mixed
@@ -56,20 +56,22 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     """
     started = time.monotonic()  # --time-limit counts from here: the scan and decoding are part of the run
     config = config.validate()
+    distribute.check(config, resume)
+    strategy = distribute.strategy(config.distribute)  # before TensorFlow runs anything
     if resume:
         config = preflight.resumed(config)
     # config.json records what was used, not "auto"
     config = dataclasses.replace(config, mixed_precision="on" if is_mixed(config.mixed_precision) else "off")
-    with dtype_policy(config.mixed_precision), interrupts.handled() as stop:
+    with distribute.placed(config) as config, dtype_policy(config.mixed_precision), interrupts.handled() as stop:
         spec, config = preflight.check(config, resume=resume)  # options, memory, name, destination: before slow work
         try:
-            return _train(spec, config, started, resume, stop)
+            return _train(spec, config, started, resume, stop, strategy)
         except KeyboardInterrupt:
             raise _interrupted(config, stop.status) from None
 
 
 def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bool,
-           stop: interrupts.StopRequest) -> TrainResult:
+           stop: interrupts.StopRequest, strategy) -> TrainResult:
     run = runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir, resume=resuming)
     state = resume.load(run) if resuming else resume.State()
     dataset = data.scan(config.data_dir, config.val_split, config.seed, max_pixels=config.max_pixels,
@@ -82,10 +84,12 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
     log.info("classes: %s; images: %s", ", ".join(dataset.classes),
              ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
     _seed(config)
-    model = build_model(spec, config, len(dataset.classes))
-    unfreeze_index(backbone_of(model), config.unfreeze)  # a bad --unfreeze fails now, not after phase 1
-    laps.lap("model")  # building it, converting or reading pretrained weights
-    cache, boundary = _caches(model, spec, config, {c.path: c.digest for c in dataset.report.used})
+    batched = distribute.global_batch(config, strategy)  # what the pipelines batch; config.json keeps --batch-size
+    with strategy.scope():  # the variables, mirrored on every replica
+        model = build_model(spec, config, len(dataset.classes))
+        unfreeze_index(backbone_of(model), config.unfreeze)  # a bad --unfreeze fails now, not after phase 1
+        laps.lap("model")  # building it, converting or reading pretrained weights
+        cache, boundary = _caches(model, spec, batched, {c.path: c.digest for c in dataset.report.used})
     run.start()
     if resuming:
         resume.check_labels(run, dataset.classes)
@@ -94,13 +98,15 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
         _write_inputs(run, config, spec, dataset, class_weights)
 
     fit_started = time.perf_counter()
-    train_images, val_ds = _images(dataset, config)
+    train_images, val_ds = _images(dataset, batched)
     sources = Sources(model, spec, dataset, train_images, val_ds, cache, boundary)
-    runner = Runner(run, config, model, state, started - state.elapsed, stop, laps, class_weights)
-    runner.run_phases(plan(config, sources))
+    runner = Runner(run, batched, model, state, started - state.elapsed, stop, laps, class_weights)
+    with distribute.worker_lost(strategy, run.staging):
+        runner.run_phases(plan(batched, sources))
     if config.restore_best:
         restore_best(model, run.path(runs.CHECKPOINT_FILE))
     seconds = time.perf_counter() - fit_started
+    model = distribute.finished(model, cache, boundary)  # what follows evaluates and predicts as on one machine
     return _finish(run, model, config, dataset, seconds, (cache, boundary), val_ds, state.timed_out, laps)
 
 
