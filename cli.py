@@ -320,9 +320,15 @@ def train_command(ctx, preset, config_file, quiet, as_json, resume, **options):
 
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bars print to stdout
         result = train(config, resume=resume)
-    summary = {"run_dir": result.run_dir, "labels": result.labels, "metrics": result.metrics}
+    from transfer.training import distribute
+
+    saved = distribute.writes_run(config)  # a worker that is not the chief: its run folder is already deleted
+    summary = {"run_dir": result.run_dir if saved else None, "labels": result.labels, "metrics": result.metrics}
     if as_json:
         click.echo(json_text(summary))
+        return
+    if not saved:
+        click.echo("trained as a worker of the cluster; the chief saved the run")
         return
     click.echo(console.summary_table(result.run_dir, result.metrics, report=_report(result.run_dir)))
 

@@ -360,3 +360,20 @@ def test_inspect_json(tmp_path, runner):
     assert report["formats"] == {"PNG": 8} and report["sizes"]["max"] == [SIZE, SIZE]
     table = runner.invoke(main, ["inspect", root, "--cache-dir", str(tmp_path / "c")])
     assert "skipped a/bad.jpg: not an image" in table.stdout
+
+
+def test_a_class_with_no_usable_image_among_many_is_one_short_error(tmp_path):
+    """Hundreds of unusable files give a message of a few reasons and a count, not one reason per file."""
+    outside = tmp_path / "outside"
+    for cls in ("a", "b"):
+        os.makedirs(tmp_path / "data" / cls)
+    os.makedirs(outside)
+    for i in range(200):
+        _solid(str(outside / f"{i}.png"), (i, 0, 0))
+        os.symlink(outside / f"{i}.png", tmp_path / "data" / "a" / f"{i}.png")
+        _solid(str(tmp_path / "data" / "b" / f"{i}.png"), (0, i, 0))
+    with pytest.raises(DataError) as error:
+        data.scan(str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
+    message = str(error.value)
+    assert "has no usable images (200 files: symlink to" in message and "; and 197 more); add images" in message
+    assert len(message) < 600

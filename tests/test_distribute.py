@@ -8,19 +8,23 @@ two logical devices before TensorFlow starts (a wrapper around the CLI), which
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import socket
+import signal
 import subprocess
 import sys
+import threading
 import time
 
+import numpy as np
 import pytest
 
 from cli import main
 from conftest import make_dataset
 from transfer import TrainConfig, runs
 from transfer.errors import ConfigError
+from transfer.images import load_image
 from transfer.predict import predict
 from transfer.training import distribute
 
@@ -36,16 +40,6 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 sys.argv = ["cli", *sys.argv[1:]]
 runpy.run_module("cli", run_name="__main__")
 """
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _env(**extra) -> dict:
@@ -66,11 +60,9 @@ def _finish(proc: subprocess.Popen, timeout=300) -> tuple[int, str]:
 def _two_workers(args, tmp) -> list[subprocess.Popen]:
     """``transfer train ARGS`` as workers 0 (the chief) and 1 of a cluster on 127.0.0.1; worker i writes
     to ``tmp/models<i>`` and ``tmp/cache<i>`` if it writes at all, and keeps its temporary files in ``tmp/tmp<i>``."""
-    cluster = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
-        os.makedirs(tmp / f"tmp{index}")
+    for index, tf_config in enumerate(distribute.local_cluster(2)):
+        os.makedirs(tmp / f"tmp{index}", exist_ok=True)
         env = _env(TF_CONFIG=json.dumps(tf_config), TMPDIR=str(tmp / f"tmp{index}"))
         procs.append(_start([*args, "--distribute", "multiworker", "-o", tmp / f"models{index}",
                              "--cache-dir", tmp / f"cache{index}"], env))
@@ -106,6 +98,7 @@ def test_two_workers_train_one_run_that_only_the_chief_saves(trained):
         assert status == 0, output[-3000:]
     assert "--distribute multiworker: 2 replica(s) on 2 worker(s); this one is the chief" in results[0][1]
     assert "this one is not the chief" in results[1][1]
+    assert "trained as a worker of the cluster; the chief saved the run" in results[1][1]
     assert os.path.isfile(tmp / "models0" / "run" / runs.MODEL_FILE)
     assert not os.path.exists(tmp / "models1") and not os.path.exists(tmp / "cache1")
     assert os.listdir(tmp / "tmp1") == []  # its temporary folder is gone too
@@ -129,9 +122,11 @@ def test_two_workers_predict_like_one_worker_trained_the_same_way(trained, tmp_p
         assert all(abs(two[path][c] - one[path][c]) < 0.25 for c in two[path]), (path, two[path], one[path])
 
 
-def test_two_workers_cache_features_once_each_and_only_the_chief_keeps_them(tmp_path):
-    """A frozen pretrained backbone: each worker computes every image's features once (with Keras, the engine
-    on a GPU; phase 2's boundary cache computes the same way); the report predicts every validation image once."""
+def test_two_workers_share_the_audit_and_the_features_each_computed_once(tmp_path):
+    """A frozen pretrained backbone: each worker checks half of the images and computes half of the features (with
+    Keras, the engine on a GPU), and gets the other half from the other worker (phase 2's boundary cache is the
+    same class). The chief's cache ends with every image, the other worker's is gone; the report predicts every
+    validation image once."""
     data = make_dataset(tmp_path / "colours", per_class=16)
     procs = []
     try:
@@ -143,31 +138,97 @@ def test_two_workers_cache_features_once_each_and_only_the_chief_keeps_them(tmp_
         _kill(procs)
     for status, output in results:
         assert status == 0, output[-3000:]
-        assert "0 image(s) from the cache, 48 computed" in output, output[-3000:]
-    assert os.listdir(tmp_path / "cache0" / "features") and not os.path.exists(tmp_path / "cache1")
-    assert os.listdir(tmp_path / "tmp1") == []
+        assert "audit shared by 2 workers: 24 of 48 files checked here" in output, output[-3000:]
+        assert "0 image(s) from the cache, 24 computed, 24 from other workers" in output, output[-3000:]
+    caches = os.listdir(tmp_path / "cache0" / "features")
+    assert len(caches) == 1 and len(os.listdir(tmp_path / "cache0" / "features" / caches[0])) == 48
+    assert not os.path.exists(tmp_path / "cache1") and os.listdir(tmp_path / "tmp1") == []
     val = json.load(open(tmp_path / "models0" / "run" / runs.METRICS_FILE))["val"]
     matrix = val["confusion_matrix"]  # each image once, with its own label: in the pipeline's order
     assert val["accuracy"] >= 0.9 and sum(map(sum, matrix)) == 9 and sum(matrix[i][i] for i in range(3)) >= 8
 
 
-def test_a_worker_that_dies_stops_the_chief_with_a_clear_error_and_its_partial_run_kept(tmp_path):
+def _epochs(output: str) -> list[str]:
+    """The epoch lines of a run's log, without their seconds."""
+    return [line.rsplit("  ", 1)[0] for line in output.splitlines() if line.startswith("epoch ")]
+
+
+def _one_epoch_done(procs, history) -> None:
+    deadline = time.monotonic() + 180
+    while not (history.exists() and len(history.read_text().splitlines()) > 1):
+        assert time.monotonic() < deadline and procs[0].poll() is None, "the chief never finished an epoch"
+        time.sleep(0.5)
+
+
+def test_a_killed_worker_stops_the_chief_and_every_worker_resumes_from_its_last_epoch(tmp_path):
+    """kill -9 of a worker: the chief stops with one clear line and keeps its partial run; started again with
+    --resume, the other worker gets that run from the chief, and both train on to --time-limit (counted over both
+    starts), stopping after the same batch; each epoch is in history.csv once."""
+    data = make_dataset(tmp_path / "colours", per_class=8)
+    args = [*TRAIN, data, "--epochs", "1000", "--patience", "1000", "--batch-size", "4", "--time-limit", "15s"]
+    history = tmp_path / "models0" / ("run" + runs.STAGING_SUFFIX) / runs.HISTORY_FILE
+    procs = []
+    try:
+        procs = _two_workers(args, tmp_path)
+        _one_epoch_done(procs, history)
+        procs[1].kill()
+        status, output = _finish(procs[0], timeout=120)
+        assert status == 1 and "Traceback" not in output, output[-3000:]
+        assert "Error: /job:worker/replica:0/task:1 of the cluster stopped, so training stopped here too" in output
+        assert "Start every worker again with the same command and --resume" in output
+        assert os.path.isfile(history)  # the chief's partial run is kept
+        left = set(os.listdir(tmp_path / "tmp1"))  # what the killed worker could not delete
+        procs = _two_workers([*args, "--resume"], tmp_path)
+        results = [_finish(p) for p in procs]
+    finally:
+        _kill(procs)
+    for status, output in results:
+        assert status == 0 and "resumed at epoch" in output, output[-3000:]
+    assert "--resume: received the chief's unfinished run" in results[1][1]
+    assert _epochs(results[0][1]) == _epochs(results[1][1])  # the same epochs, the same metrics
+    run = tmp_path / "models0" / "run"
+    epochs = [int(line.split(",")[0]) for line in (run / runs.HISTORY_FILE).read_text().splitlines()[1:]]
+    assert epochs == list(range(len(epochs))) and len(epochs) > 2
+    assert "head" in json.load(open(run / runs.METRICS_FILE))["time_limit_stopped"]
+    assert not os.path.exists(tmp_path / "models1") and set(os.listdir(tmp_path / "tmp1")) == left
+
+
+def test_ctrl_c_on_one_worker_stops_every_worker_after_the_same_batch(tmp_path):
     data = make_dataset(tmp_path / "colours", per_class=8)
     history = tmp_path / "models0" / ("run" + runs.STAGING_SUFFIX) / runs.HISTORY_FILE
     procs = []
     try:
         procs = _two_workers([*TRAIN, data, "--epochs", "1000", "--patience", "1000", "--batch-size", "4"], tmp_path)
-        deadline = time.monotonic() + 180
-        while not (history.exists() and len(history.read_text().splitlines()) > 1):  # an epoch is done
-            assert time.monotonic() < deadline and procs[0].poll() is None, "the chief never finished an epoch"
-            time.sleep(0.5)
-        procs[1].kill()
-        status, output = _finish(procs[0], timeout=120)
+        _one_epoch_done(procs, history)
+        procs[1].send_signal(signal.SIGINT)
+        results = [_finish(p, timeout=120) for p in procs]
     finally:
         _kill(procs)
-    assert status == 1 and "Traceback" not in output, output[-3000:]
-    assert "Error: /job:worker/replica:0/task:1 of the cluster stopped, so training stopped here too" in output
-    assert os.path.isfile(history)  # the chief's partial run is kept
+    for status, output in results:
+        assert status == 130 and "Traceback" not in output, output[-3000:]
+        assert "Continue by starting every worker again with the same command and --resume." in output
+    assert "another worker was asked to stop" in results[0][1]
+    assert _epochs(results[0][1]) == _epochs(results[1][1])
+    rows = history.read_text().splitlines()[1:]
+    assert len(rows) == len(_epochs(results[0][1]))  # every finished epoch backed up, none half-done
+
+
+def test_workers_that_see_different_files_stop_with_a_clear_error(tmp_path):
+    make_dataset(tmp_path / "one", per_class=4)
+    make_dataset(tmp_path / "two", per_class=5)
+    procs = []
+    try:
+        for data, tf_config in zip(["one", "two"], distribute.local_cluster(2)):
+            procs.append(_start([*TRAIN, tmp_path / data, "--distribute", "multiworker", "-o", tmp_path / "models"],
+                                _env(TF_CONFIG=json.dumps(tf_config))))
+        results = [_finish(p, timeout=120) for p in procs]
+    finally:
+        _kill(procs)
+    for status, output in results:
+        assert status == 1 and "Traceback" not in output, output[-3000:]
+        assert "the workers of the cluster do not see the same image files" in output
+        assert "give every worker the same copy of the dataset" in output
+    assert not os.path.exists(tmp_path / "models" / "run")
 
 
 def test_mirrored_over_two_cpu_replicas_trains_with_the_batch_size_per_replica(tmp_path):
@@ -189,7 +250,6 @@ CLUSTER = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type
     ({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}, [],
      "Error: --distribute multiworker needs TF_CONFIG naming a cluster of two or more tasks"),
     ("[1, 2", [], "Error: TF_CONFIG is not a JSON object"),
-    (CLUSTER, ["--time-limit", "1h"], "Error: --time-limit is not supported with --distribute multiworker"),
 ])
 def test_a_bad_combination_is_a_clear_error(runner, colours_dir, tmp_path, tf_config, options, message):
     env = {"TF_CONFIG": tf_config if isinstance(tf_config, str) or tf_config is None else json.dumps(tf_config)}
@@ -211,6 +271,85 @@ def test_auto_and_the_chief_follow_tf_config():
     assert distribute.is_chief({}) and not distribute.is_chief(two) and not distribute.is_chief(with_chief)
     assert distribute.is_chief({"TF_CONFIG": json.dumps({**CLUSTER, "task": {"type": "worker", "index": 0}})})
     config = TrainConfig(data_dir="photos", distribute="auto")
-    with pytest.raises(ConfigError, match="--resume is not supported with --distribute multiworker"):
-        distribute.check(config, resume=True, environ=two)  # the CLI's own check of --resume comes first
-    distribute.check(config, resume=True, environ={})
+    assert distribute.writes_run(config, environ={}) and not distribute.writes_run(config, environ=two)
+    assert distribute.writes_run(dataclasses.replace(config, distribute="none"), environ=two)
+    assert distribute.rank(two) == (1, 2) and distribute.rank(with_chief) == (1, 2)
+    assert distribute.rank({"TF_CONFIG": json.dumps({**json.loads(with_chief["TF_CONFIG"]),
+                                                     "task": {"type": "chief", "index": 0}})}) == (0, 2)
+
+
+class _Peers:
+    """``count`` simulated workers (threads) whose ``total`` sums their arrays, like the cluster's all-reduce."""
+
+    def __init__(self, count):
+        self.count, self.barrier, self.parts = count, threading.Barrier(count), [None] * count
+
+    def worker(self, rank):
+        peers = self
+
+        class Fake(distribute.Workers):
+            def total(self, array):
+                peers.parts[rank] = array.copy()
+                peers.barrier.wait()
+                summed = sum(peers.parts)
+                peers.barrier.wait()
+                return summed
+
+        return Fake(None, rank, self.count)
+
+
+def test_workers_gather_every_blob_in_rank_order():
+    blobs = [b"", b"a", bytes(range(256)) * 3 + b"xyz"]
+    peers, got = _Peers(3), {}
+    threads = [threading.Thread(target=lambda r=r: got.__setitem__(r, peers.worker(r).gather(blobs[r])))
+               for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert got == {r: blobs for r in range(3)}
+    assert peers.worker(1).mine(list(range(7))) == [1, 4]
+
+
+def test_workers_compute_each_missing_feature_once_and_send_what_they_hold(tmp_path):
+    """Two simulated workers: the chief holds 4 images' features from an earlier run and streams its cache from
+    disk (a small --cache-memory); the other holds none. The 4 are sent by the chief, the rest computed once, by
+    one worker each; both end with the same features, those of the backbone, and the chief's cache has them all."""
+    import keras
+
+    from transfer import backbones, data, features
+    from transfer.heads import build_model
+
+    make_dataset(tmp_path / "data", per_class=4, size=48)
+    configs = [TrainConfig(data_dir=str(tmp_path / "data"), backbone="smallcnn", image_size=48,
+                           augment="none", batch_size=3, verbose=0, feature_engine="keras", seed=7,
+                           cache_dir=str(tmp_path / f"cache{rank}"), cache_memory=memory)
+               for rank, memory in enumerate(["1K", "25%"])]
+    spec, configs = backbones.resolve(configs[0])[0], [backbones.resolve(c)[1] for c in configs]
+    dataset = data.scan(configs[0].data_dir, cache_dir=str(tmp_path / "audit"))
+    examples, digests = dataset.splits["train"], {c.path: c.digest for c in dataset.report.used}
+
+    def cache(rank, workers=None):
+        keras.utils.set_random_seed(7)  # the same weights on every worker
+        return features.frozen_phase_cache(build_model(spec, configs[rank], 3), configs[rank], digests, workers)
+
+    cache(0).prepare(examples[:4])  # the chief's earlier run
+    peers = _Peers(2)
+    caches = [cache(rank, peers.worker(rank)) for rank in range(2)]
+    threads = [threading.Thread(target=c.prepare, args=(examples,)) for c in caches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    chief, other = caches
+    rest = len(examples) - 4
+    assert (chief.hits, other.hits) == (4, 0) and chief.computed + other.computed == rest
+    assert abs(chief.computed - other.computed) <= 1
+    assert (chief.received, other.received) == (other.computed, 4 + chief.computed)
+    assert chief.in_memory is False and len(os.listdir(chief.folder)) == len(examples)
+    for c in caches:
+        c.workers = None  # read back alone
+    expected = chief.extractor.predict(np.stack([load_image(e.path, (48, 48), "squash") for e in examples]),
+                                       verbose=0)
+    for c in caches:
+        np.testing.assert_allclose(c.features(examples)[:, 0], expected, atol=1e-5)

@@ -32,7 +32,9 @@ def test_validates_every_n_epochs_and_on_each_phases_last(tmp_path, recwarn):
     # the best epoch is chosen among the validated ones and its weights are the ones restored
     best = min((row for row in result.history if int(row["epoch"]) in validated), key=lambda row: row["val_loss"])
     assert result.metrics["best_epoch"] == int(best["epoch"]) + 1
-    assert result.metrics["val"]["loss"] == pytest.approx(best["val_loss"], rel=1e-4)
+    # metrics.json's loss comes from the probabilities, history's from Keras' logits: they agree to float32's
+    # resolution of a probability near 1 (6e-8 per image), which is all there is of a loss this small
+    assert result.metrics["val"]["loss"] == pytest.approx(best["val_loss"], rel=1e-4, abs=1e-6)
     # the monitoring callbacks were not run (and warned) on epochs without a validation metric
     assert not [w for w in recwarn if "val_loss" in str(w.message)]
     assert os.path.getsize(os.path.join(result.run_dir, "history.png")) > 0

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from .console import bar
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 from .images import MAX_PIXELS, is_image_name, looks_like_image, not_regular, open_rgb
 
 log = logging.getLogger("transfer")
@@ -97,13 +97,18 @@ def file_digest(path: str, algorithm: str = "sha1") -> str:
 
 
 def audit(paths: list[str], root: str, max_pixels: int = MAX_PIXELS, cache_dir: str | None = None,
-          progress: bool = False) -> list[FileCheck]:
-    """Check every path (in parallel), reusing cached verdicts for files whose size and mtime are unchanged."""
+          progress: bool = False, workers=None) -> list[FileCheck]:
+    """Check every path (in parallel), reusing cached verdicts for files whose size and mtime are unchanged.
+
+    ``workers`` (:class:`transfer.training.distribute.Workers`): the workers of
+    a cluster, each with its own copy of the dataset; each checks a part of the
+    files and every worker gets every verdict (:func:`_shared`).
+    """
     root = os.path.realpath(root)
     cache = _Cache(cache_dir, root, max_pixels)
     results: dict[str, FileCheck] = {}
     todo = []
-    for path in paths:
+    for path in paths if workers is None else workers.mine(paths):
         hit = cache.get(path)
         if hit:
             results[path] = hit
@@ -115,8 +120,33 @@ def audit(paths: list[str], root: str, max_pixels: int = MAX_PIXELS, cache_dir: 
             results[check.path] = check
             if not check.reason.startswith(_TIMED_OUT):
                 cache.put(check)
-        cache.save()
+    if workers is not None:
+        results = _shared(results, paths, root, workers, cache)
+    cache.save()
     return [results[p] for p in paths]
+
+
+def _shared(mine: dict[str, FileCheck], paths: list[str], root: str, workers, cache: "_Cache") -> dict[str, FileCheck]:
+    """Every worker's verdicts on every worker, after checking that they all list the same files (a worker whose copy
+    of the dataset differs would train on another split)."""
+    names = [os.path.relpath(p, root) for p in paths]
+    listing = hashlib.sha1("\0".join(names).encode("utf-8", "surrogateescape")).hexdigest()
+    index = {p: i for i, p in enumerate(paths)}
+    verdicts = [[index[p], {k: v for k, v in asdict(c).items() if k != "path"}] for p, c in mine.items()]
+    sent = [json.loads(blob) for blob in workers.gather(json.dumps({"listing": listing, "verdicts": verdicts}).encode())]
+    differ = [rank for rank, part in enumerate(sent) if part["listing"] != listing]
+    if differ:
+        raise ConfigError(f"the workers of the cluster do not see the same image files in {root!r} (this worker lists "
+                          f"{len(paths)}; workers of rank {differ} list others): give every worker the same copy of "
+                          "the dataset.")
+    results = {}
+    for part in sent:
+        for i, fields in part["verdicts"]:
+            results[paths[i]] = check = FileCheck(paths[i], **fields)
+            if paths[i] not in mine and not check.reason.startswith(_TIMED_OUT):
+                cache.put(check)
+    log.info("audit shared by %d workers: %d of %d files checked here", workers.count, len(mine), len(paths))
+    return results
 
 
 def _with_deadline(check, paths: list[str], workers: int):

@@ -109,11 +109,12 @@ class TrainConfig:
             if isinstance(getattr(self, item.name), os.PathLike):
                 setattr(self, item.name, os.fspath(getattr(self, item.name)))
 
-    def validate(self) -> "TrainConfig":
-        """Check every value before any work starts (types, ranges, choices); return self for chaining."""
+    def validate(self, need_data: bool = True) -> "TrainConfig":
+        """Check every value before any work starts (types, ranges, choices); return self for chaining.
+        ``need_data=False``: DATA_DIR may be left out (``--resume`` takes the run's)."""
         for item in dataclasses.fields(self):
             check_setting(item.name, getattr(self, item.name))
-        _check(bool(self.data_dir), "DATA_DIR is required (or data_dir in the file of --config).")
+        _check(bool(self.data_dir) or not need_data, "DATA_DIR is required (or data_dir in the file of --config).")
         parse_memory(self.cache_memory)
         parse_duration(self.time_limit)
         self._validate_weights()

@@ -81,8 +81,9 @@ class Dataset:
 
 
 def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: int = MAX_PIXELS,
-         dedupe: bool = False, cache_dir: str | None = None, progress: bool = False) -> Dataset:
-    """Find, audit and split the images of ``data_dir``; errors name the folder at fault."""
+         dedupe: bool = False, cache_dir: str | None = None, progress: bool = False, workers=None) -> Dataset:
+    """Find, audit and split the images of ``data_dir``; errors name the folder at fault. ``workers``: a cluster's,
+    which share the audit (:func:`transfer.audit.audit`)."""
     data_dir = os.fspath(data_dir) if isinstance(data_dir, os.PathLike) else data_dir
     for name, value in (("data_dir", data_dir), ("val_split", val_split), ("seed", seed), ("max_pixels", max_pixels)):
         check_setting(name, value)
@@ -93,7 +94,7 @@ def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: i
     report = AuditReport(unused=[p for folder in dict.fromkeys([root, *split_dirs.values()])
                                  for p in _loose_images(folder)], junk=len(junk))
     candidates = [p for classes in layout.values() for paths in classes.values() for p in paths]
-    report.checks = audit(candidates, root, max_pixels, cache_dir, progress)
+    report.checks = audit(candidates, root, max_pixels, cache_dir, progress, workers)
     usable = _usable(layout, split_dirs, report, dedupe)
     classes = list(usable.get("train", usable.get("all")))
     _check_classes(split_dirs.get("train", root), classes)
@@ -294,8 +295,9 @@ def _empty_class_message(folder: str, files: list[str], report: AuditReport) -> 
     if not files:
         return f"class folder {folder!r} has no images; add images or remove the folder."
     reasons = sorted({c.reason for c in report.checks if c.path in set(files) and c.reason})
-    return (f"class folder {folder!r} has no usable images ({len(files)} files: {'; '.join(reasons) or 'duplicates'}); "
-            "add images or remove the folder.")
+    more = f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""  # one line, even for thousands of files
+    return (f"class folder {folder!r} has no usable images ({len(files)} files: "
+            f"{'; '.join(reasons[:3]) or 'duplicates'}{more}); add images or remove the folder.")
 
 
 def _check_classes(folder: str, classes: list[str]) -> None:

@@ -200,13 +200,13 @@ def _skipped_pairs(record: dict[str, Any]) -> list[tuple[str, str]]:
     return [(s["path"], s["reason"]) for s in record["skipped"] + record["unreadable"]]
 
 
-def report_run(run: runs.RunFolder, model, config, dataset: data.Dataset, metrics: dict[str, Any], val_ds,
-               cache=None) -> dict[str, Any]:
+def report_run(run: runs.RunFolder, model, config, dataset: data.Dataset, metrics: dict[str, Any],
+               probabilities: dict[str, np.ndarray]) -> dict[str, Any]:
     """At the end of training: per-class metrics of val (and test) added to ``metrics`` and metrics.json,
     confusion_matrix.png (val) and report.html in the run folder. Returns the metrics.
 
-    ``val_ds`` is training's validation pipeline and ``cache`` its feature cache, if any: the predictions
-    come from the cached features when the backbone never changed, as training's own evaluation does.
+    ``probabilities``: the model's on each split, from training's final evaluation
+    (:func:`transfer.training.results.evaluate`), which made that pass already.
     """
     from .plots import plot_confusion
 
@@ -215,7 +215,7 @@ def report_run(run: runs.RunFolder, model, config, dataset: data.Dataset, metric
     for split in ("val", "test"):
         if split not in dataset.splits:
             continue
-        probs = np.asarray(_run_probabilities(model, config, dataset, split, val_ds, cache), dtype=np.float64)
+        probs = np.asarray(probabilities[split], dtype=np.float64)
         y_true = np.array([e.label for e in dataset.splits[split]])
         metrics[split] = {**classification_metrics(y_true, probs, dataset.classes), **metrics[split]}
         if split == "val":
@@ -223,7 +223,7 @@ def report_run(run: runs.RunFolder, model, config, dataset: data.Dataset, metric
     plot_confusion(metrics["val"]["confusion_matrix"], dataset.classes, run.path(runs.CONFUSION_FILE))
     gradcam = gradcam_examples(model, worst, (config.image_size, config.image_size), config.resize)
     write_report(_run_page(run, config, dataset, metrics, worst[:WORST], gradcam), run.path(runs.REPORT_FILE))
-    metrics["seconds"]["report"] = round(time.monotonic() - started, 2)  # this function: predictions, plots, page
+    metrics["seconds"]["report"] = round(time.monotonic() - started, 2)  # this function: metrics, plots, Grad-CAM, page
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     return metrics
 
@@ -242,14 +242,3 @@ def _run_page(run: runs.RunFolder, config, dataset: data.Dataset, metrics: dict[
     splits = {split: metrics[split] for split in ("val", "test") if split in metrics}
     return Report(f"Run {run.name}", facts, splits, plots, config.to_dict(), dataset.counts(), skipped, worst,
                   list(gradcam))
-
-
-def _run_probabilities(model, config, dataset: data.Dataset, split: str, val_ds, cache) -> np.ndarray:
-    """The trained model's probabilities on a split; with cached features and no fine-tuning, the head on them (the
-    same model, without a second pass of the backbone)."""
-    examples = dataset.splits[split]
-    if cache is not None and cache.ready and not config.fine_tune_epochs:
-        return cache.top.predict(cache.dataset(examples, pick="all" if config.tta else "first"), verbose=0)
-    images = val_ds if split == "val" else data.make_tf_dataset(
-        examples, config.image_size, config.batch_size, resize=config.resize, cache=False, max_pixels=config.max_pixels)
-    return model.predict(images, verbose=0)

@@ -39,6 +39,7 @@ from .console import bar
 from .devices import has_gpu
 from .errors import ConfigError
 from .heads import HEAD_LAYER, backbone_of, unfreeze_index
+from .training.distribute import EXCHANGE_BYTES, this_worker
 
 log = logging.getLogger("transfer")
 
@@ -106,14 +107,16 @@ def views(config: TrainConfig, validation: bool = True) -> int:
     return 2 if config.augment == "flip" or (config.tta and validation) else 1
 
 
-def frozen_phase_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str]) -> "FeatureCache":
+def frozen_phase_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str],
+                       workers=None) -> "FeatureCache":
     """Phase 1: pooled features of the whole frozen backbone; the head's top trains on them."""
     n = views(config)
     return FeatureCache(extractor(model), head_top(model), model_key(model, config, views=n), config, digests,
-                        views=n, view_axis=True)
+                        views=n, view_axis=True, workers=workers)
 
 
-def boundary_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str]) -> "FeatureCache | None":
+def boundary_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str],
+                   workers=None) -> "FeatureCache | None":
     """Phase 2: activations where the frozen part of the backbone ends; the unfrozen top and the head train on them.
 
     Only for a clean cut (no later layer reads an earlier tensor than the
@@ -136,7 +139,7 @@ def boundary_cache(model: keras.Model, config: TrainConfig, digests: dict[str, s
     bottom = keras.Model(backbone.inputs, boundary.output)(model.get_layer("preprocess")(image))
     n = views(config, validation=False)  # validation runs on the first view; the final evaluation on images
     return FeatureCache(keras.Model(image, bottom, name="frozen_bottom"), trainer,
-                        model_key(model, config, boundary.name, n), config, digests, views=n)
+                        model_key(model, config, boundary.name, n), config, digests, views=n, workers=workers)
 
 
 class FeatureCache:
@@ -147,12 +150,17 @@ class FeatureCache:
     ``--cache-memory`` are held in RAM; beyond it they are streamed from their
     files in the cache folder every epoch (spilled), which needs that folder
     to be writable.
+
+    On a cluster (``workers``) each missing row is computed by one worker and
+    sent to the others (:meth:`_share`): the cluster runs the backbone once per
+    image, not once per image and worker.
     """
 
     def __init__(self, extractor: keras.Model, top: keras.Model, key: str, config: TrainConfig,
-                 digests: dict[str, str], views: int = 1, view_axis: bool = False):
+                 digests: dict[str, str], views: int = 1, view_axis: bool = False, workers=None):
         """``digests`` maps each image path to the sha1 of its bytes (the audit's); ``views``: 1, or 2 to cache
-        the mirror image's features too; ``view_axis``: whether ``top`` takes a views axis (:func:`head_top`)."""
+        the mirror image's features too; ``view_axis``: whether ``top`` takes a views axis (:func:`head_top`);
+        ``workers``: a cluster's (:class:`transfer.training.distribute.Workers`), or None."""
         self.config = config
         self.digests = digests
         self.folder = os.path.join(config.cache_dir or default_cache_dir(), "features", key)
@@ -166,6 +174,8 @@ class FeatureCache:
         self.ready = False  # every prepared row can be read (False after a failed spill)
         self.hits = 0  # images read from disk
         self.computed = 0  # images run through the backbone
+        self.received = 0  # images whose features another worker sent
+        self.workers = workers
         self._rows: dict[str, np.ndarray] = {}  # in RAM
         self._spilled: set[str] = set()  # on disk, streamed every epoch
         self._writable = True
@@ -185,6 +195,9 @@ class FeatureCache:
                 log.info("cached features need %.1f GB, over --cache-memory %s: streaming them from %s",
                          need / 1e9, self.config.cache_memory, self.folder)
         missing = [e for e in examples if not self._recall(e.path)]
+        if self.workers is not None:
+            self._share(examples, {e.path for e in missing})
+            missing = [e for e in missing if not self._recall(e.path)]  # only where keeping a row failed
         chunk = len(missing) if self.in_memory else max(self.config.batch_size, self.budget // (2 * self.row_bytes))
         for i in range(0, len(missing), max(1, chunk)):
             if not (self.in_memory or self._writable):
@@ -197,6 +210,51 @@ class FeatureCache:
                 self._spilled.update(e.path for e in part)
         self.ready = self.in_memory or self._writable
         return self.ready
+
+    def _share(self, examples: list[data.Example], lacking: set[str]) -> None:
+        """On a cluster: have every row of ``examples`` here, each computed by one worker only.
+
+        The workers first learn who holds which row (the chief may have a cache
+        from an earlier run). A row no one holds is computed by one of them, in
+        turn; a row some worker lacks is sent by the first that holds it. Every
+        worker calls this with the same ``examples``, so the collectives match.
+        """
+        workers, rank = self.workers, self.workers.rank
+        holds = np.zeros((workers.count, len(examples)), np.int32)
+        holds[rank] = [e.path not in lacking for e in examples]
+        holds = workers.total(holds) > 0
+        needed = np.flatnonzero(~holds.all(axis=0))
+        owner = np.where(holds[:, needed].any(axis=0), holds[:, needed].argmax(axis=0), -1)
+        unheld = owner < 0
+        owner[unheld] = np.arange(unheld.sum()) % workers.count
+        step = max(1, EXCHANGE_BYTES // self.row_bytes)
+        for start in range(0, len(needed), step):
+            part, owners = needed[start:start + step], owner[start:start + step]
+            rows = np.zeros((len(part), *self.shape), np.float32)
+            ours = np.flatnonzero(owners == rank)
+            compute = [j for j in ours if not holds[rank, part[j]]]
+            if compute:
+                rows[compute] = self._compute([examples[part[j]] for j in compute])
+            for j in ours:
+                if holds[rank, part[j]]:
+                    rows[j] = self._row(examples[part[j]].path)
+            rows = workers.total(rows)
+            for j in np.flatnonzero(~holds[rank, part]):
+                example = examples[part[j]]
+                if owners[j] != rank:
+                    self._write(self._path(example.path), rows[j])
+                    self.received += 1
+                self._keep(example.path, rows[j])
+
+    def _row(self, image_path: str) -> np.ndarray:
+        return self._rows[image_path] if self.in_memory else np.load(self._path(image_path), allow_pickle=False)
+
+    def _keep(self, image_path: str, row: np.ndarray) -> None:
+        """Hold a row this worker now has: in RAM, or (spilled) in its file, when that could be written."""
+        if self.in_memory:
+            self._rows[image_path] = row
+        elif self._writable:
+            self._spilled.add(image_path)
 
     def features(self, examples: list[data.Example]) -> np.ndarray:
         """One row of features per example, in order (held in RAM; for tests and small sets)."""
@@ -360,9 +418,7 @@ class _Engine:
         log.warning("%s; computing features with Keras", reason)
 
     def keras(self, batch: np.ndarray) -> np.ndarray:
-        from .training.distribute import predict_on_batch  # here: the training package imports this module
-
-        return np.asarray(predict_on_batch(self.extractor, batch), dtype=np.float32)
+        return np.asarray(this_worker(self.extractor).predict_on_batch(batch), dtype=np.float32)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self.runner is None:

@@ -17,6 +17,7 @@ from . import backbones, data, runs
 from .backbones import BackboneSpec
 from .config import TrainConfig, default, option_name, physical_memory
 from .errors import ConfigError, RunError
+from .training import distribute
 
 #: bytes kept per value of a batch's images while training, at the least: a network's first layers alone hold
 #: several times its input (real networks hold far more, so this only refuses what cannot possibly fit)
@@ -26,7 +27,7 @@ PARAM_COPIES = 4
 
 
 #: settings that say where a run goes or how it reports, not what it trains: --resume takes them as given
-NOT_TRAINING = ("data_dir", "output_dir", "name", "overwrite", "verbose")
+NOT_TRAINING = ("data_dir", "output_dir", "name", "overwrite", "verbose", "cache_dir")
 
 
 def check(config: TrainConfig, *, open_models: bool = True,
@@ -40,8 +41,9 @@ def check(config: TrainConfig, *, open_models: bool = True,
     :func:`transfer.train`, and the spec returned is None. With ``resume``,
     the settings are those of the unfinished run ``config.name`` (:func:`resumed`).
     """
-    config = config.validate()
-    if resume:
+    config = config.validate(need_data=not resume)
+    writes = distribute.writes_run(config)  # a worker that is not the chief gets its run from the chief
+    if resume and writes:
         config = resumed(config)
     spec = None
     if open_models or config.backbone.lower() in backbones.names() or not os.path.exists(config.backbone):
@@ -51,9 +53,11 @@ def check(config: TrainConfig, *, open_models: bool = True,
         raise ConfigError("--epochs and --fine-tune-epochs are both 0: nothing to train.")
     backbone = os.path.basename(os.path.normpath(spec.name if spec else config.backbone))
     config = dataclasses.replace(config, name=runs.default_name(backbone) if config.name is None else config.name)
-    runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir, resume=resume)
-    data.check_layout(config.data_dir)
-    data.check_cache_dir(config.cache_dir, config.data_dir)
+    if writes:
+        runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir, resume=resume)
+    if config.data_dir:  # else a worker's --resume: the chief's run says where (train() reads it)
+        data.check_layout(config.data_dir)
+        data.check_cache_dir(config.cache_dir, config.data_dir)
     return spec, config
 
 
@@ -62,7 +66,7 @@ def resumed(config: TrainConfig) -> TrainConfig:
 
     A setting of ``config`` that is not its default and differs from the run's
     is an error that names it: a resumed run trains as it was started. The
-    dataset folder must be the same one.
+    dataset folder must be the same one; left out (no DATA_DIR), it is the run's.
     """
     if config.name is None:
         raise ConfigError("--resume continues the unfinished run named by --name; give its --name.")
@@ -76,7 +80,8 @@ def resumed(config: TrainConfig) -> TrainConfig:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise RunError(f"--resume: {os.path.join(staging, runs.CONFIG_FILE)!r} cannot be read ({error}); "
                        "start again with --overwrite.") from None
-    if os.path.realpath(config.data_dir) != os.path.realpath(saved.data_dir):
+    chief = distribute.writes_run(config)  # another worker's copy of the dataset may be elsewhere (the audit compares)
+    if chief and config.data_dir and os.path.realpath(config.data_dir) != os.path.realpath(saved.data_dir):
         raise ConfigError(f"--resume: the run {config.name!r} was trained on {saved.data_dir!r}, not "
                           f"{config.data_dir!r}; give that DATA_DIR.")
     for item in dataclasses.fields(TrainConfig):
@@ -85,8 +90,10 @@ def resumed(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"--resume continues the run {config.name!r} with the settings it was started with, "
                               f"and {option_name(item.name)} was {was!r}, not {given!r}; leave "
                               f"{option_name(item.name)} out, or start again with --overwrite.")
-    return dataclasses.replace(saved, output_dir=config.output_dir, verbose=config.verbose,
-                               overwrite=saved.overwrite or config.overwrite)
+    cache_dir = saved.cache_dir if config.cache_dir == default("cache_dir") else config.cache_dir  # moved, or a worker's
+    return dataclasses.replace(saved, output_dir=config.output_dir, verbose=config.verbose, cache_dir=cache_dir,
+                               overwrite=saved.overwrite or config.overwrite,
+                               data_dir=saved.data_dir if chief or not config.data_dir else config.data_dir)
 
 
 def check_memory(spec: BackboneSpec, config: TrainConfig, available: int | None = None) -> None:

@@ -8,16 +8,25 @@ Where to look:
     callbacks.py   the Keras callbacks of every phase (validation, time limit, history, checkpoint)
     resume.py      --resume: the state backed up after every epoch, and putting it back
     interrupts.py  Ctrl-C and SIGTERM: stop after the current batch, keep the run resumable
-    evaluation.py  the end-of-training evaluation, history.csv and its plot
+    results.py     the run's results: the best epoch back, the final metrics, history.csv and its plot
     precision.py   the dtype policy (mixed precision)
+    distribute.py  --distribute: the strategy, the chief, and what workers share and agree on
 
-File names are known only to :mod:`transfer.runs`.
+File names are known only to :mod:`transfer.runs`. Importing the package does
+not import TensorFlow (the preflight checks use :mod:`.distribute`); its names
+below are imported when first used.
 """
 
-from .callbacks import TimeLimit as _TimeLimit  # noqa: F401  (the names tests import from here)
-from .evaluation import read_history
-from .phases import make_optimizer
-from .precision import dtype_policy
-from .trainer import TrainResult, train
+_LAZY = {"TrainResult": "trainer", "train": "trainer", "dtype_policy": "precision", "make_optimizer": "phases",
+         "read_history": "results", "_TimeLimit": "callbacks"}
+
+
+def __getattr__(name):
+    import importlib
+
+    if name not in _LAZY:
+        raise AttributeError(f"module 'transfer.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name.lstrip("_"))
+
 
 __all__ = ["TrainResult", "dtype_policy", "make_optimizer", "read_history", "train"]

@@ -1,4 +1,4 @@
-"""--distribute: the tf.distribute strategy a run trains under, and which worker saves it. The one place for both.
+"""--distribute: the tf.distribute strategy a run trains under, which worker saves it, and what workers share.
 
 ``none`` is TensorFlow's default strategy (one device). ``mirrored`` copies the
 model onto every GPU of this machine (without a GPU: every logical CPU device)
@@ -13,33 +13,45 @@ replica, ``batch_size * replicas`` in all.
 
 Only the chief (task ``chief``, or ``worker`` 0 when there is none) writes the
 run folder and the caches. Every other worker trains with its output and cache
-folders in a temporary folder that it deletes at the end; it audits the images
-and computes any feature cache itself (machines share no disk), which gives the
-same split and features as the chief's, since they come from the same files.
+folders in a temporary folder that it deletes at the end. Machines share no
+disk, so what one worker computes reaches the others over the cluster's own
+collectives (:class:`Workers`): each worker audits a part of the images and
+computes the features of a part of them, and every worker gets the whole; a
+resumed run's partial folder goes from the chief to the others. The workers
+also agree after every batch (:func:`agreement`): a signal on any of them, or
+``--time-limit`` reached on any, stops all of them after that same batch.
 
 Keras 3.15 on TensorFlow 2.21 needs two repairs for ``multiworker``, both in
-:class:`_MultiWorker`; and evaluation runs on a one-device copy of the model
-(:func:`local`), cached features are computed on this worker's batches alone
-(:func:`predict_on_batch`).
+:class:`_MultiWorker`; and evaluation, and the features a worker computes
+(:func:`this_worker`), run on a one-device copy of the model (:func:`local`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
 import re
 import shutil
+import signal
+import socket
+import tarfile
 import tempfile
 import weakref
 
+import numpy as np
+
 from ..config import TrainConfig
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, RunError, TrainingError
+from ..runs import BACKUP_FOLDER, STAGING_SUFFIX as STAGING, latest_backup
 
 log = logging.getLogger("transfer")
 _twins: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # distributed model -> its copy on one device
+#: bytes sent per collective when workers share an array (all-reduce buffers stay far from gRPC's 2 GB)
+EXCHANGE_BYTES = 64 << 20
 
 
 def cluster(environ=os.environ) -> tuple[dict, dict]:
@@ -73,14 +85,22 @@ def choose(mode: str, gpus: int, environ=os.environ) -> str:
     return mode
 
 
-def check(config: TrainConfig, resume: bool, environ=os.environ) -> None:
-    """Options that workers could not agree on: each must stop after the same step, or the others wait forever."""
-    if choose(config.distribute, 0, environ) != "multiworker":
-        return
-    for option, given in (("--time-limit", config.time_limit), ("--resume", resume)):
-        if given:
-            raise ConfigError(f"{option} is not supported with --distribute multiworker: workers would stop at "
-                              f"different steps. Leave {option} out, or train on one machine.")
+def local_cluster(workers: int) -> list[dict]:
+    """``TF_CONFIG`` for each of ``workers`` processes on this machine (free ports on 127.0.0.1), worker 0 the chief:
+    to try ``--distribute multiworker`` here before a real cluster (the tests and the benchmark do)."""
+    sockets = [socket.socket() for _ in range(workers)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    return [{"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}} for i in range(workers)]
+
+
+def writes_run(config: TrainConfig, environ=os.environ) -> bool:
+    """Whether this process writes ``config``'s run folder: False only on a worker of a cluster that is not its chief
+    (which writes into a temporary folder instead, and on ``--resume`` gets the chief's partial run)."""
+    return is_chief(environ) or choose(config.distribute, 0, environ) != "multiworker"
 
 
 def strategy(mode: str, environ=os.environ):
@@ -105,26 +125,72 @@ def strategy(mode: str, environ=os.environ):
 
 
 @contextlib.contextmanager
-def placed(config: TrainConfig, environ=os.environ):
-    """``config`` as this worker trains it: on the chief unchanged; on another worker with its run and cache
-    folders in a temporary folder, deleted afterwards, so that it writes nothing the chief's run could read."""
-    if is_chief(environ) or choose(config.distribute, 0, environ) != "multiworker":
-        yield config
+def scratch(config: TrainConfig, environ=os.environ):
+    """A temporary folder for a worker that does not write the run (None for one that does), deleted afterwards."""
+    if writes_run(config, environ):
+        yield None
         return
-    scratch = tempfile.mkdtemp(prefix="transfer-worker-")
+    folder = tempfile.mkdtemp(prefix="transfer-worker-")
     log.info("not the chief: this worker's run folder and caches go to %s, deleted when it ends; the chief "
-             "saves the run", scratch)
+             "saves the run", folder)
     try:
-        yield dataclasses.replace(config, output_dir=os.path.join(scratch, "models"),
-                                  cache_dir=os.path.join(scratch, "cache"))
+        yield folder
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def place(config: TrainConfig, folder: str | None) -> TrainConfig:
+    """``config`` as this worker trains it: unchanged, or with its run and cache folders in ``folder``
+    (:func:`scratch`), so that it writes nothing the chief's run could read."""
+    if folder is None:
+        return config
+    return dataclasses.replace(config, output_dir=os.path.join(folder, "models"),
+                               cache_dir=os.path.join(folder, "cache"))
+
+
+def share_partial_run(config: TrainConfig, folder: str | None, workers: "Workers | None") -> TrainConfig:
+    """``--resume`` on a cluster: the chief sends its unfinished run (without the older backups) to every worker,
+    which puts it in its temporary ``folder``, so that every worker resumes from the same epoch and weights.
+
+    Returns ``config`` with the output folder this worker resumes from. A chief with
+    nothing to continue sends nothing; the others then stop, and it says why.
+    """
+    if workers is None:
+        return config
+    if config.name is None:
+        raise ConfigError("--resume continues the unfinished run named by --name; give its --name.")
+    staging = os.path.join(config.output_dir, config.name + STAGING)
+    sent = workers.gather(_pack(staging) if folder is None else b"")[0]  # rank 0 is the chief
+    if folder is None:
+        return config
+    if not sent:
+        raise RunError(f"--resume: the chief has no unfinished run {config.name!r} to continue (its own message says "
+                       "why); start every worker again without --resume.")
+    placed = place(config, folder)
+    with tarfile.open(fileobj=io.BytesIO(sent)) as archive:
+        archive.extractall(os.path.join(placed.output_dir, config.name + STAGING), filter="data")
+    log.info("--resume: received the chief's unfinished run (%.1f MB)", len(sent) / 1e6)
+    return placed
+
+
+def _pack(staging: str) -> bytes:
+    """The partial run folder as a tar archive in memory: its files and its newest backup (empty: none to send)."""
+    newest = latest_backup(staging) if os.path.isdir(staging) else None
+    if newest is None:
+        return b""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name in sorted(os.listdir(staging)):
+            if name != BACKUP_FOLDER:
+                archive.add(os.path.join(staging, name), name)
+        archive.add(newest, os.path.relpath(newest, staging))
+    return buffer.getvalue()
 
 
 @contextlib.contextmanager
-def worker_lost(strategy, staging: str):
-    """A worker that died (killed, preempted) stops the others with a TensorFlow error that names it:
-    say so in one line, and where this worker's partial run is."""
+def worker_lost(strategy):
+    """A worker that died (killed, preempted, stopped by an error) stops the others, at their next collective, with
+    a TensorFlow error that names it: say so in one line, and how to continue."""
     import tensorflow as tf
 
     try:
@@ -135,9 +201,9 @@ def worker_lost(strategy, staging: str):
         task = cluster()[1]
         this = f"/job:{task.get('type')}/replica:0/task:{task.get('index')}"  # named too, as where it waited
         lost = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", error.message)) - {this}) or ["a worker"]
-        raise TrainingError(f"{', '.join(lost)} of the cluster stopped, so training stopped here too; what this "
-                            f"worker wrote is in {staging!r}. Start every worker again (the chief with --overwrite)."
-                            ) from None
+        raise TrainingError(f"{', '.join(lost)} of the cluster stopped, so training stopped here too. Start every "
+                            "worker again with the same command and --resume to continue from the chief's last "
+                            "finished epoch (or --overwrite to start over).") from None
 
 
 def global_batch(config: TrainConfig, strategy) -> TrainConfig:
@@ -160,12 +226,24 @@ def evaluate(model, ds) -> dict[str, float]:
     return local(model).evaluate(ds, verbose=0, return_dict=True)
 
 
+def this_worker(model):
+    """``model`` to run on this worker's batches alone (cached features): itself, or under ``multiworker`` its
+    one-device copy (:func:`local`). ``mirrored`` keeps the model: its ``predict_on_batch`` splits the batch
+    over this machine's GPUs."""
+    import tensorflow as tf
+
+    return local(model) if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy) else model
+
+
 def local(model):
     """``model`` if it is on one device, else a copy of it on one device with its weights now.
 
     Keras 3.15's distributed ``evaluate`` gave other metrics than the same
     weights on one device (9 images in batches of 8, two workers), and every
     step of it is a collective; a copy gives exactly what the weights give.
+    Its ``predict_on_batch`` returns every worker's rows, and the model called
+    eagerly took 14 s for the first batch of EfficientNet-Lite0's features; the
+    copy's takes this worker's batch, compiled.
     """
     import keras
 
@@ -188,14 +266,101 @@ def finished(model, *caches):
     return local(model)
 
 
-def predict_on_batch(model, batch):
-    """``model.predict_on_batch`` of this worker's ``batch`` alone (under ``multiworker`` Keras' own returns
-    every worker's rows, one batch after another)."""
+def workers(strategy) -> "Workers | None":
+    """The cluster's workers, for sharing what one of them computes; None when this process trains alone."""
     import tensorflow as tf
 
-    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return model(batch, training=False)
-    return model.predict_on_batch(batch)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    return Workers(strategy, *rank())
+
+
+def rank(environ=os.environ) -> tuple[int, int]:
+    """This task's place among the cluster's training tasks (the chief first, then the workers), and their number."""
+    nodes, task = cluster(environ)
+    tasks = [(role, i) for role in ("chief", "worker") for i in range(len(nodes.get(role, [])))]
+    return tasks.index((task.get("type"), int(task.get("index", 0)))), len(tasks)
+
+
+class Workers:
+    """The workers of a cluster as the audit, the feature caches and resume see them: this one's ``rank`` (the
+    chief's is 0), their ``count``, and two collectives that every worker must call in the same order.
+
+    Sharing is an all-reduce: each worker fills its own part of an array of
+    zeros, and the sum over the workers is the whole array, on every worker.
+    """
+
+    def __init__(self, strategy, rank: int, count: int):
+        self.strategy, self.rank, self.count = strategy, rank, count
+
+    def mine(self, items: list) -> list:
+        """This worker's share of ``items`` (every worker has the same list): every ``count``-th from its rank."""
+        return items[self.rank::self.count]
+
+    def total(self, array: np.ndarray) -> np.ndarray:
+        """The sum of ``array`` (the same shape and dtype on every worker) over the workers, in parts of
+        :data:`EXCHANGE_BYTES`."""
+        import tensorflow as tf
+
+        flat = np.ascontiguousarray(array).reshape(-1)
+        summed = np.empty_like(flat)
+        step = max(1, EXCHANGE_BYTES // flat.itemsize)
+        for start in range(0, flat.size, step):
+            part = tf.constant(flat[start:start + step])
+            value = self.strategy.experimental_distribute_values_from_function(lambda _: part)
+            summed[start:start + step] = self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None).numpy()
+        return summed.reshape(array.shape)
+
+    def gather(self, blob: bytes) -> list[bytes]:
+        """Every worker's ``blob``, in rank order, on every worker."""
+        sizes = np.zeros(self.count, np.int64)
+        sizes[self.rank] = len(blob)
+        sizes = self.total(sizes)
+        padded = (sizes + 3) // 4 * 4  # each worker's bytes fill whole int32 words: the sum is exact
+        offsets = np.concatenate([[0], np.cumsum(padded)])
+        words = np.zeros(int(offsets[-1]), np.uint8)
+        words[offsets[self.rank]:offsets[self.rank] + len(blob)] = np.frombuffer(blob, np.uint8)
+        words = self.total(words.view(np.int32)).view(np.uint8)
+        return [words[offsets[i]:offsets[i] + sizes[i]].tobytes() for i in range(self.count)]
+
+
+def agreement(workers: "Workers | None", stop, timer):
+    """A callback that makes the workers take the same decisions, where each could take its own: after every batch
+    and epoch, stop all of them when any asks to (a signal: ``stop``; ``--time-limit``: ``timer``; early stopping),
+    and before every batch, the learning rate a time-decayed schedule sets (their mean). None without a cluster.
+
+    Without it one worker would leave ``fit`` while the others wait in the next
+    step's collectives for it, and a worker whose clock runs ahead would apply
+    another learning rate than the others to the same mirrored weights.
+    """
+    if workers is None:
+        return None
+    import keras
+
+    class Agreement(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if timer is not None and timer.lr is not None:
+                rate = np.array([float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))])
+                self.model.optimizer.learning_rate = float(workers.total(rate)[0]) / workers.count
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._agree()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self._agree()
+
+        def _agree(self):
+            asked = np.array([bool(timer and timer.reached), bool(self.model.stop_training),
+                              stop.signum == signal.SIGINT, stop.signum == signal.SIGTERM], np.int32)
+            reached, stopping, interrupted, terminated = workers.total(asked) > 0
+            if timer is not None:
+                timer.reached = bool(reached)
+            self.model.stop_training = bool(stopping)
+            if stop.signum is None and (interrupted or terminated):  # another worker's signal stops this one too
+                stop.signum = signal.SIGINT if interrupted else signal.SIGTERM
+                log.info("another worker was asked to stop: stopping after this batch")
+
+    return Agreement()
 
 
 def _multi_worker():

@@ -113,7 +113,8 @@ def _inputs(config: TrainConfig, sources: Sources, cache: features.FeatureCache 
     train_ds = cache.dataset(dataset.splits["train"], shuffle=True, seed=config.seed,
                              pick="random" if config.augment == "flip" else "first")
     val_ds = cache.dataset(dataset.splits["val"], pick="all" if config.tta and cache.view_axis else "first")
-    log.info("feature cache %s: %d image(s) from the cache, %d computed", cache.folder, cache.hits, cache.computed)
+    log.info("feature cache %s: %d image(s) from the cache, %d computed%s", cache.folder, cache.hits, cache.computed,
+             f", {cache.received} from other workers" if cache.workers else "")
     return Inputs(cache.top, train_ds, val_ds, full_model=sources.model)
 
 

@@ -30,8 +30,9 @@ class Runner:
     the time a resumed run had already spent); ``deadline`` the ``--time-limit`` one, or None."""
 
     def __init__(self, run: runs.RunFolder, config: TrainConfig, model: keras.Model, state: resume.State,
-                 started: float, stop: StopRequest, laps, class_weight: dict[int, float] | None):
-        self.run, self.config, self.state = run, config, state
+                 started: float, stop: StopRequest, laps, class_weight: dict[int, float] | None,
+                 workers: distribute.Workers | None = None):
+        self.run, self.config, self.state, self.workers = run, config, state, workers
         self.started, self.stop, self.laps, self.class_weight = started, stop, laps, class_weight
         self.checkpoint = Checkpoint(model, run.path(runs.CHECKPOINT_FILE), monitor=config.monitor,
                                      save_best_only=True, save_weights_only=True)
@@ -77,6 +78,7 @@ class Runner:
             *(WhenValidated(watcher, config.monitor) for watcher in [*watchers, self.checkpoint]),
             HistoryCSV(self.run.path(runs.HISTORY_FILE), phase.name, self.started),
             _Backup(self, index, phase.name, end, inputs.whole, watchers, timer, diverged, resumed),
+            *filter(None, [distribute.agreement(self.workers, self.stop, timer)]),  # on a cluster: one decision
             StopAfterBatch(self.stop),
             EpochProgress(phase.name, first=state.phase_start, epochs=phase.epochs, verbose=config.verbose),  # not Keras' bar
         ]

@@ -26,7 +26,7 @@ from ..config import TrainConfig
 from ..errors import Interrupted
 from ..heads import backbone_of, build_model, unfreeze_index
 from . import distribute, interrupts, resume
-from .evaluation import evaluate, plot, read_history, restore_best
+from .results import evaluate, plot, read_history, restore_best
 from .phases import Sources, plan
 from .precision import dtype_policy, is_mixed
 from .runner import Runner
@@ -55,27 +55,30 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     after the current batch with :class:`transfer.errors.Interrupted`.
     """
     started = time.monotonic()  # --time-limit counts from here: the scan and decoding are part of the run
-    config = config.validate()
-    distribute.check(config, resume)
+    config = config.validate(need_data=not resume)  # --resume may leave DATA_DIR to the run
     strategy = distribute.strategy(config.distribute)  # before TensorFlow runs anything
-    if resume:
-        config = preflight.resumed(config)
-    # config.json records what was used, not "auto"
-    config = dataclasses.replace(config, mixed_precision="on" if is_mixed(config.mixed_precision) else "off")
-    with distribute.placed(config) as config, dtype_policy(config.mixed_precision), interrupts.handled() as stop:
-        spec, config = preflight.check(config, resume=resume)  # options, memory, name, destination: before slow work
-        try:
-            return _train(spec, config, started, resume, stop, strategy)
-        except KeyboardInterrupt:
-            raise _interrupted(config, stop.status) from None
+    workers = distribute.workers(strategy)
+    # scratch: where a worker that is not the chief writes; worker_lost: one line when another worker stopped
+    with distribute.scratch(config) as scratch, distribute.worker_lost(strategy):
+        if resume:
+            config = preflight.resumed(distribute.share_partial_run(config, scratch, workers))
+        # config.json records what was used, not "auto"
+        config = dataclasses.replace(distribute.place(config, scratch),
+                                     mixed_precision="on" if is_mixed(config.mixed_precision) else "off")
+        with dtype_policy(config.mixed_precision), interrupts.handled() as stop:
+            spec, config = preflight.check(config, resume=resume)  # options, memory, name, destination: first
+            try:
+                return _train(spec, config, started, resume, stop, strategy, workers)
+            except KeyboardInterrupt:
+                raise _interrupted(config, stop.status, workers) from None
 
 
 def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bool,
-           stop: interrupts.StopRequest, strategy) -> TrainResult:
+           stop: interrupts.StopRequest, strategy, workers: distribute.Workers | None) -> TrainResult:
     run = runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir, resume=resuming)
     state = resume.load(run) if resuming else resume.State()
     dataset = data.scan(config.data_dir, config.val_split, config.seed, max_pixels=config.max_pixels,
-                        dedupe=config.dedupe, cache_dir=config.cache_dir, progress=config.verbose > 0)
+                        dedupe=config.dedupe, cache_dir=config.cache_dir, progress=config.verbose > 0, workers=workers)
     data.check_skips(dataset, config.strict, config.max_skip_fraction)
     laps = _Laps(started, state.laps)
     laps.lap("audit")
@@ -89,7 +92,7 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
         model = build_model(spec, config, len(dataset.classes))
         unfreeze_index(backbone_of(model), config.unfreeze)  # a bad --unfreeze fails now, not after phase 1
         laps.lap("model")  # building it, converting or reading pretrained weights
-        cache, boundary = _caches(model, spec, batched, {c.path: c.digest for c in dataset.report.used})
+        cache, boundary = _caches(model, spec, batched, {c.path: c.digest for c in dataset.report.used}, workers)
     run.start()
     if resuming:
         resume.check_labels(run, dataset.classes)
@@ -100,9 +103,8 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
     fit_started = time.perf_counter()
     train_images, val_ds = _images(dataset, batched)
     sources = Sources(model, spec, dataset, train_images, val_ds, cache, boundary)
-    runner = Runner(run, batched, model, state, started - state.elapsed, stop, laps, class_weights)
-    with distribute.worker_lost(strategy, run.staging):
-        runner.run_phases(plan(batched, sources))
+    runner = Runner(run, batched, model, state, started - state.elapsed, stop, laps, class_weights, workers)
+    runner.run_phases(plan(batched, sources))
     if config.restore_best:
         restore_best(model, run.path(runs.CHECKPOINT_FILE))
     seconds = time.perf_counter() - fit_started
@@ -137,20 +139,22 @@ def _finish(run: runs.RunFolder, model: keras.Model, config: TrainConfig, datase
             laps: "_Laps") -> TrainResult:
     """The end of training: evaluate, save the model, metrics.json and the plot, and move the run into place."""
     history = read_history(run.path(runs.HISTORY_FILE))
-    metrics = {**evaluate(model, config, dataset, history, seconds, caches[0], val_ds), "time_limit_stopped": timed_out}
+    metrics, probabilities = evaluate(model, config, dataset, history, seconds, caches[0], val_ds)
+    metrics["time_limit_stopped"] = timed_out
     laps.lap("evaluate")
     metrics["seconds"] = laps.record(*caches)
     portable.save(model, run.path(runs.MODEL_FILE))  # built-in layers only: plain Keras opens it
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     plot(history, run.path(runs.PLOT_FILE))
     # per-class metrics into metrics.json, confusion_matrix.png and report.html (transfer/evaluation.py)
-    metrics = report_run(run, model, config, dataset, metrics, val_ds, caches[0])
+    metrics = report_run(run, model, config, dataset, metrics, probabilities)
     run_dir = run.commit()
     log.info("run saved to %s", run_dir)
     return TrainResult(run_dir, model, dataset.classes, metrics, history, config)
 
 
-def _caches(model: keras.Model, spec: BackboneSpec, config: TrainConfig, digests: dict[str, str]):
+def _caches(model: keras.Model, spec: BackboneSpec, config: TrainConfig, digests: dict[str, str],
+            workers: distribute.Workers | None):
     """Phase 1's feature cache and phase 2's boundary cache (None: that phase trains on images).
 
     Both are made before any training, so that they are keyed by the backbone's
@@ -159,17 +163,20 @@ def _caches(model: keras.Model, spec: BackboneSpec, config: TrainConfig, digests
     """
     if not features.use_cache(spec, config):
         return None, None
-    cache = features.frozen_phase_cache(model, config, digests)
-    return cache, features.boundary_cache(model, config, digests) if config.fine_tune_epochs else None
+    cache = features.frozen_phase_cache(model, config, digests, workers)
+    return cache, features.boundary_cache(model, config, digests, workers) if config.fine_tune_epochs else None
 
 
-def _interrupted(config: TrainConfig, status: int) -> Interrupted:
+def _interrupted(config: TrainConfig, status: int, workers: distribute.Workers | None) -> Interrupted:
     """What the user reads after Ctrl-C: how to continue, when an epoch was backed up."""
     staging = os.path.join(config.output_dir, config.name + runs.STAGING_SUFFIX)
     if runs.latest_backup(staging) is None:
         return Interrupted("Interrupted before an epoch finished; finished runs and exports are untouched.", status)
-    command = shlex.join(["transfer", "train", os.path.abspath(config.data_dir), "--output-dir",
-                          os.path.abspath(config.output_dir), "--name", config.name, "--resume"])
+    if workers is not None:  # every worker stopped after the same batch (distribute.agreement)
+        return Interrupted(f"Interrupted; the chief's {config.name + runs.STAGING_SUFFIX} keeps every finished epoch. "
+                           "Continue by starting every worker again with the same command and --resume.", status)
+    command = shlex.join(["transfer", "train", "--output-dir", os.path.abspath(config.output_dir), "--name",
+                          config.name, "--resume"])  # the run knows its DATA_DIR and settings
     return Interrupted(f"Interrupted; {staging} keeps every finished epoch. Continue with: {command}", status)
 
 
