@@ -8,6 +8,7 @@ two logical devices before TensorFlow starts (a wrapper around the CLI), which
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -69,11 +70,17 @@ def _two_workers(args, tmp) -> list[subprocess.Popen]:
     return procs
 
 
-def _kill(procs) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait(timeout=30)
+@contextlib.contextmanager
+def _processes():
+    """A list for the processes a test starts: any still running at the end (a failed test) is killed."""
+    procs = []
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +89,11 @@ def trained(tmp_path_factory):
     (4 per replica on 2 workers)."""
     tmp = tmp_path_factory.mktemp("distribute")
     data = make_dataset(tmp / "colours", per_class=16)
-    procs = []
-    try:
-        procs = _two_workers([*TRAIN, data, "--batch-size", "4"], tmp)
+    with _processes() as procs:
+        procs += _two_workers([*TRAIN, data, "--batch-size", "4"], tmp)
         procs.append(_start([*TRAIN, data, "--distribute", "none", "--batch-size", "8", "-o", tmp / "single"],
                             _env()))
         return tmp, [_finish(p) for p in procs]
-    finally:
-        _kill(procs)
 
 
 def test_two_workers_train_one_run_that_only_the_chief_saves(trained):
@@ -128,14 +132,11 @@ def test_two_workers_share_the_audit_and_the_features_each_computed_once(tmp_pat
     same class). The chief's cache ends with every image, the other worker's is gone; the report predicts every
     validation image once."""
     data = make_dataset(tmp_path / "colours", per_class=16)
-    procs = []
-    try:
-        procs = _two_workers(["train", data, "--backbone", "efficientnet_lite0", "--image-size", "64", "--epochs",
+    with _processes() as procs:
+        procs += _two_workers(["train", data, "--backbone", "efficientnet_lite0", "--image-size", "64", "--epochs",
                               "3", "--fine-tune-epochs", "0", "--batch-size", "2", "--feature-engine", "keras",
                               "--name", "run"], tmp_path)
         results = [_finish(p) for p in procs]
-    finally:
-        _kill(procs)
     for status, output in results:
         assert status == 0, output[-3000:]
         assert "audit shared by 2 workers: 24 of 48 files checked here" in output, output[-3000:]
@@ -167,9 +168,8 @@ def test_a_killed_worker_stops_the_chief_and_every_worker_resumes_from_its_last_
     data = make_dataset(tmp_path / "colours", per_class=8)
     args = [*TRAIN, data, "--epochs", "1000", "--patience", "1000", "--batch-size", "4", "--time-limit", "15s"]
     history = tmp_path / "models0" / ("run" + runs.STAGING_SUFFIX) / runs.HISTORY_FILE
-    procs = []
-    try:
-        procs = _two_workers(args, tmp_path)
+    with _processes() as procs:
+        procs += _two_workers(args, tmp_path)
         _one_epoch_done(procs, history)
         procs[1].kill()
         status, output = _finish(procs[0], timeout=120)
@@ -178,10 +178,9 @@ def test_a_killed_worker_stops_the_chief_and_every_worker_resumes_from_its_last_
         assert "Start every worker again with the same command and --resume" in output
         assert os.path.isfile(history)  # the chief's partial run is kept
         left = set(os.listdir(tmp_path / "tmp1"))  # what the killed worker could not delete
-        procs = _two_workers([*args, "--resume"], tmp_path)
-        results = [_finish(p) for p in procs]
-    finally:
-        _kill(procs)
+        resumed = _two_workers([*args, "--resume"], tmp_path)
+        procs += resumed
+        results = [_finish(p) for p in resumed]
     for status, output in results:
         assert status == 0 and "resumed at epoch" in output, output[-3000:]
     assert "--resume: received the chief's unfinished run" in results[1][1]
@@ -196,14 +195,11 @@ def test_a_killed_worker_stops_the_chief_and_every_worker_resumes_from_its_last_
 def test_ctrl_c_on_one_worker_stops_every_worker_after_the_same_batch(tmp_path):
     data = make_dataset(tmp_path / "colours", per_class=8)
     history = tmp_path / "models0" / ("run" + runs.STAGING_SUFFIX) / runs.HISTORY_FILE
-    procs = []
-    try:
-        procs = _two_workers([*TRAIN, data, "--epochs", "1000", "--patience", "1000", "--batch-size", "4"], tmp_path)
+    with _processes() as procs:
+        procs += _two_workers([*TRAIN, data, "--epochs", "1000", "--patience", "1000", "--batch-size", "4"], tmp_path)
         _one_epoch_done(procs, history)
         procs[1].send_signal(signal.SIGINT)
         results = [_finish(p, timeout=120) for p in procs]
-    finally:
-        _kill(procs)
     for status, output in results:
         assert status == 130 and "Traceback" not in output, output[-3000:]
         assert "Continue by starting every worker again with the same command and --resume." in output
@@ -216,14 +212,11 @@ def test_ctrl_c_on_one_worker_stops_every_worker_after_the_same_batch(tmp_path):
 def test_workers_that_see_different_files_stop_with_a_clear_error(tmp_path):
     make_dataset(tmp_path / "one", per_class=4)
     make_dataset(tmp_path / "two", per_class=5)
-    procs = []
-    try:
+    with _processes() as procs:
         for data, tf_config in zip(["one", "two"], distribute.local_cluster(2)):
             procs.append(_start([*TRAIN, tmp_path / data, "--distribute", "multiworker", "-o", tmp_path / "models"],
                                 _env(TF_CONFIG=json.dumps(tf_config))))
         results = [_finish(p, timeout=120) for p in procs]
-    finally:
-        _kill(procs)
     for status, output in results:
         assert status == 1 and "Traceback" not in output, output[-3000:]
         assert "the workers of the cluster do not see the same image files" in output

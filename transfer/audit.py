@@ -46,6 +46,11 @@ class FileCheck:
     note: str = ""  # e.g. that only the first frame of an animation is used
 
 
+def verdict(check: FileCheck) -> dict:
+    """A check's fields without its path (which the audit cache and the workers of a cluster key it by)."""
+    return {k: v for k, v in asdict(check).items() if k != "path"}
+
+
 def is_junk(name: str) -> bool:
     """Hidden files, AppleDouble ``._*`` files and OS leftovers: ignored without complaint."""
     return name.startswith(".") or name in JUNK_NAMES
@@ -132,7 +137,7 @@ def _shared(mine: dict[str, FileCheck], paths: list[str], root: str, workers, ca
     names = [os.path.relpath(p, root) for p in paths]
     listing = hashlib.sha1("\0".join(names).encode("utf-8", "surrogateescape")).hexdigest()
     index = {p: i for i, p in enumerate(paths)}
-    verdicts = [[index[p], {k: v for k, v in asdict(c).items() if k != "path"}] for p, c in mine.items()]
+    verdicts = [[index[p], verdict(c)] for p, c in mine.items()]
     sent = [json.loads(blob) for blob in workers.gather(json.dumps({"listing": listing, "verdicts": verdicts}).encode())]
     differ = [rank for rank, part in enumerate(sent) if part["listing"] != listing]
     if differ:
@@ -237,9 +242,7 @@ class _Cache:
         stamp = self._stamp(check.path)
         if stamp is None or check.reason.startswith("file name"):
             return
-        fields = asdict(check)
-        del fields["path"]
-        self.entries[check.path] = [stamp, fields]
+        self.entries[check.path] = [stamp, verdict(check)]
         self.dirty = True
 
     def save(self) -> None:

@@ -397,6 +397,7 @@ class _Engine:
 
     def __init__(self, extractor: keras.Model, mode: str):
         self.extractor, self.mode = extractor, mode
+        self.model = this_worker(extractor)  # frozen: its weights, copied once, stay the extractor's
         self.runner = None
         self.checked = False
         if mode == "tflite" or (mode == "auto" and not has_gpu()
@@ -418,7 +419,7 @@ class _Engine:
         log.warning("%s; computing features with Keras", reason)
 
     def keras(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(this_worker(self.extractor).predict_on_batch(batch), dtype=np.float32)
+        return np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self.runner is None:

@@ -15,7 +15,6 @@ import numpy as np
 
 from .. import data, features
 from ..config import TrainConfig
-from . import distribute
 
 log = logging.getLogger("transfer")
 
@@ -43,8 +42,7 @@ def evaluate(model, config: TrainConfig, dataset: data.Dataset, history: list[di
 
     The loss is the run's own (label smoothing included), as in history.csv.
     """
-    model = distribute.local(model)  # compiled, with the run's loss
-    loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+    loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss  # compiled by the last phase
     metrics: dict[str, Any] = {}
     probabilities = {}
     for split in ("val", "test"):
