@@ -233,7 +233,8 @@ class Server:
         """Serve until Ctrl-C, or SIGTERM (``docker stop``, systemd); waitress then closes its sockets and lets
         running requests finish."""
         if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-            signal.signal(signal.SIGTERM, _interrupt)
+            for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell's background job starts ignoring it
+                signal.signal(signum, _interrupt)
         self.server.run()
 
 
