@@ -51,8 +51,6 @@ def load(path: str) -> dict[str, Any]:
             check_setting(name, value)
         except ConfigError as error:
             raise ConfigError(f"--config {path!r}: {error}") from None
-    if isinstance(settings.get("dense"), list):
-        settings["dense"] = tuple(settings["dense"])
     return settings
 
 
