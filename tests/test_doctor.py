@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -197,3 +198,9 @@ def test_output_inside_the_dataset_is_refused_before_any_work(planted):
 def test_a_from_scratch_backbone_is_refused(planted):
     result = CliRunner().invoke(main, ["doctor", str(planted["data"]), "--backbone", "smallcnn"])
     assert result.exit_code == 1 and "needs a pretrained backbone" in result.output
+
+
+def test_without_cleanlab_it_says_how_to_install_it(planted, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cleanlab.filter", None)
+    result = CliRunner().invoke(main, ["doctor", str(planted["data"])])
+    assert result.exit_code == 1 and "pip install 'transfer[doctor]'" in result.output

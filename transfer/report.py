@@ -49,6 +49,7 @@ class Report:
     worst: list[dict[str, Any]] = field(default_factory=list)  # rows of evaluate.worst_rows, with "path"
     gradcam: list[tuple[str, bytes]] = field(default_factory=list)  # (caption, PNG): Grad-CAM examples, if any
     worst_title: str = "Worst errors: the images with the highest loss"
+    worst_words: tuple[str, str] = ("true", "predicted")  # what the two labels of a worst row are (doctor: given...)
     tables: list[tuple[str, list[str], list[list[Any]]]] = field(default_factory=list)  # (title, header, rows)
 
 
@@ -59,7 +60,7 @@ def write(report: Report, path: str) -> None:
 def render(report: Report) -> str:
     """The page as text."""
     sections = [_facts(report.facts), *(_metrics(split, m) for split, m in report.metrics.items()),
-                _plots(report.plots), _worst(report.worst, report.worst_title),
+                _plots(report.plots), _worst(report.worst, report.worst_title, report.worst_words),
                 *(_titled(title, header, rows) for title, header, rows in report.tables),
                 _figures("Grad-CAM examples", report.gradcam),
                 _dataset(report.counts, report.skipped), _config(report.config)]
@@ -127,7 +128,7 @@ def _titled(title: str, header: list[str], rows: list[list[Any]]) -> str:
     return f"<h2>{_e(title)}</h2>\n" + (_table(header, rows) if rows else '<p class="muted">None found.</p>')
 
 
-def _worst(rows: list[dict[str, Any]], title: str) -> str:
+def _worst(rows: list[dict[str, Any]], title: str, words: tuple[str, str]) -> str:
     """The images with the highest loss, each with its thumbnail, true and predicted class and probabilities."""
     if not rows:
         return ""
@@ -138,7 +139,9 @@ def _worst(rows: list[dict[str, Any]], title: str) -> str:
                      f'<td>{_e(row["file"])}</td><td>{_e(row["true"])}</td><td{wrong}>{_e(row["predicted"])}</td>'
                      f'<td class=num>{row["probability"]:.3f}</td><td class=num>{row["true_probability"]:.3f}</td>'
                      f'<td class=num>{row["loss"]:.3f}</td></tr>')
-    head = "".join(f"<th>{h}</th>" for h in ("image", "file", "true", "predicted", "p(predicted)", "p(true)", "loss"))
+    true, predicted = words
+    head = "".join(f"<th>{_e(h)}</th>" for h in ("image", "file", true, predicted, f"p({predicted})", f"p({true})",
+                                                   "loss"))
     return f"<h2>{_e(title)}</h2>\n<table>\n<tr>{head}</tr>\n" + "\n".join(lines) + "\n</table>"
 
 
