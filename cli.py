@@ -98,6 +98,18 @@ def _dense_sizes(ctx, param, values):
     return tuple(sizes)
 
 
+def _path_list(ctx, param, value):
+    """``--exclude FILE``: the paths it lists; the scan checks that each is one of DATA_DIR's images."""
+    if value is None:
+        return ()
+    from transfer.data import read_path_list
+
+    try:
+        return read_path_list(value)
+    except TransferError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="transfer")
 @verbose_option
@@ -110,6 +122,7 @@ def main(ctx):
     transfer inspect photos/                  audit a dataset folder: counts, problems
     transfer train photos/ --backbone resnet50
     transfer predict models/<run>/ new_photos/ --top-k 3
+    transfer doctor photos/ -o checkup        wrong labels, near-duplicates, outliers: before training
     transfer evaluate models/<run>/ labeled_photos/   metrics, confusion matrix, worst errors, report.html
     transfer export models/<run>/             SavedModel for TensorFlow Serving
     transfer export models/<run>/ --format tflite --quantize int8   TensorFlow Lite, verified
@@ -243,6 +256,9 @@ def _print_inspection(r: dict) -> None:
 @click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default=default("class_weight"), show_default=True,
               help="auto: balanced class weights when the largest class is over 1.5x the smallest.")
 @audit_options
+@click.option("--exclude", type=click.Path(exists=True, dir_okay=False), default=None, callback=_path_list,
+              help="Leave out the files listed in FILE (relative to DATA_DIR): a CSV with a 'path' column, such as "
+              "transfer doctor's label_issues.csv, or one path a line.")
 @click.option("--strict", is_flag=True, help="Stop if any image file cannot be used.")
 @click.option("--max-skip-fraction", type=float, default=default("max_skip_fraction"), show_default=True,
               help="Stop if more than this fraction of image files cannot be used.")
@@ -422,6 +438,69 @@ def evaluate_command(model, data_dir, split, output, allow_missing_classes, batc
         click.echo(json_text({**result.record, "output": result.path}))
     else:
         _print_evaluation(result.metrics, result.path)
+
+
+@main.command("doctor")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-b", "--backbone", default=default("backbone"), show_default=True,
+              help="The pretrained backbone whose features are compared (train's cache is shared).")
+@click.option("-o", "--output", default=None, help="Folder to write label_issues.csv, near_duplicates.csv, "
+              "outliers.csv, suspects.png and report.html into.")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Out-of-fold heads: each image is judged by a head that never saw it.")
+@click.option("--duplicate-threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Cosine similarity of features above which images are near-duplicates [default: 0.95, measured].")
+@click.option("--val-split", type=float, default=default("val_split"), show_default=True,
+              help="As for train: near-duplicates across train's split are leakage.")
+@click.option("--seed", type=int, default=default("seed"), show_default=True)
+@audit_options
+@click.option("-q", "--quiet", is_flag=True, help="No logs.")
+@click.option("--json", "as_json", is_flag=True, help="Print label_issues, near_duplicates and outliers as JSON.")
+@_handle_errors
+def doctor_command(data_dir, backbone, output, folds, duplicate_threshold, val_split, seed, max_pixels, dedupe,
+                   cache_dir, quiet, as_json):
+    """Find likely wrong labels, near-duplicates and outliers in DATA_DIR before training. Moves nothing.
+
+    Wrong labels: out-of-fold heads on a pretrained backbone's features, then
+    confident learning (cleanlab). Leave the files out of training with
+    `transfer train DATA_DIR --exclude OUTPUT/label_issues.csv`.
+
+    \b
+    Example:
+      transfer doctor photos/ -o doctor-photos
+    """
+    _setup_logging(quiet or as_json)
+    from transfer.doctor import DUPLICATE_THRESHOLD, doctor
+
+    if dedupe:
+        raise click.UsageError("--dedupe does not apply to doctor: it reports duplicates and changes nothing.")
+    with contextlib.redirect_stdout(sys.stderr):
+        result = doctor(data_dir, backbone=backbone, output=output, folds=folds, seed=seed, val_split=val_split,
+                        duplicate_threshold=duplicate_threshold or DUPLICATE_THRESHOLD, max_pixels=max_pixels,
+                        cache_dir=cache_dir, progress=not quiet and not as_json)
+    if as_json:
+        click.echo(json_text(result.record))
+    else:
+        _print_diagnosis(result)
+
+
+def _print_diagnosis(d) -> None:
+    click.echo(f"{d.root}: {d.images} images, {len(d.classes)} classes, features of {d.backbone} "
+               f"({d.seconds:.0f} s)")
+    click.echo(f"  label issues      {len(d.label_issues):6d}")
+    click.echo(f"  near-duplicates   {len(d.near_duplicates):6d} group(s)")
+    click.echo(f"  outliers          {len(d.outliers):6d}")
+    for issue in d.label_issues[:10]:
+        click.echo(f"  label? {_show(issue['path'])}: given {_show(issue['given'])}, looks like "
+                   f"{_show(issue['suggested'])} (score {issue['score']:.2f})")
+    for group in d.near_duplicates[:5]:
+        click.echo(f"  {group['kind']} ({group['similarity']:.3f}): {' = '.join(map(_show, group['paths']))}")
+    for row in d.outliers[:5]:
+        click.echo(f"  outlier {_show(row['path'])} (similarity {row['similarity']:.2f} to {_show(row['nearest'])})")
+    if d.output:
+        click.echo(f"written: {d.output}")
+    elif d.label_issues or d.near_duplicates or d.outliers:
+        click.echo("(the full lists: --json, or -o FOLDER for CSV files, a contact sheet and report.html)")
 
 
 def _print_evaluation(m: dict, output: str) -> None:

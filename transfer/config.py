@@ -76,6 +76,7 @@ class TrainConfig:
     max_skip_fraction: float = 0.1
     dedupe: bool = False
     cache_dir: str | None = None
+    exclude: tuple[str, ...] = ()  # files left out, relative to DATA_DIR (train --exclude FILE: doctor's CSV files)
     # phase 1: head only, backbone frozen
     epochs: int = 10
     lr: float = 1e-3
@@ -104,10 +105,14 @@ class TrainConfig:
     verbose: int = 1
 
     def __post_init__(self):
-        """Paths may be given as ``pathlib.Path``; they are stored (and saved) as text."""
+        """Paths may be given as ``pathlib.Path``; they are stored (and saved) as text. Lists (from JSON, TOML or
+        a caller) become tuples, so that settings compare equal however they were given."""
         for item in dataclasses.fields(self):
-            if isinstance(getattr(self, item.name), os.PathLike):
-                setattr(self, item.name, os.fspath(getattr(self, item.name)))
+            value = getattr(self, item.name)
+            if isinstance(value, os.PathLike):
+                setattr(self, item.name, os.fspath(value))
+            elif isinstance(value, list):
+                setattr(self, item.name, tuple(value))
 
     def validate(self, need_data: bool = True) -> "TrainConfig":
         """Check every value before any work starts (types, ranges, choices); return self for chaining.
@@ -133,16 +138,14 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["dense"] = list(self.dense) if self.dense is not None else None
+        data["exclude"] = list(self.exclude)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """Build from saved JSON, ignoring keys that a newer or older version added."""
         names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
-        if values.get("dense") is not None:
-            values["dense"] = tuple(values["dense"])
-        return cls(**values)
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -191,7 +194,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distribute": DISTRIBUTE,
 }
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
-          tuple: "a list of whole numbers", type(None): "none"}
+          type(None): "none"}
+_ITEMS = {int: "a list of whole numbers", str: "a list of paths"}
 
 
 def option_name(name: str) -> str:
@@ -208,8 +212,8 @@ def check_setting(name: str, value: Any) -> None:
     """
     option = option_name(name)
     kinds = _annotation_types(name)
-    if not any(_is_kind(value, kind) for kind in kinds):
-        expected = " or ".join(_KINDS[kind] for kind in kinds)
+    if not any(_is_kind(value, kind, _item_type(name)) for kind in kinds):
+        expected = " or ".join(_ITEMS[_item_type(name)] if kind is tuple else _KINDS[kind] for kind in kinds)
         raise ConfigError(f"{option} must be {expected}; got {value!r} ({type(value).__name__}).")
     numbers = list(value) if isinstance(value, (tuple, list)) else [value]
     for number in numbers:
@@ -229,10 +233,18 @@ def _annotation_types(name: str) -> tuple[type, ...]:
     return tuple(typing.get_origin(part) or part for part in parts)
 
 
-def _is_kind(value: Any, kind: type) -> bool:
-    """isinstance, except that a bool is no number, an int is a float, and a list of ints is a tuple."""
+@functools.cache
+def _item_type(name: str) -> type | None:
+    """``tuple[int, ...]`` -> int: what the items of a tuple setting must be (None for other settings)."""
+    annotation = typing.get_type_hints(TrainConfig)[name]
+    parts = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return next((typing.get_args(p)[0] for p in parts if typing.get_origin(p) is tuple), None)
+
+
+def _is_kind(value: Any, kind: type, item: type | None = None) -> bool:
+    """isinstance, except that a bool is no number, an int is a float, and a list of ``item`` is a tuple."""
     if kind is tuple:
-        return isinstance(value, (tuple, list)) and all(_is_kind(v, int) for v in value)
+        return isinstance(value, (tuple, list)) and all(_is_kind(v, item) for v in value)
     if kind in (int, float) and isinstance(value, bool):
         return False
     return isinstance(value, (int, float) if kind is float else kind)

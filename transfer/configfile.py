@@ -51,9 +51,7 @@ def load(path: str) -> dict[str, Any]:
             check_setting(name, value)
         except ConfigError as error:
             raise ConfigError(f"--config {path!r}: {error}") from None
-    if isinstance(settings.get("dense"), list):
-        settings["dense"] = tuple(settings["dense"])
-    return settings
+    return {name: tuple(value) if isinstance(value, list) else value for name, value in settings.items()}
 
 
 def _read(path: str) -> Any:

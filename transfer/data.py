@@ -25,7 +25,7 @@ import numpy as np
 from . import runs
 from .audit import FileCheck, audit, default_cache_dir, is_junk
 from .config import check_setting, parse_memory
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .images import MAX_PIXELS, is_image_name, load_image
 
 log = logging.getLogger("transfer")
@@ -49,6 +49,7 @@ class AuditReport:
     duplicates: list[list[str]] = field(default_factory=list)  # groups of identical files that are used
     leaks: list[list[str]] = field(default_factory=list)  # the groups that span more than one split
     dropped: list[str] = field(default_factory=list)  # copies removed by --dedupe
+    excluded: list[str] = field(default_factory=list)  # left out by --exclude
     junk: int = 0  # hidden files, ._* AppleDouble files, __MACOSX/, .DS_Store ...: ignored, but counted
 
     @property
@@ -81,9 +82,11 @@ class Dataset:
 
 
 def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: int = MAX_PIXELS,
-         dedupe: bool = False, cache_dir: str | None = None, progress: bool = False, workers=None) -> Dataset:
+         dedupe: bool = False, cache_dir: str | None = None, progress: bool = False, workers=None,
+         exclude: tuple[str, ...] = ()) -> Dataset:
     """Find, audit and split the images of ``data_dir``; errors name the folder at fault. ``workers``: a cluster's,
-    which share the audit (:func:`transfer.audit.audit`)."""
+    which share the audit (:func:`transfer.audit.audit`). ``exclude``: files (relative to ``data_dir``) to leave
+    out, each of which must be one of its images."""
     data_dir = os.fspath(data_dir) if isinstance(data_dir, os.PathLike) else data_dir
     for name, value in (("data_dir", data_dir), ("val_split", val_split), ("seed", seed), ("max_pixels", max_pixels)):
         check_setting(name, value)
@@ -93,6 +96,7 @@ def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: i
     layout = {split: _list_classes(folder, real_root, junk) for split, folder in split_dirs.items()}
     report = AuditReport(unused=[p for folder in dict.fromkeys([root, *split_dirs.values()])
                                  for p in _loose_images(folder)], junk=len(junk))
+    report.excluded = _exclude(layout, root, exclude)
     candidates = [p for classes in layout.values() for paths in classes.values() for p in paths]
     report.checks = audit(candidates, root, max_pixels, cache_dir, progress, workers)
     usable = _usable(layout, split_dirs, report, dedupe)
@@ -103,6 +107,47 @@ def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: i
     report.leaks = [group for group in report.duplicates if len({where[p] for p in group if p in where}) > 1]
     _log_report(root, report, candidates, split_dirs)
     return Dataset(root, classes, splits, source, report)
+
+
+def _exclude(layout: dict[str, dict[str, list[str]]], root: str, exclude: tuple[str, ...]) -> list[str]:
+    """Take the listed files out of ``layout`` (in place) before the audit reads them; the paths left out. A listed
+    path that is none of the folder's images is an error naming it: a list made for another folder."""
+    if not exclude:
+        return []
+    wanted = {os.path.normpath(p) for p in exclude}
+    found = []
+    for classes in layout.values():
+        for name, paths in classes.items():
+            keep = [p for p in paths if os.path.normpath(os.path.relpath(p, root)) not in wanted]
+            found += [p for p in paths if p not in keep]
+            classes[name] = keep
+    unknown = sorted(wanted - {os.path.normpath(os.path.relpath(p, root)) for p in found})
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:3])) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        raise ConfigError(f"--exclude lists {len(unknown)} file(s) that are not images in class folders of {root!r}: "
+                          f"{shown}. Paths are relative to DATA_DIR, as transfer doctor writes them; check the list "
+                          "was made for this folder.")
+    log.info("left out %d file(s) listed by --exclude", len(found))
+    return found
+
+
+def read_path_list(path: str) -> tuple[str, ...]:
+    """The paths in a file for ``--exclude``: a CSV with a ``path`` column (what ``transfer doctor`` writes), or
+    one path a line."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--exclude {path!r} cannot be read ({error}); give a CSV file with a 'path' column, or "
+                          "a text file with one path a line.") from None
+    if "path" in next(csv.reader(lines[:1]), []):
+        lines = [row["path"] or "" for row in csv.DictReader(lines)]
+    return tuple(dict.fromkeys(_uncell(p.strip()) for p in lines if p.strip()))
+
+
+def _uncell(text: str) -> str:
+    """A path as written before :func:`csv_cell` guarded it against spreadsheets."""
+    return text[1:] if text[:1] == "'" and text[1:2] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def scan_labeled(data_dir: str, split: str | None = None, *, max_pixels: int = MAX_PIXELS,

@@ -239,6 +239,7 @@ def _run_page(run: runs.RunFolder, config, dataset: data.Dataset, metrics: dict[
                                                  ("Confusion matrix (val)", png_bytes(run.path(runs.CONFUSION_FILE))))
              if png]
     skipped = [(data.display_path(c.path, dataset.root), c.reason) for c in dataset.report.skipped]
+    skipped += [(data.display_path(p, dataset.root), "left out by --exclude") for p in dataset.report.excluded]
     splits = {split: metrics[split] for split in ("val", "test") if split in metrics}
     return Report(f"Run {run.name}", facts, splits, plots, config.to_dict(), dataset.counts(), skipped, worst,
                   list(gradcam))

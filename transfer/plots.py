@@ -93,9 +93,10 @@ def plot_confusion(matrix, labels: list[str], path) -> None:
     _pyplot().close(fig)
 
 
-def plot_top_losses(rows: list[dict[str, Any]], path, columns: int = 4, thumbnail: int = 160) -> None:
+def plot_top_losses(rows: list[dict[str, Any]], path, columns: int = 4, thumbnail: int = 160,
+                    words: tuple[str, str] = ("true", "predicted")) -> None:
     """A grid of images (``rows``: path, true, predicted, probability, loss; worst first) with true / predicted /
-    probability of the prediction under each."""
+    probability of the prediction under each; ``words`` names the two labels (doctor: given / suggested)."""
     from .images import thumbnail_array
 
     plt = _pyplot()
@@ -106,7 +107,7 @@ def plot_top_losses(rows: list[dict[str, Any]], path, columns: int = 4, thumbnai
         ax.axis("off")
     for ax, row in zip(axes.flat, rows):
         ax.imshow(thumbnail_array(row["path"], thumbnail))
-        ax.set_title(f"true: {short(row['true'], 20)}\npredicted: {short(row['predicted'], 20)}\n"
+        ax.set_title(f"{words[0]}: {short(row['true'], 20)}\n{words[1]}: {short(row['predicted'], 20)}\n"
                      f"p={row['probability']:.3f}  loss={row['loss']:.2f}", fontsize=8,
                      color="black" if row["true"] == row["predicted"] else "firebrick")
     fig.tight_layout()

@@ -48,6 +48,9 @@ class Report:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     worst: list[dict[str, Any]] = field(default_factory=list)  # rows of evaluate.worst_rows, with "path"
     gradcam: list[tuple[str, bytes]] = field(default_factory=list)  # (caption, PNG): Grad-CAM examples, if any
+    worst_title: str = "Worst errors: the images with the highest loss"
+    worst_words: tuple[str, str] = ("true", "predicted")  # what the two labels of a worst row are (doctor: given...)
+    tables: list[tuple[str, list[str], list[list[Any]]]] = field(default_factory=list)  # (title, header, rows)
 
 
 def write(report: Report, path: str) -> None:
@@ -57,7 +60,9 @@ def write(report: Report, path: str) -> None:
 def render(report: Report) -> str:
     """The page as text."""
     sections = [_facts(report.facts), *(_metrics(split, m) for split, m in report.metrics.items()),
-                _plots(report.plots), _worst(report.worst), _figures("Grad-CAM examples", report.gradcam),
+                _plots(report.plots), _worst(report.worst, report.worst_title, report.worst_words),
+                *(_titled(title, header, rows) for title, header, rows in report.tables),
+                _figures("Grad-CAM examples", report.gradcam),
                 _dataset(report.counts, report.skipped), _config(report.config)]
     created = _dt.datetime.now().isoformat(timespec="seconds")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(report.title)}</title>\n'
@@ -118,7 +123,12 @@ def _figures(title: str, figures: list[tuple[str, bytes]]) -> str:
     return f"<h2>{_e(title)}</h2>\n{items}"
 
 
-def _worst(rows: list[dict[str, Any]]) -> str:
+def _titled(title: str, header: list[str], rows: list[list[Any]]) -> str:
+    """A table under its heading; an empty one says so."""
+    return f"<h2>{_e(title)}</h2>\n" + (_table(header, rows) if rows else '<p class="muted">None found.</p>')
+
+
+def _worst(rows: list[dict[str, Any]], title: str, words: tuple[str, str]) -> str:
     """The images with the highest loss, each with its thumbnail, true and predicted class and probabilities."""
     if not rows:
         return ""
@@ -129,8 +139,10 @@ def _worst(rows: list[dict[str, Any]]) -> str:
                      f'<td>{_e(row["file"])}</td><td>{_e(row["true"])}</td><td{wrong}>{_e(row["predicted"])}</td>'
                      f'<td class=num>{row["probability"]:.3f}</td><td class=num>{row["true_probability"]:.3f}</td>'
                      f'<td class=num>{row["loss"]:.3f}</td></tr>')
-    head = "".join(f"<th>{h}</th>" for h in ("image", "file", "true", "predicted", "p(predicted)", "p(true)", "loss"))
-    return f"<h2>Worst errors: the images with the highest loss</h2>\n<table>\n<tr>{head}</tr>\n" + "\n".join(lines) + "\n</table>"
+    true, predicted = words
+    head = "".join(f"<th>{_e(h)}</th>" for h in ("image", "file", true, predicted, f"p({predicted})", f"p({true})",
+                                                   "loss"))
+    return f"<h2>{_e(title)}</h2>\n<table>\n<tr>{head}</tr>\n" + "\n".join(lines) + "\n</table>"
 
 
 def thumbnail_jpeg(path: str, size: int = THUMBNAIL) -> bytes:

@@ -278,16 +278,16 @@ class EvaluationFolder:
     never a folder of the user's.
     """
 
-    def __init__(self, final: str):
-        """Check the destination now, before any slow work."""
+    def __init__(self, final: str, command: str = "transfer evaluate"):
+        """Check the destination now, before any slow work; ``command`` names what writes it, in messages."""
         self.final = os.path.abspath(final)
         self.staging = self.final + STAGING_SUFFIX
         check_writable(os.path.dirname(self.final), "--output")
         for path in (self.final, self.staging):
             problem = evaluation_problem(path)
             if problem:
-                raise RunError(f"--output {path!r} exists and {problem}; transfer evaluate replaces only its own "
-                               "evaluations: choose another --output.")
+                raise RunError(f"--output {path!r} exists and {problem}; {command} replaces only a folder it "
+                               "wrote: choose another --output.")
 
     def start(self) -> None:
         if os.path.lexists(self.staging):

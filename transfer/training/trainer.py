@@ -78,7 +78,8 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
     run = runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir, resume=resuming)
     state = resume.load(run) if resuming else resume.State()
     dataset = data.scan(config.data_dir, config.val_split, config.seed, max_pixels=config.max_pixels,
-                        dedupe=config.dedupe, cache_dir=config.cache_dir, progress=config.verbose > 0, workers=workers)
+                        dedupe=config.dedupe, cache_dir=config.cache_dir, progress=config.verbose > 0, workers=workers,
+                        exclude=config.exclude)
     data.check_skips(dataset, config.strict, config.max_skip_fraction)
     laps = _Laps(started, state.laps)
     laps.lap("audit")
@@ -210,6 +211,6 @@ def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, 
             "class_weights": {dataset.classes[i]: w for i, w in class_weights.items()} if class_weights else None,
             "audit": {"skipped": len(report.skipped), "ignored": report.ignored + report.junk, "unused": len(report.unused),
                       "duplicate_groups": len(report.duplicates), "leaks": len(report.leaks),
-                      "dropped": len(report.dropped)}}
+                      "dropped": len(report.dropped), "excluded": len(report.excluded)}}
     runs.write_json(run.path(runs.CONFIG_FILE), runs.run_record(config, dataset.classes, spec.preprocessing, info))
     runs.write_json(run.path(runs.ENVIRONMENT_FILE), devices.environment())
