@@ -19,7 +19,8 @@ from click.core import ParameterSource
 from transfer import backbones as registry
 from transfer import configfile, console, preflight, runs
 from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, DISTRIBUTE, FEATURE_ENGINES, LR_SCHEDULES,
-                             MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
+                             FAST_EPOCHS, HEAD_FITS, MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS,
+                             RESIZE_MODES, default)
 from transfer.presets import PRESETS
 from transfer.tflite import QUANTIZATIONS
 from transfer.serve import DEFAULT_HOST, DEFAULT_PORT, MAX_BATCH, MAX_BODY
@@ -246,8 +247,12 @@ def _print_inspection(r: dict) -> None:
 @click.option("--strict", is_flag=True, help="Stop if any image file cannot be used.")
 @click.option("--max-skip-fraction", type=float, default=default("max_skip_fraction"), show_default=True,
               help="Stop if more than this fraction of image files cannot be used.")
-@click.option("--epochs", type=int, default=default("epochs"), show_default=True,
-              help="Phase 1 epochs (head only, backbone frozen).")
+@click.option("--epochs", type=int, default=None,
+              help="Phase 1's most epochs (head only, backbone frozen; early stopping may end it sooner) "
+              f"[default: {FAST_EPOCHS} on cached features, else 10].")
+@click.option("--head-fit", type=click.Choice(HEAD_FITS), default=default("head_fit"), show_default=True,
+              help="Phase 1 on cached features in RAM: auto/fast run each epoch as one compiled step "
+              "(milliseconds; one device), keras runs Keras' fit.")
 @click.option("--lr", type=float, default=default("lr"), show_default=True, help="Phase 1 learning rate.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=default("optimizer"), show_default=True)
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=default("lr_schedule"), show_default=True,

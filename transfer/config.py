@@ -31,6 +31,7 @@ LR_SCHEDULES = ("plateau", "cosine")
 CACHE_FEATURES = ("auto", "on", "off")
 MIXED_PRECISION = ("auto", "on", "off")
 FEATURE_ENGINES = ("auto", "tflite", "keras")
+HEAD_FITS = ("auto", "fast", "keras")  # see transfer/training/fasthead.py
 DISTRIBUTE = ("auto", "none", "mirrored", "multiworker")  # see transfer/training/distribute.py
 
 
@@ -77,7 +78,8 @@ class TrainConfig:
     dedupe: bool = False
     cache_dir: str | None = None
     # phase 1: head only, backbone frozen
-    epochs: int = 10
+    epochs: int | None = None  # a maximum (early stopping); None: FAST_EPOCHS on cached features, else 10
+    head_fit: str = "auto"  # auto/fast: phase 1 on cached features in RAM in compiled epochs; keras: Keras' fit
     lr: float = 1e-3
     optimizer: str = "adam"
     lr_schedule: str = "plateau"  # plateau: reduce on a validation plateau; cosine: decay to 0 over each phase
@@ -148,6 +150,17 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+#: phase 1's default maximum of epochs on cached features in RAM, where an epoch takes milliseconds
+FAST_EPOCHS = 200
+
+
+def default_epochs(pretrained: bool, augment: str, config: "TrainConfig") -> int:
+    """Phase 1's epochs when --epochs is not given: :data:`FAST_EPOCHS` where the phase can run on cached
+    features (a frozen pretrained backbone, --augment none or flip), early stopping ending it; else 10."""
+    cached = pretrained and augment in ("none", "flip") and config.cache_features != "off"
+    return FAST_EPOCHS if cached and config.head_fit != "keras" else 10
+
+
 def default(name: str) -> Any:
     """The default of one field, so that the CLI never repeats a default."""
     return TrainConfig.__dataclass_fields__[name].default
@@ -188,7 +201,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "fine_tune_optimizer": OPTIMIZERS, "pooling": POOLINGS, "augment": AUGMENT_PRESETS,
     "resize": RESIZE_MODES, "monitor": MONITORS, "class_weight": CLASS_WEIGHTS, "lr_schedule": LR_SCHEDULES,
     "cache_features": CACHE_FEATURES, "mixed_precision": MIXED_PRECISION, "feature_engine": FEATURE_ENGINES,
-    "distribute": DISTRIBUTE,
+    "distribute": DISTRIBUTE, "head_fit": HEAD_FITS,
 }
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
           tuple: "a list of whole numbers", type(None): "none"}
