@@ -275,9 +275,10 @@ def _print_inspection(r: dict) -> None:
               help="Validation metric for checkpoints, early stopping and LR reduction.")
 @click.option("--restore-best/--keep-last", default=default("restore_best"),
               help="End with the best epoch on validation (default) or the last one.")
-@click.option("--time-limit", default=None, metavar="DURATION",
+@click.option("--time-limit", "--time-budget", "time_limit", default=None, metavar="DURATION",
               help="Stop training after this long (90s, 15m, 1.5h; counted from the start, the last validation "
-              "and saving follow), whatever --epochs says; with --lr-schedule cosine the decay follows the time, "
+              "and saving follow), whatever --epochs says; fine-tuning is skipped, and the run says so, when "
+              "its first epoch (timed on one batch) would not fit; with --lr-schedule cosine the decay follows the time, "
               "so it ends on schedule on any machine. none: no limit.")
 @click.option("--validation-freq", type=int, default=default("validation_freq"), show_default=True,
               help="Validate every N epochs and on each phase's last one (validation is skipped in between, "

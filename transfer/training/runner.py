@@ -48,12 +48,33 @@ class Runner:
         for index, phase in enumerate(phases):
             if index < self.state.phase:
                 continue  # finished before the run was resumed
+            if index and self._skipped(index, phase, None):
+                continue
             inputs = phase.setup()
+            if index and self._skipped(index, phase, inputs):
+                continue
             if inputs.arrays is not None and self._fast(inputs.model):
                 self._fit_fast(index, phase, inputs)
             else:
                 self._fit(index, phase, inputs)
             self.laps.lap(phase.name)
+
+    def _skipped(self, index: int, phase: Phase, inputs: Inputs | None) -> bool:
+        """Whether the time left under --time-limit/--time-budget cannot hold a later phase's first epoch: then the
+        phase is skipped (it trains no epoch) and the run says so. Before its setup (``inputs`` None) only a
+        passed deadline counts; after it, a measured probe (one batch, gradients not applied) times an epoch."""
+        if self.deadline is None or (self.state.phase == index and self.state.mid_phase):
+            return False
+        left = self.deadline - time.monotonic()
+        need = 0.0 if inputs is None else fasthead.probe_epoch(inputs.model, inputs.train_ds, self.config)
+        if left > need:
+            return False
+        why = "no time is left" if inputs is None else f"{left:.0f} s are left and one epoch takes about {need:.0f} s"
+        log.warning("--time-limit: skipped phase %s (%d epoch(s)): %s", phase.name, phase.epochs, why)
+        state = self.state
+        state.phase, state.phase_start = index + 1, state.epoch
+        state.timed_out.append(phase.name)
+        return True
 
     def _fast(self, model: keras.Model) -> bool:
         """Whether phase 1 fits in compiled epochs (:mod:`.fasthead`): with --head-fit auto or fast, on one device."""
