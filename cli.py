@@ -19,7 +19,7 @@ from click.core import ParameterSource
 from transfer import backbones as registry
 from transfer import configfile, console, preflight, runs
 from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, DISTRIBUTE, FEATURE_ENGINES, LR_SCHEDULES,
-                             FAST_EPOCHS, HEAD_FITS, MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS,
+                             FAST_EPOCHS, FAST_PATIENCE, HEAD_FITS, MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS,
                              RESIZE_MODES, default)
 from transfer.presets import PRESETS
 from transfer.tflite import QUANTIZATIONS
@@ -269,8 +269,9 @@ def _print_inspection(r: dict) -> None:
               show_default=True)
 @click.option("--unfreeze", default=None,
               help="Where fine-tuning starts: all, N (top N layers), LAYER or after:LAYER [default: the backbone's].")
-@click.option("--patience", type=int, default=default("patience"), show_default=True,
-              help="Early-stopping patience in epochs (in validations with --validation-freq).")
+@click.option("--patience", type=int, default=None,
+              help="Early-stopping patience in epochs (in validations with --validation-freq) "
+              f"[default: {FAST_PATIENCE} where phase 1 runs on cached features, else 5].")
 @click.option("--monitor", type=click.Choice(MONITORS), default=default("monitor"), show_default=True,
               help="Validation metric for checkpoints, early stopping and LR reduction.")
 @click.option("--restore-best/--keep-last", default=default("restore_best"),

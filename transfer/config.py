@@ -91,7 +91,7 @@ class TrainConfig:
     fine_tune_optimizer: str = "sgd"
     unfreeze: str | None = None
     # callbacks
-    patience: int = 5
+    patience: int | None = None  # None: FAST_PATIENCE where phase 1 runs on cached features, else 5
     monitor: str = "val_loss"
     restore_best: bool = True  # end with the best epoch on validation (from either phase), not the last
     validation_freq: int = 1  # validate every N epochs, and on each phase's last epoch
@@ -150,15 +150,17 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-#: phase 1's default maximum of epochs on cached features in RAM, where an epoch takes milliseconds
-FAST_EPOCHS = 200
+#: phase 1's default maximum of epochs, and --patience, where its epochs take milliseconds (BENCHMARKS.md)
+FAST_EPOCHS, FAST_PATIENCE = 200, 20
 
 
-def default_epochs(pretrained: bool, augment: str, config: "TrainConfig") -> int:
-    """Phase 1's epochs when --epochs is not given: :data:`FAST_EPOCHS` where the phase can run on cached
-    features (a frozen pretrained backbone, --augment none or flip), early stopping ending it; else 10."""
-    cached = pretrained and augment in ("none", "flip") and config.cache_features != "off"
-    return FAST_EPOCHS if cached and config.head_fit != "keras" else 10
+def fast_defaults(pretrained: bool, augment: str, config: "TrainConfig") -> dict[str, int]:
+    """--epochs and --patience when not given: :data:`FAST_EPOCHS` and :data:`FAST_PATIENCE` where phase 1 can
+    run on cached features (a frozen pretrained backbone, --augment none or flip), early stopping ending it;
+    else 10 and 5."""
+    fast = pretrained and augment in ("none", "flip") and config.cache_features != "off" and config.head_fit != "keras"
+    defaults = {"epochs": FAST_EPOCHS if fast else 10, "patience": FAST_PATIENCE if fast else 5}
+    return {name: value if getattr(config, name) is None else getattr(config, name) for name, value in defaults.items()}
 
 
 def default(name: str) -> Any:

@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..config import TrainConfig, default_epochs
+from ..config import TrainConfig, fast_defaults
 from ..errors import ConfigError, WeightsError, first_line
 
 BACKBONE_LAYER = "backbone"
@@ -132,7 +132,7 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
         weights=weights,
         image_size=size,
         augment=augment,
-        epochs=config.epochs if config.epochs is not None else default_epochs(spec.pretrained, augment, config),
+        **fast_defaults(spec.pretrained, augment, config),
         pooling=config.pooling or spec.head.pooling,
         dense=tuple(config.dense) if config.dense is not None else spec.head.dense,
         dropout=config.dropout if config.dropout is not None else spec.head.dropout,

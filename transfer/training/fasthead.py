@@ -68,7 +68,7 @@ class EpochFit:
         self.views = arrays.train_x.shape[1] if random_view else 1
         if not top.optimizer.built:
             top.optimizer.build(top.trainable_variables)
-        self._epoch = tf.function(self._run, reduce_retracing=True)
+        self._epoch = tf.function(self._run, autograph=False)  # a plain graph: its loop is a tf.while_loop
 
     def __call__(self, epoch: int) -> dict[str, float]:
         import tensorflow as tf
@@ -84,12 +84,14 @@ class EpochFit:
         view = tf.random.stateless_uniform([rows], seed + 1, 0, self.views, tf.int32)
         x = tf.gather_nd(self.train_x, tf.stack([order, view], axis=1))[:, None]  # one view, kept as a views axis
         y, w = tf.gather(self.train_y, order), tf.gather(self.row_weight, order)
-        loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
-        for start in tf.range(0, rows, self.batch):
+
+        def step(start, loss_sum, correct):
             end = tf.minimum(start + self.batch, rows)
             loss, hits = self._step(x[start:end], y[start:end], w[start:end])
-            loss_sum += loss * tf.cast(end - start, tf.float32)
-            correct += hits
+            return end, loss_sum + loss * tf.cast(end - start, tf.float32), correct + hits
+
+        _, loss_sum, correct = tf.while_loop(lambda start, *_: start < rows, step,
+                                             (tf.constant(0), tf.constant(0.0), tf.constant(0.0)))
         val_loss, val_hits = self._measure(self.val_x, self.val_y)
         count, val_count = tf.cast(rows, tf.float32), tf.cast(tf.shape(self.val_y)[0], tf.float32)
         return {"loss": loss_sum / count, "accuracy": correct / count,
@@ -102,8 +104,9 @@ class EpochFit:
             probabilities = self.top(x, training=True)
             loss = self._loss(y, probabilities, w)
             total = loss + tf.add_n([tf.cast(r, tf.float32) for r in self.top.losses] or [tf.constant(0.0)])
-        variables = self.top.trainable_variables
-        self.top.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        variables, optimizer = self.top.trainable_variables, self.top.optimizer
+        # scaled as fit scales it: a loss-scale optimizer (mixed precision) unscales the gradients it is given
+        optimizer.apply_gradients(zip(tape.gradient(optimizer.scale_loss(total), variables), variables))
         return loss, _hits(y, probabilities)
 
     def _measure(self, x, y):
