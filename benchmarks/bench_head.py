@@ -1,5 +1,5 @@
 """Phase 1 on cached features: Keras' ``fit`` (today's default, 10 epochs) against the compiled epochs of
-``--head-fit fast`` (at most 200 epochs, early stopping), on the same features of real photographs.
+``--head-fit fast`` (the defaults there: at most 200 epochs, patience 20), on the same features of real photographs.
 
 Each data set is trained twice by ``transfer.train`` with one cache folder:
 first ``--head-fit keras --epochs 10`` (which computes the features), then
@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--cache-dir", default=None, help="feature cache to share between runs [default: a temporary one]")
     args = p.parse_args()
-    print(f"{'set':<18}{'run':<7}{'epochs':>7}{'s/epoch':>10}{'head s':>8}{'val acc':>9}{'run s':>8}")
+    print(f"{'set':<18}{'run':<7}{'epochs':>7}{'s/epoch':>10}{'head s':>8}{'val acc':>9}{'val loss':>9}{'run s':>8}")
     with tempfile.TemporaryDirectory() as work:
         for data in args.data:
             name, per_epoch = os.path.basename(os.path.normpath(data)), {}
@@ -59,7 +59,8 @@ def main() -> None:
                 times = result.metrics["seconds"]
                 head = times["head"] - sum(times.get("features", []))
                 print(f"{name:<18}{run:<7}{epochs:>7}{per_epoch[run]:>10.4f}{head:>8.1f}"
-                      f"{result.metrics['val']['accuracy']:>9.4f}{seconds:>8.1f}", flush=True)
+                      f"{result.metrics['val']['accuracy']:>9.4f}{result.metrics['val']['loss']:>9.4f}{seconds:>8.1f}",
+                      flush=True)
             print(f"{name:<18}epoch time keras/fast: {per_epoch['keras'] / max(per_epoch['fast'], 1e-6):.0f}x",
                   flush=True)
 
