@@ -19,7 +19,8 @@ from click.core import ParameterSource
 from transfer import backbones as registry
 from transfer import configfile, console, preflight, runs
 from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, DISTRIBUTE, FEATURE_ENGINES, LR_SCHEDULES,
-                             MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
+                             FAST_EPOCHS, FAST_PATIENCE, HEAD_FITS, MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS,
+                             RESIZE_MODES, default)
 from transfer.presets import PRESETS
 from transfer.tflite import QUANTIZATIONS
 from transfer.serve import DEFAULT_HOST, DEFAULT_PORT, MAX_BATCH, MAX_BODY
@@ -262,8 +263,12 @@ def _print_inspection(r: dict) -> None:
 @click.option("--strict", is_flag=True, help="Stop if any image file cannot be used.")
 @click.option("--max-skip-fraction", type=float, default=default("max_skip_fraction"), show_default=True,
               help="Stop if more than this fraction of image files cannot be used.")
-@click.option("--epochs", type=int, default=default("epochs"), show_default=True,
-              help="Phase 1 epochs (head only, backbone frozen).")
+@click.option("--epochs", type=int, default=None,
+              help="Phase 1's most epochs (head only, backbone frozen; early stopping may end it sooner) "
+              f"[default: {FAST_EPOCHS} on cached features, else 10].")
+@click.option("--head-fit", type=click.Choice(HEAD_FITS), default=default("head_fit"), show_default=True,
+              help="Phase 1 on cached features in RAM: auto/fast run each epoch as one compiled step "
+              "(milliseconds; one device), keras runs Keras' fit.")
 @click.option("--lr", type=float, default=default("lr"), show_default=True, help="Phase 1 learning rate.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=default("optimizer"), show_default=True)
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=default("lr_schedule"), show_default=True,
@@ -280,15 +285,17 @@ def _print_inspection(r: dict) -> None:
               show_default=True)
 @click.option("--unfreeze", default=None,
               help="Where fine-tuning starts: all, N (top N layers), LAYER or after:LAYER [default: the backbone's].")
-@click.option("--patience", type=int, default=default("patience"), show_default=True,
-              help="Early-stopping patience in epochs (in validations with --validation-freq).")
+@click.option("--patience", type=int, default=None,
+              help="Early-stopping patience in epochs (in validations with --validation-freq) "
+              f"[default: {FAST_PATIENCE} where phase 1 runs on cached features, else 5].")
 @click.option("--monitor", type=click.Choice(MONITORS), default=default("monitor"), show_default=True,
               help="Validation metric for checkpoints, early stopping and LR reduction.")
 @click.option("--restore-best/--keep-last", default=default("restore_best"),
               help="End with the best epoch on validation (default) or the last one.")
-@click.option("--time-limit", default=None, metavar="DURATION",
+@click.option("--time-limit", "--time-budget", "time_limit", default=None, metavar="DURATION",
               help="Stop training after this long (90s, 15m, 1.5h; counted from the start, the last validation "
-              "and saving follow), whatever --epochs says; with --lr-schedule cosine the decay follows the time, "
+              "and saving follow), whatever --epochs says; fine-tuning is skipped, and the run says so, when "
+              "its first epoch (timed on one batch) would not fit; with --lr-schedule cosine the decay follows the time, "
               "so it ends on schedule on any machine. none: no limit.")
 @click.option("--validation-freq", type=int, default=default("validation_freq"), show_default=True,
               help="Validate every N epochs and on each phase's last one (validation is skipped in between, "

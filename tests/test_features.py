@@ -20,7 +20,8 @@ SIZE = 48
 def _config(tmp_path, **overrides):
     options = dict(data_dir=str(tmp_path / "data"), backbone="mobilenetv2", weights="none", image_size=SIZE,
                    augment="none", batch_size=5, output_dir=str(tmp_path / "models"), verbose=0, restore_best=False,
-                   lr=0.05, epochs=3, fine_tune_epochs=0, cache_dir=str(tmp_path / "cache"), seed=7)
+                   lr=0.05, epochs=3, fine_tune_epochs=0, cache_dir=str(tmp_path / "cache"), seed=7,
+                   head_fit="keras")  # fit on cached features = fit on images; the compiled epochs: test_fast_head.py
     options.update(overrides)
     return TrainConfig(**options)
 

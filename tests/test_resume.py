@@ -133,9 +133,10 @@ def test_the_printed_command_resumes_and_a_kill_in_phase_2_resumes_too(resumed_t
 
 
 def test_a_kill_in_phase_1_on_cached_features_resumes_without_computing_them_again(root, resumed_twice):
-    """Transfer from the run above: phase 1 on cached features, phase 2 on cached activations."""
+    """Transfer from the run above: phase 1 on cached features (with Keras' fit, which backs up every epoch; the
+    compiled epochs back up at the phase's end: test_fast_head.py), phase 2 on cached activations."""
     args = ["train", root / "colours", "--backbone", resumed_twice[3], "--augment", "none", "--batch-size", "2",
-            "--epochs", "12", "--fine-tune-epochs", "1", "--unfreeze", "after:block2_pool", "--patience", "20",
+            "--head-fit", "keras", "--epochs", "12", "--fine-tune-epochs", "1", "--unfreeze", "after:block2_pool", "--patience", "20",
             "-o", root / "models", "--name", "cached", "--cache-dir", root / "cache"]
     status, _ = stop_after_backup(start(*args), root / "models" / "cached.partial", 2, signal.SIGKILL)
     assert status == -signal.SIGKILL

@@ -31,6 +31,7 @@ LR_SCHEDULES = ("plateau", "cosine")
 CACHE_FEATURES = ("auto", "on", "off")
 MIXED_PRECISION = ("auto", "on", "off")
 FEATURE_ENGINES = ("auto", "tflite", "keras")
+HEAD_FITS = ("auto", "fast", "keras")  # see transfer/training/fasthead.py
 DISTRIBUTE = ("auto", "none", "mirrored", "multiworker")  # see transfer/training/distribute.py
 
 
@@ -78,7 +79,8 @@ class TrainConfig:
     cache_dir: str | None = None
     exclude: tuple[str, ...] = ()  # files left out, relative to DATA_DIR (train --exclude FILE: doctor's CSV files)
     # phase 1: head only, backbone frozen
-    epochs: int = 10
+    epochs: int | None = None  # a maximum (early stopping); None: FAST_EPOCHS on cached features, else 10
+    head_fit: str = "auto"  # auto/fast: phase 1 on cached features in RAM in compiled epochs; keras: Keras' fit
     lr: float = 1e-3
     optimizer: str = "adam"
     lr_schedule: str = "plateau"  # plateau: reduce on a validation plateau; cosine: decay to 0 over each phase
@@ -90,7 +92,7 @@ class TrainConfig:
     fine_tune_optimizer: str = "sgd"
     unfreeze: str | None = None
     # callbacks
-    patience: int = 5
+    patience: int | None = None  # None: FAST_PATIENCE where phase 1 runs on cached features, else 5
     monitor: str = "val_loss"
     restore_best: bool = True  # end with the best epoch on validation (from either phase), not the last
     validation_freq: int = 1  # validate every N epochs, and on each phase's last epoch
@@ -151,6 +153,19 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+#: phase 1's default maximum of epochs, and --patience, where its epochs take milliseconds (BENCHMARKS.md)
+FAST_EPOCHS, FAST_PATIENCE = 200, 20
+
+
+def fast_defaults(pretrained: bool, augment: str, config: "TrainConfig") -> dict[str, int]:
+    """--epochs and --patience when not given: :data:`FAST_EPOCHS` and :data:`FAST_PATIENCE` where phase 1 can
+    run on cached features (a frozen pretrained backbone, --augment none or flip), early stopping ending it;
+    else 10 and 5."""
+    fast = pretrained and augment in ("none", "flip") and config.cache_features != "off" and config.head_fit != "keras"
+    defaults = {"epochs": FAST_EPOCHS if fast else 10, "patience": FAST_PATIENCE if fast else 5}
+    return {name: value if getattr(config, name) is None else getattr(config, name) for name, value in defaults.items()}
+
+
 def default(name: str) -> Any:
     """The default of one field, so that the CLI never repeats a default."""
     return TrainConfig.__dataclass_fields__[name].default
@@ -191,7 +206,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "fine_tune_optimizer": OPTIMIZERS, "pooling": POOLINGS, "augment": AUGMENT_PRESETS,
     "resize": RESIZE_MODES, "monitor": MONITORS, "class_weight": CLASS_WEIGHTS, "lr_schedule": LR_SCHEDULES,
     "cache_features": CACHE_FEATURES, "mixed_precision": MIXED_PRECISION, "feature_engine": FEATURE_ENGINES,
-    "distribute": DISTRIBUTE,
+    "distribute": DISTRIBUTE, "head_fit": HEAD_FITS,
 }
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
           type(None): "none"}

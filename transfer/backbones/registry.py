@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..config import TrainConfig
+from ..config import TrainConfig, fast_defaults
 from ..errors import ConfigError, WeightsError, first_line
 
 BACKBONE_LAYER = "backbone"
@@ -125,12 +125,14 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
     size = config.image_size or spec.default_size
     if size < spec.min_size:
         raise ConfigError(f"--image-size {size} is too small for {spec.name}; use at least {spec.min_size}.")
+    augment = config.augment or ("flip" if spec.pretrained else "light")
     resolved = dataclasses.replace(
         config,
         backbone=spec.name,
         weights=weights,
         image_size=size,
-        augment=config.augment or ("flip" if spec.pretrained else "light"),
+        augment=augment,
+        **fast_defaults(spec.pretrained, augment, config),
         pooling=config.pooling or spec.head.pooling,
         dense=tuple(config.dense) if config.dense is not None else spec.head.dense,
         dropout=config.dropout if config.dropout is not None else spec.head.dropout,

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import keras
+import numpy as np
 
 from .. import data, features
 from ..backbones import BackboneSpec
 from ..config import TrainConfig
 from ..heads import freeze_backbone, unfreeze_top
 from ..layers import SparseSmoothedCrossentropy
+from . import fasthead
 
 log = logging.getLogger("transfer")
 
@@ -37,6 +39,7 @@ class Inputs:
     train_ds: Any
     val_ds: Any
     full_model: keras.Model | None = None
+    arrays: fasthead.Arrays | None = None  # the cached features themselves, when they are in RAM
 
     @property
     def whole(self) -> keras.Model:
@@ -115,7 +118,20 @@ def _inputs(config: TrainConfig, sources: Sources, cache: features.FeatureCache 
     val_ds = cache.dataset(dataset.splits["val"], pick="all" if config.tta and cache.view_axis else "first")
     log.info("feature cache %s: %d image(s) from the cache, %d computed%s", cache.folder, cache.hits, cache.computed,
              f", {cache.received} from other workers" if cache.workers else "")
-    return Inputs(cache.top, train_ds, val_ds, full_model=sources.model)
+    return Inputs(cache.top, train_ds, val_ds, full_model=sources.model, arrays=_arrays(config, dataset, cache))
+
+
+def _arrays(config: TrainConfig, dataset: data.Dataset, cache: features.FeatureCache) -> fasthead.Arrays | None:
+    """Phase 1's features as arrays (validation: every view with --tta, else the image's), when held in RAM."""
+    if not (cache.in_memory and cache.view_axis):
+        return None
+    train, val = dataset.splits["train"], dataset.splits["val"]
+    val_x = cache.features(val)
+    return fasthead.Arrays(cache.features(train), _labels(train), val_x if config.tta else val_x[:, :1], _labels(val))
+
+
+def _labels(examples: list[data.Example]) -> np.ndarray:
+    return np.array([e.label for e in examples], dtype=np.int32)
 
 
 def deadline_of(deadline: float | None, fraction: float) -> float | None:

@@ -9,6 +9,7 @@ resumed run skips the phases it finished and starts inside the one it was in.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import keras
@@ -17,7 +18,7 @@ from .. import runs
 from ..config import TrainConfig, option_name, parse_duration
 from ..errors import TrainingError
 from ..progress import EpochProgress
-from . import distribute, resume
+from . import distribute, fasthead, resume
 from .callbacks import Checkpoint, HistoryCSV, StopOnNaN, TimeLimit, Validation, WhenValidated
 from .interrupts import StopAfterBatch, StopRequest
 from .phases import Inputs, Phase, compile_model, deadline_of, make_optimizer
@@ -47,8 +48,40 @@ class Runner:
         for index, phase in enumerate(phases):
             if index < self.state.phase:
                 continue  # finished before the run was resumed
-            self._fit(index, phase, phase.setup())
+            if index and self._skipped(index, phase, None):
+                continue
+            inputs = phase.setup()
+            if index and self._skipped(index, phase, inputs):
+                continue
+            if inputs.arrays is not None and self._fast(inputs.model):
+                self._fit_fast(index, phase, inputs)
+            else:
+                self._fit(index, phase, inputs)
             self.laps.lap(phase.name)
+
+    def _skipped(self, index: int, phase: Phase, inputs: Inputs | None) -> bool:
+        """Whether the time left under --time-limit/--time-budget cannot hold a later phase's first epoch: then the
+        phase is skipped (it trains no epoch) and the run says so. Before its setup (``inputs`` None) only a
+        passed deadline counts; after it, a measured probe (one batch, gradients not applied) times an epoch."""
+        if self.deadline is None or (self.state.phase == index and self.state.mid_phase):
+            return False
+        left = self.deadline - time.monotonic()
+        need = 0.0 if inputs is None else fasthead.probe_epoch(inputs.model, inputs.train_ds, self.config)
+        if left > need:
+            return False
+        why = "no time is left" if inputs is None else f"{left:.0f} s are left and one epoch takes about {need:.0f} s"
+        log.warning("--time-limit: skipped phase %s (%d epoch(s)): %s", phase.name, phase.epochs, why)
+        state = self.state
+        state.phase, state.phase_start = index + 1, state.epoch
+        state.timed_out.append(phase.name)
+        return True
+
+    def _fast(self, model: keras.Model) -> bool:
+        """Whether phase 1 fits in compiled epochs (:mod:`.fasthead`): with --head-fit auto or fast, on one device."""
+        one_device = self.workers is None and model.distribute_strategy.num_replicas_in_sync == 1
+        if self.config.head_fit == "fast" and not one_device:
+            log.info("--head-fit fast runs on one device: phase 1 runs Keras' fit on the cluster")
+        return self.config.head_fit != "keras" and one_device
 
     def _fit(self, index: int, phase: Phase, inputs: Inputs) -> None:
         """Compile and fit one phase, from its first epoch or, resumed, from the one after the last backup."""
@@ -89,11 +122,75 @@ class Runner:
         finally:
             self.stop.fitting = False
         if diverged.found:
-            what, epoch = diverged.found
-            raise TrainingError(f"the {what} became NaN or infinite at epoch {epoch + 1} of phase {phase.name}, so "
-                                f"training stopped and no run was saved (what was written is in {self.run.staging!r}). "
-                                f"Lower {option_name(phase.lr_option)} (now {phase.lr:g}), or --l2 and "
-                                "--weight-decay if you raised them.")
+            raise self._diverged(phase, *diverged.found)
+
+    def _diverged(self, phase: Phase, what: str, epoch: int) -> TrainingError:
+        return TrainingError(f"the {what} became NaN or infinite at epoch {epoch + 1} of phase {phase.name}, so "
+                             f"training stopped and no run was saved (what was written is in {self.run.staging!r}). "
+                             f"Lower {option_name(phase.lr_option)} (now {phase.lr:g}), or --l2 and "
+                             "--weight-decay if you raised them.")
+
+    def _fit_fast(self, index: int, phase: Phase, inputs: Inputs) -> None:
+        """Phase 1 in compiled epochs on features in RAM: validated every epoch, stopped by --patience or
+        --time-limit, ending on its best epoch (unless --keep-last), backed up once, at its end.
+
+        A run killed inside it resumes at the phase's start (or, from a backup
+        that ``fit`` made, at its epoch): the phase takes seconds.
+        """
+        config, state = self.config, self.state
+        if not (state.phase == index and state.mid_phase):
+            state.phase, state.phase_start = index, state.epoch
+            deadline = deadline_of(self.deadline, phase.share)
+        else:
+            deadline = None if state.deadline is None else self.started + state.deadline
+        model = inputs.model
+        compile_model(model, make_optimizer(phase.optimizer, phase.lr, config.weight_decay), config)
+        compile_model(inputs.full_model, model.optimizer, config)
+        fit = fasthead.EpochFit(model, inputs.arrays, config.batch_size, config.seed, config.augment == "flip",
+                                self.class_weight, config.label_smoothing)
+        history = HistoryCSV(self.run.path(runs.HISTORY_FILE), phase.name, self.started)
+        history.set_model(model)
+        history.on_train_begin()
+        watch = fasthead.Watch(config.monitor, config.patience, phase.lr,
+                               None if config.lr_schedule == "plateau" else phase.epochs)
+        started, end, epoch = time.monotonic(), state.phase_start + phase.epochs, state.epoch - 1
+        for epoch in range(state.epoch, end):
+            model.optimizer.learning_rate = watch.lr(epoch - state.phase_start)
+            logs = fit(epoch)
+            if not all(map(math.isfinite, logs.values())):
+                raise self._diverged(phase, "loss", epoch)
+            history.on_epoch_end(epoch, logs)
+            watch.epoch_end(epoch, logs, model)
+            if self.stop.signum is not None:
+                raise KeyboardInterrupt
+            if deadline is not None and time.monotonic() >= deadline:
+                state.timed_out.append(phase.name)
+                log.info("--time-limit reached: this phase stops here")
+                break
+            if watch.stopped:
+                break
+        history.on_train_end()
+        self._phase_end(index, phase, inputs, watch, epoch, time.monotonic() - started)
+
+    def _phase_end(self, index: int, phase: Phase, inputs: Inputs, watch: "fasthead.Watch", last: int,
+                   seconds: float) -> None:
+        """After a compiled phase: its best epoch into the checkpoint, the head at it, and the backup."""
+        state, full = self.state, inputs.full_model
+        epochs = last + 1 - state.epoch
+        if watch.best_weights is not None:
+            last_weights = inputs.model.get_weights()
+            inputs.model.set_weights(watch.best_weights)
+            if fasthead.better(self.config.monitor, watch.best, self.checkpoint.best):
+                full.save_weights(self.checkpoint.filepath)
+                self.checkpoint.best = watch.best
+            if not self.config.restore_best:
+                inputs.model.set_weights(last_weights)
+            log.info("phase %s: %d epoch(s) in %.1f s (%.3f s each); best epoch %d, %s %.4f", phase.name, epochs,
+                     seconds, seconds / max(1, epochs), watch.best_epoch + 1, self.config.monitor, watch.best)
+        state.epoch, state.elapsed = last + 1, time.monotonic() - self.started
+        state.phase, state.phase_start, state.deadline = index + 1, state.epoch, None
+        state.best, state.laps, state.timer, state.watchers = self.checkpoint.best, dict(self.laps.seconds), {}, []
+        resume.save(self.run, state, full, None)
 
     def epoch_done(self, backup: "_Backup", epoch: int) -> None:
         """Back the run up after ``epoch``: inside its phase, or, when the phase ends here, at the next one's start."""
