@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import data, runs
+from . import data, inputs, runs
 from .errors import DataError, RunError, TransferError
 from .images import MAX_PIXELS
 from .metrics import classification_metrics, losses
@@ -55,6 +55,8 @@ def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str
     """
     from .predict import load_model
 
+    data_dir, split = inputs.path(data_dir, "data_dir"), inputs.name(split, "split", optional=True)
+    output, cache_dir = inputs.path(output, "output", optional=True), inputs.path(cache_dir, "cache_dir", optional=True)
     root, _, split_dirs = data.check_layout(data_dir)
     split = data.pick_split(root, split_dirs, split)
     name = os.path.basename(os.path.normpath(root)) + ("" if split == "all" else f"-{split}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import runs
+from . import inputs, runs
 from .audit import file_digest
 from .errors import ConfigError, ImageError, RunError
 from .images import is_image_name, load_image
@@ -80,7 +80,7 @@ def export(model_path: str, output: str | None = None, name: str | None = None,
     """
     from . import savedmodel
 
-    _check_arguments(output, name, version, data)
+    output, name, data = _check_arguments(output, name, version, data)
     loaded, source, base = _destination(model_path, output, name, unsafe)
     version = version or _next_version(base)
     target = os.path.join(base, str(version))
@@ -112,9 +112,9 @@ def export_tflite(model_path: str, output: str | None = None, name: str | None =
     """
     from . import tflite
 
-    if quantize not in tflite.QUANTIZATIONS:
+    if inputs.name(quantize, "quantize") not in tflite.QUANTIZATIONS:
         raise ConfigError(f"--quantize must be one of {', '.join(tflite.QUANTIZATIONS)}; got {quantize!r}.")
-    _check_arguments(output, name, None, data)
+    output, name, data = _check_arguments(output, name, None, data)
     loaded, source, base = _destination(model_path, output, name, unsafe)
     target = os.path.join(base, runs.TFLITE_PREFIX + quantize)
     if os.path.lexists(target):
@@ -141,19 +141,21 @@ def _destination(model_path: str, output: str | None, name: str | None, unsafe: 
     loaded = load_model(model_path, unsafe)
     if loaded.keras_model is None:
         raise RunError(f"{model_path!r} is already an exported model; export a run folder or .keras file.")
-    model_path = os.fspath(model_path)
+    model_path = inputs.path(model_path, "model")
     source = model_path if loaded.kind == "run" else os.path.dirname(os.path.abspath(model_path))
     if name is None:
         name = os.path.basename(os.path.normpath(source if loaded.kind == "run" else os.path.splitext(model_path)[0]))
-    output = os.fspath(output) if output is not None else os.path.join(source, runs.EXPORTS_FOLDER)
+    output = output if output is not None else os.path.join(source, runs.EXPORTS_FOLDER)
     base = os.path.join(output, runs.check_name(name))
     runs.check_writable(output, "--output")
     _check_export_folder(base)
     return loaded, source, base
 
 
-def _check_arguments(output: str | None, name: str | None, version: int | None, data: str | None) -> None:
-    """What can be checked before the model (and TensorFlow with it) is loaded."""
+def _check_arguments(output, name, version, data) -> tuple[str | None, str | None, str | None]:
+    """(output, name, data) as text, and what can be checked before the model (and TensorFlow with it) is loaded."""
+    output, data = inputs.path(output, "output", optional=True), inputs.path(data, "data", optional=True)
+    name = inputs.name(name, "name", optional=True)
     if data is not None and not os.path.isdir(data):
         raise ConfigError(f"--data {data!r} is not a folder of images.")
     if version is not None and (isinstance(version, bool) or not isinstance(version, numbers.Integral)
@@ -162,7 +164,8 @@ def _check_arguments(output: str | None, name: str | None, version: int | None, 
     if name is not None:
         runs.check_name(name)
     if output is not None:
-        runs.check_writable(os.fspath(output), "--output")
+        runs.check_writable(output, "--output")
+    return output, name, data
 
 
 def _write_labels(folder: str, labels: list[str]) -> None:

@@ -62,9 +62,9 @@ def export_onnx(model_path: str, output: str | None = None, name: str | None = N
     from .export import (_check_arguments, _destination, _folder_paths, _readable, _split_paths, _write_tflite,
                          VERIFY_IMAGES)
 
+    output, name, data = _check_arguments(output, name, None, data)
     for module in ("tf2onnx", "onnx", "onnxruntime"):
         require(module)
-    _check_arguments(output, name, None, data)
     loaded, source, base = _destination(model_path, output, name, unsafe)
     target = os.path.join(base, runs.ONNX_FOLDER)
     if os.path.lexists(target):

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import runs
+from . import inputs as inputs_, runs
 from .errors import ConfigError, ImageError, RunError, first_line
 from .images import MAX_PIXELS, is_image_name, load_image
 
@@ -70,7 +70,7 @@ def load_model(path: str, unsafe: bool = False) -> LoadedModel:
     ``.keras`` files load in Keras' safe mode: a model that would run arbitrary
     Python code (a ``Lambda`` layer) is refused unless ``unsafe`` is true.
     """
-    path = _path_argument(path, "the model")
+    path = inputs_.path(path, "model")
     if runs.is_run_folder(path):
         run = runs.load_run(path)
         return _from_keras(run.model_path, run.labels, run.record["model"].get("resize", "squash"), "run",
@@ -95,15 +95,6 @@ def load_model(path: str, unsafe: bool = False) -> LoadedModel:
     if saved_model:
         return _from_saved_model(saved_model)
     raise RunError(f"{path!r} is not a run folder, a .keras file, an exported SavedModel, a .tflite or an .onnx file.")
-
-
-def _path_argument(value, what: str) -> str:
-    """A path given as text or ``os.PathLike``; anything else is a :class:`ConfigError` naming ``what``."""
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{what} must be a path (str or os.PathLike); got {type(value).__name__}.")
-    return value
 
 
 def _from_keras(path: str, labels: list[str] | None, resize: str, kind: str, labels_from: str,
@@ -275,7 +266,7 @@ def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_s
 
     ``inputs`` is a list of paths; a single path (text or ``os.PathLike``) is one input.
     """
-    inputs = _input_list(inputs)
+    inputs = inputs_.paths(inputs, "inputs")
     for name, value in (("top_k", top_k), ("batch_size", batch_size), ("max_pixels", max_pixels)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ConfigError(f"{name} must be a whole number of at least 1; got {value!r}.")
@@ -328,12 +319,3 @@ def probabilities(loaded: LoadedModel, paths: list[str], batch_size: int = 32, m
                                "weights are broken, e.g. by a training run that diverged; train it again.")
             yield path, probs, None
         start += len(batch)
-
-
-def _input_list(inputs) -> list[str]:
-    """A list of paths: one path (text or ``os.PathLike``) is one input, never a sequence of characters."""
-    if isinstance(inputs, (str, os.PathLike)):
-        return [os.fspath(inputs)]
-    if not isinstance(inputs, (list, tuple)):
-        raise ConfigError(f"inputs must be a list of paths (or one path); got {type(inputs).__name__}.")
-    return [_path_argument(item, "each input") for item in inputs]

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from . import __version__, inputs
 from .config import TrainConfig
 from .errors import RunError
 
@@ -515,6 +515,7 @@ def is_run_folder(path: str) -> bool:
 
 def load_run(path: str) -> Run:
     """Read a run folder, with a clear error when it is not one, did not finish or was edited out of shape."""
+    path = inputs.path(path, "path")
     if not os.path.exists(path):
         raise RunError(f"{path!r} does not exist.")
     marker = _read_marker(path)

@@ -23,7 +23,7 @@ from .. import data, devices, features, portable, preflight, runs
 from ..backbones import BackboneSpec
 from ..evaluation import report_run
 from ..config import TrainConfig
-from ..errors import Interrupted
+from ..errors import ConfigError, Interrupted
 from ..heads import backbone_of, build_model, unfreeze_index
 from . import distribute, interrupts, resume
 from .results import evaluate, plot, read_history, restore_best
@@ -55,6 +55,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     after the current batch with :class:`transfer.errors.Interrupted`.
     """
     started = time.monotonic()  # --time-limit counts from here: the scan and decoding are part of the run
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a transfer.TrainConfig; got {type(config).__name__}. Build one with "
+                          "TrainConfig(data_dir=..., ...), or TrainConfig.from_dict(settings) from a dict.")
     config = config.validate(need_data=not resume)  # --resume may leave DATA_DIR to the run
     strategy = distribute.strategy(config.distribute)  # before TensorFlow runs anything
     workers = distribute.workers(strategy)
