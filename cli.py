@@ -525,7 +525,8 @@ def export_command(model, output, name, fmt, quantize, data, version, unsafe, qu
     if as_json:
         click.echo(json_text(result.to_dict()))
     else:
-        click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB); on {result.images} validation images: "
+        click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB); on {result.images} images of "
+                   f"{result.checked_on}: "
                    f"pixels top-1 agreement with the Keras model {result.top1_agreement:.1%}, max |Δp| "
                    f"{result.max_abs_diff:.2g}; image bytes decoded in the graph, top-1 agreement with predict "
                    f"{result.bytes_top1_agreement:.1%}, max |Δp| {result.bytes_max_abs_diff:.2g}")
@@ -554,8 +555,10 @@ def _export_onnx(model, output, name, data, unsafe, as_json):
 
 
 def _print_verified(result, what: str) -> None:
-    click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB, {what}); on {result.images} "
-               f"validation images: top-1 agreement with the Keras model {result.top1_agreement:.1%}, "
+    calibrated = getattr(result, "calibrated_on", None)
+    click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB, {what}"
+               f"{f', calibrated on {calibrated}' if calibrated else ''}); on {result.images} images of "
+               f"{result.checked_on}: top-1 agreement with the Keras model {result.top1_agreement:.1%}, "
                f"max |Δp| {result.max_abs_diff:.2g}")
 
 

@@ -487,6 +487,32 @@ def read_manifest(path: str, root: str, classes: list[str]) -> dict[str, list[Ex
     return splits
 
 
+def fingerprint(root: str) -> dict[str, list[int]]:
+    """Every file under ``root`` (junk left out) -> [size, mtime in ns]: what a resumed run compares its data by.
+
+    A stat per file, no read: cheap next to the audit, so ``--resume`` checks it before anything else.
+    """
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not is_junk(d)]
+        for name in filenames:
+            if is_junk(name):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                info = os.stat(path)
+            except OSError:  # a broken symlink: the audit reports it; here it is a file without a size
+                info = None
+            found[os.path.relpath(path, root)] = [info.st_size, info.st_mtime_ns] if info else [-1, -1]
+    return found
+
+
+def changes(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict[str, list[str]]:
+    """The files added, removed and modified (size or modification time) between two fingerprints, sorted."""
+    return {"added": sorted(set(after) - set(before)), "removed": sorted(set(before) - set(after)),
+            "modified": sorted(p for p in set(before) & set(after) if list(before[p]) != list(after[p]))}
+
+
 def make_tf_dataset(examples: list[Example], image_size: int, batch_size: int, *, shuffle: bool = False,
                     seed: int = 0, resize: str = "squash", cache: bool = True, max_pixels: int = MAX_PIXELS):
     """A batched ``tf.data`` pipeline of (float32 pixels 0-255, int label)."""

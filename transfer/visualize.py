@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import figures, inputs as inputs_
+from . import figures, inputs as inputs_, outputs
 from .errors import ConfigError, RunError
 from .explain import feature_taps, keras_model_of, orientations, read_images, resolve_layer, walk
 from .images import MAX_PIXELS
@@ -73,6 +73,7 @@ def visualize(model, layers: list[str] = (), image: str | None = None, output: s
     if layers and image is None:
         raise ConfigError("--layer chooses the layers whose activation maps --image shows; give --image too.")
     output = output or figures.default_folder("visualize", loaded.source)
+    outputs.check_output(output, "--output", run=outputs.run_of(loaded.source))
     figures.check_folder(output)
     result = VisualizeResult(output)
     convs = [layer for layer in leaf_layers(loaded.keras_model) if is_conv(layer)]

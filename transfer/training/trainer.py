@@ -206,6 +206,7 @@ def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, 
     """Labels, split, skipped files, config and environment first, so even an interrupted run says what it was
     doing, and where."""
     data.write_manifest(dataset, run.path(runs.SPLIT_FILE))
+    runs.write_json(run.path(runs.FINGERPRINT_FILE), data.fingerprint(dataset.root))
     data.write_skipped(dataset, run.path(runs.SKIPPED_FILE))
     runs.write_text(run.path(runs.LABELS_FILE), "".join(f"{c}\n" for c in dataset.classes))
     report = dataset.report
