@@ -439,16 +439,22 @@ def write_skipped(dataset: Dataset, path: str) -> None:
         writer = csv.writer(f)
         writer.writerow(["path", "reason"])
         for check in dataset.report.skipped:
-            writer.writerow([csv_cell(display_path(check.path, dataset.root)), check.reason])
+            writer.writerow(csv_row([display_path(check.path, dataset.root), check.reason]))
         for p in dataset.report.unused:
-            writer.writerow([csv_cell(display_path(p, dataset.root)), "outside any class folder"])
+            writer.writerow(csv_row([display_path(p, dataset.root), "outside any class folder"]))
         for p in dataset.report.dropped:
-            writer.writerow([csv_cell(display_path(p, dataset.root)), "exact copy of another image (--dedupe)"])
+            writer.writerow(csv_row([display_path(p, dataset.root), "exact copy of another image (--dedupe)"]))
 
 
 def csv_cell(text: str) -> str:
     """Quote a cell that a spreadsheet would run as a formula (CSV injection)."""
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def csv_row(cells: list) -> list[str]:
+    """A row for a CSV that people open in a spreadsheet: every cell as text, each quoted as :func:`csv_cell` says,
+    so that no column (a label inside top-k, an error message) is left out."""
+    return [csv_cell(str(cell)) for cell in cells]
 
 
 def stratified_split(per_class: list[list[str]], val_split: float, seed: int,

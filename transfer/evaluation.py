@@ -175,8 +175,8 @@ def write_misclassified(rows: list[dict[str, Any]], path: str) -> None:
     writer.writerow(["file", "true", "predicted", "predicted_probability", "true_probability", "loss"])
     for row in rows:
         if row["true"] != row["predicted"]:
-            writer.writerow([data.csv_cell(row["file"]), data.csv_cell(row["true"]), data.csv_cell(row["predicted"]),
-                             f"{row['probability']:.6f}", f"{row['true_probability']:.6f}", f"{row['loss']:.6f}"])
+            writer.writerow(data.csv_row([row["file"], row["true"], row["predicted"], f"{row['probability']:.6f}",
+                                          f"{row['true_probability']:.6f}", f"{row['loss']:.6f}"]))
     runs.write_text(path, buffer.getvalue())
 
 

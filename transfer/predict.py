@@ -108,14 +108,23 @@ def _from_keras(path: str, labels: list[str] | None, resize: str, kind: str, lab
     try:
         model = keras.saving.load_model(path, safe_mode=not unsafe)
     except Exception as error:
-        if "safe_mode" in str(error) or "unsafe" in str(error):
-            raise RunError(f"{path!r} holds a Lambda layer (or other Python code), which would run when the model "
-                           "is loaded; refused in Keras' safe mode. If you trust the file, pass --unsafe.") from None
+        refused = refused_code(error, path)
+        if refused:
+            raise RunError(refused) from None
         raise RunError(f"cannot load the model {path!r} (a damaged or foreign .keras file?): {error}") from None
     _, height, width, _ = model.input_shape
     labels = _checked_labels(labels, model.output_shape[-1], path, labels_from)
     return LoadedModel(path, kind, labels, (height, width), resize,
                        lambda batch: np.asarray(model.predict_on_batch(batch)), keras_model=model)
+
+
+def refused_code(error: Exception, path: str = "") -> str | None:
+    """What to say when Keras' safe mode refused to load ``path`` (it holds Python code): our --unsafe, never
+    Keras' own ``safe_mode=False`` advice; None for another error."""
+    if "safe_mode" not in str(error) and "unsafe" not in str(error):
+        return None
+    return (f"{path!r} holds a Lambda layer (or other Python code), which would run when the model is loaded; "
+            "refused in Keras' safe mode. If you trust the file, pass --unsafe.")
 
 
 def _checked_labels(labels: list[str] | None, classes: int, model: str, labels_from: str) -> list[str]:
