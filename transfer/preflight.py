@@ -56,8 +56,8 @@ def check(config: TrainConfig, *, open_models: bool = True,
     backbone = os.path.basename(os.path.normpath(spec.name if spec else config.backbone))
     config = dataclasses.replace(config, name=runs.default_name(backbone) if config.name is None else config.name)
     if writes:
-        outputs.check_output(config.output_dir, "--output-dir", datasets=[config.data_dir])
         runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir, resume=resume)
+        outputs.check_output(config.output_dir, "--output-dir", datasets=[config.data_dir])
     if config.data_dir:  # else a worker's --resume: the chief's run says where (train() reads it)
         data.check_layout(config.data_dir)
         data.check_cache_dir(config.cache_dir, config.data_dir)
