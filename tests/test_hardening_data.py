@@ -9,7 +9,6 @@ CLI cases run ``transfer`` as a user types it. Every case checks that the datase
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -68,7 +67,8 @@ CASES = {
     "evaluate-into-data": ("evaluate", "transfer.evaluate(RUN, OTHER, output=DATA + '/ev')",
                            ("error", "inside the dataset folder")),
     "explain-none": ("explain", "transfer.explain(RUN, None)", ("error", "inputs must be")),
-    "explain-layer-list": ("explain", "transfer.explain(RUN, [IMG], layer=['conv'])", ("error", "layer must be a name")),
+    "explain-layer-list": ("explain", "transfer.explain(RUN, [IMG], layer=['conv'])",
+                           ("error", "layer must be a name")),
     "explain-target-int": ("explain", "transfer.explain(RUN, [IMG], target=0)", ("error", "target must be a name")),
     "explain-output-int": ("explain", "transfer.explain(RUN, [IMG], output=5)", ("error", "output must be a path")),
     "explain-str": ("explain", "len(transfer.explain(RUN, IMG, output=OUT + '/e').explanations)", ("value", 1)),
@@ -108,7 +108,8 @@ CASES = {
                                 ("error", "data must be a path")),
     "export_tflite-into-data": ("export_tflite", "transfer.export_tflite(RUN, output=DATA + '/red')",
                                 ("error", "inside the dataset folder")),
-    "export_onnx-output-int": ("export_onnx", "transfer.export_onnx(RUN, output=5)", ("error", "output must be a path")),
+    "export_onnx-output-int": ("export_onnx", "transfer.export_onnx(RUN, output=5)",
+                               ("error", "output must be a path")),
     "make_server-model-none": ("make_server", "transfer.make_server(None, port=0)", ("error", "model must be a path")),
     "train-dict": ("train", "transfer.train({'data_dir': DATA})", ("error", "config must be a transfer.TrainConfig")),
     "train-none": ("train", "transfer.train(None)", ("error", "config must be a transfer.TrainConfig")),
@@ -296,7 +297,7 @@ def test_export_data_is_used_and_reported_for_a_run_folder(trained_run, tmp_path
         assert result["calibrated_on"] == f"--data {checks}"
 
 
-# --- tracebacks and wrong advice ---------------------------------------------------------------------------------------
+# --- tracebacks and wrong advice -------------------------------------------------------------------------------------
 
 def test_config_that_is_not_a_small_regular_file_is_one_true_error(tmp_path):
     huge = tmp_path / "huge.json"
