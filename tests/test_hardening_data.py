@@ -263,7 +263,7 @@ def test_resume_refuses_data_touched_in_place(partial):
 
 
 def test_resume_of_a_damaged_backup_is_one_error(partial):
-    for damaged, name in ((runs.WEIGHTS_FILE, "npz"), (runs.STATE_FILE, "state")):
+    for damaged, name in ((runs.WEIGHTS_FILE, "npz"), (runs.STATE_FILE, "state"), (runs.CHECKPOINT_FILE, "h5")):
         staging = copy_partial(partial, name)
         backup = runs.latest_backup(staging)
         with open(os.path.join(backup, damaged), "r+b") as f:

@@ -106,10 +106,22 @@ def restore_run(run: runs.RunFolder, state: State, model: keras.Model) -> None:
     _load_arrays(os.path.join(state.folder, runs.WEIGHTS_FILE), model.weights)
     best = os.path.join(state.folder, runs.CHECKPOINT_FILE)
     if os.path.exists(best):
+        _check_checkpoint(best)
         shutil.copyfile(best, run.path(runs.CHECKPOINT_FILE))
     elif os.path.exists(run.path(runs.CHECKPOINT_FILE)):
         os.remove(run.path(runs.CHECKPOINT_FILE))
     _truncate_history(run.path(runs.HISTORY_FILE), state.epoch)
+
+
+def _check_checkpoint(path: str) -> None:
+    """The best checkpoint is read only when training ends: a damaged one is found now, not after every epoch."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except (OSError, ValueError) as error:
+        raise _damaged(path, error) from None
 
 
 def _save_arrays(path: str, variables) -> None:
