@@ -28,6 +28,10 @@ from transfer.errors import TransferError
 from transfer.runs import json_text
 
 
+#: the options that set how much memory a command takes, named when it runs out; other commands have none
+MEMORY_OPTIONS = {"train": "--batch-size or --image-size", "predict": "--batch-size", "evaluate": "--batch-size"}
+
+
 def _handle_errors(command):
     """Library errors become one ``Error: ...`` line and exit status 1; never a traceback.
 
@@ -48,7 +52,9 @@ def _handle_errors(command):
             raise click.ClickException(f"cannot use{where}: {error.strerror}; check the path, its permissions and "
                                        "the free disk space.") from None
         except MemoryError:
-            raise click.ClickException("out of memory; lower --batch-size or --image-size.") from None
+            options = MEMORY_OPTIONS.get(click.get_current_context().info_name)
+            hint = f"lower {options}" if options else "close other programs, or use a machine with more memory"
+            raise click.ClickException(f"out of memory; {hint}.") from None
         except KeyboardInterrupt as error:  # transfer.errors.Interrupted says how to resume, and its exit status
             click.echo(str(error) or "Interrupted; finished runs and exports are untouched.", err=True)
             sys.exit(getattr(error, "status", 130))
@@ -155,6 +161,11 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
+unsafe_option = click.option(
+    "--unsafe", is_flag=True, help="Load a .keras model that holds Python code (a Lambda layer), which runs as it "
+    "loads: only for files you trust.")
+
+
 def audit_options(command):
     """Options shared by `train` and `inspect`: how images are found and checked."""
     for option in reversed([
@@ -228,6 +239,7 @@ def _print_inspection(r: dict) -> None:
               help="Registry name (see `transfer backbones`), or a .keras model or run folder to transfer from.")
 @click.option("--weights", default=None,
               help="imagenet (default for pretrained backbones), none, or PATH of a no-top weights file.")
+@unsafe_option
 @click.option("--image-size", type=int, default=None, help="Square input size in pixels [default: the backbone's].")
 @click.option("--width", type=float, default=default("width"), help="Filter multiplier (from-scratch nets).")
 @click.option("--depth", type=int, default=None, help="Number of conv blocks (from-scratch nets).")
@@ -360,11 +372,6 @@ def _report(run_dir: str) -> str | None:
     """The run's report, when there is one."""
     path = os.path.join(run_dir, runs.REPORT_FILE)
     return path if os.path.isfile(path) else None
-
-
-unsafe_option = click.option(
-    "--unsafe", is_flag=True, help="Load a .keras model that holds Python code (a Lambda layer), which runs as it "
-    "loads: only for files you trust.")
 
 
 @main.command("predict")
@@ -544,15 +551,15 @@ def _print_json(result):
 
 
 def _print_csv(result):
-    from transfer.data import csv_cell
+    from transfer.data import csv_row
 
     writer = csv.writer(sys.stdout)
     writer.writerow(["path", "label", "probability", "top_k", "error"])
     for p in result.predictions:
-        writer.writerow([csv_cell(_show(p.path)), csv_cell(p.label), f"{p.probability:.6f}",
-                         ";".join(f"{label}:{prob:.6f}" for label, prob in p.top_k), ""])
+        writer.writerow(csv_row([_show(p.path), p.label, f"{p.probability:.6f}",
+                                 ";".join(f"{label}:{prob:.6f}" for label, prob in p.top_k), ""]))
     for path, reason in result.failures:
-        writer.writerow([csv_cell(_show(path)), "", "", "", reason])
+        writer.writerow(csv_row([_show(path), "", "", "", reason]))
 
 
 @main.command("export")
@@ -611,7 +618,8 @@ def export_command(model, output, name, fmt, quantize, data, version, unsafe, qu
     if as_json:
         click.echo(json_text(result.to_dict()))
     else:
-        click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB); on {result.images} validation images: "
+        click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB); on {result.images} images of "
+                   f"{result.checked_on}: "
                    f"pixels top-1 agreement with the Keras model {result.top1_agreement:.1%}, max |Δp| "
                    f"{result.max_abs_diff:.2g}; image bytes decoded in the graph, top-1 agreement with predict "
                    f"{result.bytes_top1_agreement:.1%}, max |Δp| {result.bytes_max_abs_diff:.2g}")
@@ -640,8 +648,10 @@ def _export_onnx(model, output, name, data, unsafe, as_json):
 
 
 def _print_verified(result, what: str) -> None:
-    click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB, {what}); on {result.images} "
-               f"validation images: top-1 agreement with the Keras model {result.top1_agreement:.1%}, "
+    calibrated = getattr(result, "calibrated_on", None)
+    click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB, {what}"
+               f"{f', calibrated on {calibrated}' if calibrated else ''}); on {result.images} images of "
+               f"{result.checked_on}: top-1 agreement with the Keras model {result.top1_agreement:.1%}, "
                f"max |Δp| {result.max_abs_diff:.2g}")
 
 

@@ -53,6 +53,7 @@ class TrainConfig:
     overwrite: bool = False
     # model
     backbone: str = "efficientnet_lite0"  # ImageNet weights from pip: works offline
+    unsafe: bool = False  # a --backbone .keras that holds Python code (a Lambda layer) may load: it runs that code
     weights: str | None = None
     image_size: int | None = None
     width: float = 1.0

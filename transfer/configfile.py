@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 from typing import Any
 
 try:
@@ -35,6 +36,8 @@ from .presets import apply_preset
 
 #: what a run's config.json records about that run alone: not taken when it is read as --config
 RUN_ONLY = ("name", "overwrite")
+#: the largest --config file read: settings take a few kB (a run's config.json too)
+MAX_BYTES = 2**20
 
 
 def load(path: str) -> dict[str, Any]:
@@ -55,12 +58,19 @@ def load(path: str) -> dict[str, Any]:
 
 
 def _read(path: str) -> Any:
-    """The parsed file; a syntax error says where, and how to fix it."""
+    """The parsed file; a syntax error says where, and how to fix it. Only a regular file of at most
+    :data:`MAX_BYTES` is read: ``/dev/zero`` or a FIFO would never end, or fill the memory."""
     toml = path.lower().endswith(".toml")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config {path!r} is not a regular file; give a JSON or TOML file of settings.")
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f) if toml else json.load(f)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            content = f.read(MAX_BYTES + 1)
+        if len(content) > MAX_BYTES:
+            raise ConfigError(f"--config {path!r} is over {MAX_BYTES // 2**20} MiB, too large for a file of settings; "
+                              "give the JSON or TOML file that holds them.")
+        return tomllib.loads(content.decode("utf-8")) if toml else json.loads(content)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         kind = "TOML" if toml else "JSON (name the file .toml for TOML)"
         raise ConfigError(f"--config {path!r} is not valid {kind}: {error}.") from None
 

@@ -484,16 +484,22 @@ def write_skipped(dataset: Dataset, path: str) -> None:
         writer = csv.writer(f)
         writer.writerow(["path", "reason"])
         for check in dataset.report.skipped:
-            writer.writerow([csv_cell(display_path(check.path, dataset.root)), check.reason])
+            writer.writerow(csv_row([display_path(check.path, dataset.root), check.reason]))
         for p in dataset.report.unused:
-            writer.writerow([csv_cell(display_path(p, dataset.root)), "outside any class folder"])
+            writer.writerow(csv_row([display_path(p, dataset.root), "outside any class folder"]))
         for p in dataset.report.dropped:
-            writer.writerow([csv_cell(display_path(p, dataset.root)), "exact copy of another image (--dedupe)"])
+            writer.writerow(csv_row([display_path(p, dataset.root), "exact copy of another image (--dedupe)"]))
 
 
 def csv_cell(text: str) -> str:
     """Quote a cell that a spreadsheet would run as a formula (CSV injection)."""
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def csv_row(cells: list) -> list[str]:
+    """A row for a CSV that people open in a spreadsheet: every cell as text, each quoted as :func:`csv_cell` says,
+    so that no column (a label inside top-k, an error message) is left out."""
+    return [csv_cell(str(cell)) for cell in cells]
 
 
 def stratified_split(per_class: list[list[str]], val_split: float, seed: int,
@@ -530,6 +536,32 @@ def read_manifest(path: str, root: str, classes: list[str]) -> dict[str, list[Ex
             splits.setdefault(row["split"], []).append(Example(os.path.join(root, row["path"]),
                                                                classes.index(row["label"])))
     return splits
+
+
+def fingerprint(root: str) -> dict[str, list[int]]:
+    """Every file under ``root`` (junk left out) -> [size, mtime in ns]: what a resumed run compares its data by.
+
+    A stat per file, no read: cheap next to the audit, so ``--resume`` checks it before anything else.
+    """
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not is_junk(d)]
+        for name in filenames:
+            if is_junk(name):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                info = os.stat(path)
+            except OSError:  # a broken symlink: the audit reports it; here it is a file without a size
+                info = None
+            found[os.path.relpath(path, root)] = [info.st_size, info.st_mtime_ns] if info else [-1, -1]
+    return found
+
+
+def changes(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict[str, list[str]]:
+    """The files added, removed and modified (size or modification time) between two fingerprints, sorted."""
+    return {"added": sorted(set(after) - set(before)), "removed": sorted(set(before) - set(after)),
+            "modified": sorted(p for p in set(before) & set(after) if list(before[p]) != list(after[p]))}
 
 
 def make_tf_dataset(examples: list[Example], image_size: int, batch_size: int, *, shuffle: bool = False,

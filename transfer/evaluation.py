@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from . import data, runs
-from .errors import DataError, RunError, TransferError
+from . import data, inputs, outputs, runs
+from .errors import DataError, TransferError
 from .images import MAX_PIXELS
 from .metrics import classification_metrics, losses
 from .report import Report, png_bytes, write as write_report
@@ -55,13 +55,15 @@ def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str
     """
     from .predict import load_model
 
+    data_dir, split = inputs.path(data_dir, "data_dir"), inputs.name(split, "split", optional=True)
+    output, cache_dir = inputs.path(output, "output", optional=True), inputs.path(cache_dir, "cache_dir", optional=True)
     root, _, split_dirs = data.check_layout(data_dir)
     split = data.pick_split(root, split_dirs, split)
     name = os.path.basename(os.path.normpath(root)) + ("" if split == "all" else f"-{split}")
     folder = runs.EvaluationFolder(output or default_output(model, name))
-    if runs.within(os.path.realpath(folder.final), os.path.realpath(root)):
-        raise RunError(f"--output {folder.final!r} is inside the dataset folder {root!r}, where it would be taken "
-                       "for a class; choose one outside it.")
+    run = outputs.run_of(model)
+    outputs.check_output(folder.final, "--output", datasets=[root], run=run,
+                         own=[os.path.join(run, runs.EVALUATIONS_FOLDER)] if run else [])
     loaded = load_model(model, unsafe)
     # the classes are checked before the audit reads a file (it keeps them all, or fails)
     index = _class_index(data.class_folders(split_dirs[split], root), loaded.labels, split_dirs[split], allow_missing)
@@ -173,8 +175,8 @@ def write_misclassified(rows: list[dict[str, Any]], path: str) -> None:
     writer.writerow(["file", "true", "predicted", "predicted_probability", "true_probability", "loss"])
     for row in rows:
         if row["true"] != row["predicted"]:
-            writer.writerow([data.csv_cell(row["file"]), data.csv_cell(row["true"]), data.csv_cell(row["predicted"]),
-                             f"{row['probability']:.6f}", f"{row['true_probability']:.6f}", f"{row['loss']:.6f}"])
+            writer.writerow(data.csv_row([row["file"], row["true"], row["predicted"], f"{row['probability']:.6f}",
+                                          f"{row['true_probability']:.6f}", f"{row['loss']:.6f}"]))
     runs.write_text(path, buffer.getvalue())
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import figures
+from . import figures, inputs as inputs_, outputs
 from .errors import ConfigError, ImageError, RunError
 from .images import MAX_PIXELS, load_image
 from .predict import LoadedModel, collect_inputs, load_model
@@ -283,11 +283,16 @@ def explain(model, inputs: list[str], target: str | None = None, layer: str | No
     Files go to ``output`` (default ``./explain-<run name>``), never over an
     existing file; unreadable images go to ``failures``.
     """
+    inputs = inputs_.paths(inputs, "inputs")
+    target, layer = inputs_.name(target, "target", optional=True), inputs_.name(layer, "layer", optional=True)
+    output = inputs_.path(output, "output", optional=True)
     loaded = keras_model_of(model, unsafe)
     index = class_index(target, loaded.labels)
     output = output or figures.default_folder("explain", loaded.source)
+    outputs.check_output(output, "--output", datasets=[p for p in inputs if os.path.isdir(p)],
+                         run=outputs.run_of(loaded.source))
     figures.check_folder(output)
-    paths, failures = collect_inputs(list(inputs))
+    paths, failures = collect_inputs(inputs)
     paths, images, unread = read_images(paths, loaded, max_pixels)
     result = ExplainResult(layer="", output_dir=output, failures=failures + unread)
     if not images:

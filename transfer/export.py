@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import runs
+from . import inputs, outputs, runs
 from .audit import file_digest
 from .errors import ConfigError, ImageError, RunError
 from .images import is_image_name, load_image
@@ -52,6 +52,7 @@ class ExportResult:
     bytes_top1_agreement: float  # serving_default (the files' bytes, decoded in the graph) against transfer predict
     bytes_max_abs_diff: float
     size: int  # bytes of the version folder
+    checked_on: str = ""  # where the images came from: the run's validation images, or --data
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -66,6 +67,8 @@ class TFLiteResult:
     top1_agreement: float
     max_abs_diff: float
     size: int  # bytes of the .tflite
+    checked_on: str = ""  # where the images came from: the run's validation images, or --data
+    calibrated_on: str | None = None  # int8: where the calibration images came from
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -80,21 +83,22 @@ def export(model_path: str, output: str | None = None, name: str | None = None,
     """
     from . import savedmodel
 
-    _check_arguments(output, name, version, data)
-    loaded, source, base = _destination(model_path, output, name, unsafe)
+    output, name, data = _check_arguments(output, name, version, data)
+    loaded, source, base = _destination(model_path, output, name, data, unsafe)
     version = version or _next_version(base)
     target = os.path.join(base, str(version))
     if os.path.exists(target):
         raise RunError(f"{target!r} already exists; choose another --version.")
     run = runs.load_run(source) if runs.is_run_folder(source) else None
-    paths, images = _readable(loaded, _split_paths(run, "val") or _folder_paths(data), VERIFY_IMAGES, "validation")
+    checked_on, candidates = check_images(run, data)
+    paths, images = _readable(loaded, candidates, VERIFY_IMAGES, "validation")
     staging = os.path.join(base, f".{version}.partial-{uuid.uuid4().hex[:12]}")  # a name nobody else uses
     runs.make_dirs(staging, "--output")
     try:
         log.info("writing the SavedModel")
         savedmodel.write(loaded.keras_model, staging, loaded.labels, loaded.resize)
         result = verify_saved_model(loaded, staging, paths, images)
-        result.path, result.version = target, version
+        result.path, result.version, result.checked_on = target, version, checked_on
         _write_extras(staging, loaded, run, result)
         result.size = _folder_size(staging)
         os.rename(staging, target)
@@ -112,48 +116,55 @@ def export_tflite(model_path: str, output: str | None = None, name: str | None =
     """
     from . import tflite
 
-    if quantize not in tflite.QUANTIZATIONS:
+    if inputs.name(quantize, "quantize") not in tflite.QUANTIZATIONS:
         raise ConfigError(f"--quantize must be one of {', '.join(tflite.QUANTIZATIONS)}; got {quantize!r}.")
-    _check_arguments(output, name, None, data)
-    loaded, source, base = _destination(model_path, output, name, unsafe)
+    output, name, data = _check_arguments(output, name, None, data)
+    loaded, source, base = _destination(model_path, output, name, data, unsafe)
     target = os.path.join(base, runs.TFLITE_PREFIX + quantize)
     if os.path.lexists(target):
         raise RunError(f"{target!r} already exists; delete it to export again, or choose another --name.")
     run = runs.load_run(source) if runs.is_run_folder(source) else None
-    checks = _readable(loaded, _split_paths(run, "val") or _folder_paths(data), VERIFY_IMAGES, "validation")[1]
-    calibration = None
+    checked_on, candidates = check_images(run, data)
+    checks = _readable(loaded, candidates, VERIFY_IMAGES, "validation")[1]
+    calibration = calibrated_on = None
     if quantize == "int8":
+        calibrated_on = f"--data {data}" if data else "the run's training images"
         calibration = _readable(loaded, _folder_paths(data) if data else _split_paths(run, "train"),
                                 CALIBRATION_IMAGES, "calibration")[1]
     log.info("converting to TensorFlow Lite (%s%s)", quantize,
-             f", calibrated on {len(calibration)} images" if calibration is not None else "")
+             f", calibrated on {len(calibration)} images of {calibrated_on}" if calibration is not None else "")
     content = tflite.convert(loaded.keras_model, quantize, calibration)
     runner = tflite.Runner(content)
     top1, diff = verify_tflite(loaded, runner, checks, quantize)
     result = TFLiteResult(os.path.join(target, runs.TFLITE_FILE), quantize, loaded.labels, len(checks), top1, diff,
-                          len(content))
+                          len(content), checked_on, calibrated_on)
     _write_tflite(base, target, content, _tflite_metadata(loaded, run, runner, result))
     return result
 
 
-def _destination(model_path: str, output: str | None, name: str | None, unsafe: bool = False):
-    """The loaded Keras model, the run folder (or .keras file's folder) it came from, and ``OUTPUT/NAME``, checked."""
+def _destination(model_path: str, output: str | None, name: str | None, data: str | None, unsafe: bool = False):
+    """The loaded Keras model, the run folder (or .keras file's folder) it came from, and ``OUTPUT/NAME``, checked:
+    never in a dataset (``data``, the run's own), nor in a run folder other than this run's ``export/``."""
     loaded = load_model(model_path, unsafe)
     if loaded.keras_model is None:
         raise RunError(f"{model_path!r} is already an exported model; export a run folder or .keras file.")
-    model_path = os.fspath(model_path)
+    model_path = inputs.path(model_path, "model")
     source = model_path if loaded.kind == "run" else os.path.dirname(os.path.abspath(model_path))
     if name is None:
         name = os.path.basename(os.path.normpath(source if loaded.kind == "run" else os.path.splitext(model_path)[0]))
-    output = os.fspath(output) if output is not None else os.path.join(source, runs.EXPORTS_FOLDER)
+    output = output if output is not None else os.path.join(source, runs.EXPORTS_FOLDER)
     base = os.path.join(output, runs.check_name(name))
     runs.check_writable(output, "--output")
+    outputs.check_output(output, "--output", datasets=[data], run=outputs.run_of(model_path),
+                         own=[os.path.join(source, runs.EXPORTS_FOLDER)])
     _check_export_folder(base)
     return loaded, source, base
 
 
-def _check_arguments(output: str | None, name: str | None, version: int | None, data: str | None) -> None:
-    """What can be checked before the model (and TensorFlow with it) is loaded."""
+def _check_arguments(output, name, version, data) -> tuple[str | None, str | None, str | None]:
+    """(output, name, data) as text, and what can be checked before the model (and TensorFlow with it) is loaded."""
+    output, data = inputs.path(output, "output", optional=True), inputs.path(data, "data", optional=True)
+    name = inputs.name(name, "name", optional=True)
     if data is not None and not os.path.isdir(data):
         raise ConfigError(f"--data {data!r} is not a folder of images.")
     if version is not None and (isinstance(version, bool) or not isinstance(version, numbers.Integral)
@@ -162,7 +173,8 @@ def _check_arguments(output: str | None, name: str | None, version: int | None, 
     if name is not None:
         runs.check_name(name)
     if output is not None:
-        runs.check_writable(os.fspath(output), "--output")
+        runs.check_writable(output, "--output")
+    return output, name, data
 
 
 def _write_labels(folder: str, labels: list[str]) -> None:
@@ -282,6 +294,17 @@ def _split_paths(run, split: str) -> list[str]:
     except (OSError, ValueError, KeyError) as error:
         raise RunError(f"{run.path!r}: {runs.SPLIT_FILE} is unreadable ({error}); pass --data.") from None
     return [e.path for e in examples if os.path.isfile(e.path)]
+
+
+def check_images(run, data: str | None) -> tuple[str, list[str]]:
+    """(where they come from, paths) of the images an export is checked on: those under ``data`` when it is given,
+    else the run's validation images."""
+    if data is not None:
+        paths = _folder_paths(data)
+        if not paths:
+            raise ConfigError(f"--data {data!r} holds no image files to check the export on; give a folder of images.")
+        return f"--data {data}", paths
+    return "the run's validation images", _split_paths(run, "val")
 
 
 def _folder_paths(folder: str | None) -> list[str]:

@@ -88,6 +88,7 @@ def open_rgb(path: str | BinaryIO, max_pixels: int = MAX_PIXELS) -> tuple[Image.
     problem = file_problem(path) if isinstance(path, (str, bytes, os.PathLike)) else None
     if problem:
         raise ImageError(problem)
+    _allow(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
@@ -103,13 +104,20 @@ def open_rgb(path: str | BinaryIO, max_pixels: int = MAX_PIXELS) -> tuple[Image.
         raise
     except Image.UnidentifiedImageError:
         raise ImageError("not an image, or a format Pillow cannot read") from None
-    except Image.DecompressionBombError as error:  # Pillow's own limit (2x its MAX_IMAGE_PIXELS) hit in open()
+    except Image.DecompressionBombError as error:  # Pillow's own limit (2x MAX_IMAGE_PIXELS >= 2x ours) in open()
         pixels = re.search(r"\((\d+) pixels\)", str(error))
         size = f"{pixels.group(1)} pixels" if pixels else "too many pixels"
         raise ImageError(f"too large: {size}, over the limit of {max_pixels} (--max-pixels)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageError(f"corrupt or truncated image ({error})") from None
     return rgb, info
+
+
+def _allow(max_pixels: int) -> None:
+    """Raise Pillow's own limit (``MAX_IMAGE_PIXELS``: it refuses twice that in ``open()``) to ``max_pixels`` when it
+    is lower, so that ``--max-pixels`` decides, whatever its value: it only rises, so every caller's limit holds."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def load_image(path: str | BinaryIO, size: tuple[int, int], resize: str = "squash",

@@ -39,6 +39,7 @@ class ONNXResult:
     top1_agreement: float
     max_abs_diff: float
     size: int  # bytes of the .onnx
+    checked_on: str = ""  # where the images came from: the run's validation images, or --data
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -59,25 +60,26 @@ def export_onnx(model_path: str, output: str | None = None, name: str | None = N
 
     ``data``: a folder of images to check on when the model has no run folder (and so no validation split).
     """
-    from .export import (_check_arguments, _destination, _folder_paths, _readable, _split_paths, _write_tflite,
-                         VERIFY_IMAGES)
+    from .export import _check_arguments, _destination, _readable, _write_tflite, check_images, VERIFY_IMAGES
 
+    output, name, data = _check_arguments(output, name, None, data)
     for module in ("tf2onnx", "onnx", "onnxruntime"):
         require(module)
-    _check_arguments(output, name, None, data)
-    loaded, source, base = _destination(model_path, output, name, unsafe)
+    loaded, source, base = _destination(model_path, output, name, data, unsafe)
     target = os.path.join(base, runs.ONNX_FOLDER)
     if os.path.lexists(target):
         raise RunError(f"{target!r} already exists; delete it to export again, or choose another --name.")
     run = runs.load_run(source) if runs.is_run_folder(source) else None
-    checks = _readable(loaded, _split_paths(run, "val") or _folder_paths(data), VERIFY_IMAGES, "validation")[1]
+    checked_on, candidates = check_images(run, data)
+    checks = _readable(loaded, candidates, VERIFY_IMAGES, "validation")[1]
     what = repr(loaded.source)
     if run is not None:
         what = f"{run.path!r} (backbone {run.record.get('config', {}).get('backbone', '?')})"
     log.info("converting to ONNX (opset %d)", OPSET)
     content = convert(loaded.keras_model, what)
     top1, diff = verify(loaded, Runner(content, what), checks)
-    result = ONNXResult(os.path.join(target, runs.ONNX_FILE), loaded.labels, len(checks), top1, diff, len(content))
+    result = ONNXResult(os.path.join(target, runs.ONNX_FILE), loaded.labels, len(checks), top1, diff, len(content),
+                        checked_on)
     _write_tflite(base, target, content, _metadata(loaded, run, result), runs.ONNX_FILE)
     return result
 

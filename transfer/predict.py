@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import runs
+from . import inputs as inputs_, runs
 from .errors import ConfigError, ImageError, RunError, first_line
 from .images import MAX_PIXELS, is_image_name, load_image
 
@@ -70,7 +70,7 @@ def load_model(path: str, unsafe: bool = False) -> LoadedModel:
     ``.keras`` files load in Keras' safe mode: a model that would run arbitrary
     Python code (a ``Lambda`` layer) is refused unless ``unsafe`` is true.
     """
-    path = _path_argument(path, "the model")
+    path = inputs_.path(path, "model")
     if runs.is_run_folder(path):
         run = runs.load_run(path)
         return _from_keras(run.model_path, run.labels, run.record["model"].get("resize", "squash"), "run",
@@ -97,15 +97,6 @@ def load_model(path: str, unsafe: bool = False) -> LoadedModel:
     raise RunError(f"{path!r} is not a run folder, a .keras file, an exported SavedModel, a .tflite or an .onnx file.")
 
 
-def _path_argument(value, what: str) -> str:
-    """A path given as text or ``os.PathLike``; anything else is a :class:`ConfigError` naming ``what``."""
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{what} must be a path (str or os.PathLike); got {type(value).__name__}.")
-    return value
-
-
 def _from_keras(path: str, labels: list[str] | None, resize: str, kind: str, labels_from: str,
                 unsafe: bool = False) -> LoadedModel:
     import keras
@@ -117,14 +108,23 @@ def _from_keras(path: str, labels: list[str] | None, resize: str, kind: str, lab
     try:
         model = keras.saving.load_model(path, safe_mode=not unsafe)
     except Exception as error:
-        if "safe_mode" in str(error) or "unsafe" in str(error):
-            raise RunError(f"{path!r} holds a Lambda layer (or other Python code), which would run when the model "
-                           "is loaded; refused in Keras' safe mode. If you trust the file, pass --unsafe.") from None
+        refused = refused_code(error, path)
+        if refused:
+            raise RunError(refused) from None
         raise RunError(f"cannot load the model {path!r} (a damaged or foreign .keras file?): {error}") from None
     _, height, width, _ = model.input_shape
     labels = _checked_labels(labels, model.output_shape[-1], path, labels_from)
     return LoadedModel(path, kind, labels, (height, width), resize,
                        lambda batch: np.asarray(model.predict_on_batch(batch)), keras_model=model)
+
+
+def refused_code(error: Exception, path: str = "") -> str | None:
+    """What to say when Keras' safe mode refused to load ``path`` (it holds Python code): our --unsafe, never
+    Keras' own ``safe_mode=False`` advice; None for another error."""
+    if "safe_mode" not in str(error) and "unsafe" not in str(error):
+        return None
+    return (f"{path!r} holds a Lambda layer (or other Python code), which would run when the model is loaded; "
+            "refused in Keras' safe mode. If you trust the file, pass --unsafe.")
 
 
 def _checked_labels(labels: list[str] | None, classes: int, model: str, labels_from: str) -> list[str]:
@@ -275,7 +275,7 @@ def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_s
 
     ``inputs`` is a list of paths; a single path (text or ``os.PathLike``) is one input.
     """
-    inputs = _input_list(inputs)
+    inputs = inputs_.paths(inputs, "inputs")
     for name, value in (("top_k", top_k), ("batch_size", batch_size), ("max_pixels", max_pixels)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ConfigError(f"{name} must be a whole number of at least 1; got {value!r}.")
@@ -328,12 +328,3 @@ def probabilities(loaded: LoadedModel, paths: list[str], batch_size: int = 32, m
                                "weights are broken, e.g. by a training run that diverged; train it again.")
             yield path, probs, None
         start += len(batch)
-
-
-def _input_list(inputs) -> list[str]:
-    """A list of paths: one path (text or ``os.PathLike``) is one input, never a sequence of characters."""
-    if isinstance(inputs, (str, os.PathLike)):
-        return [os.fspath(inputs)]
-    if not isinstance(inputs, (list, tuple)):
-        raise ConfigError(f"inputs must be a list of paths (or one path); got {type(inputs).__name__}.")
-    return [_path_argument(item, "each input") for item in inputs]

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 
-from . import backbones, data, runs
+from . import backbones, data, outputs, runs
 from .backbones import BackboneSpec
 from .config import TrainConfig, default, option_name, physical_memory
 from .errors import ConfigError, RunError
@@ -26,8 +26,10 @@ ACTIVATION_FACTOR = 16
 PARAM_COPIES = 4
 
 
+#: files of each kind (added, removed, modified) that a refused --resume names
+SHOWN = 5
 #: settings that say where a run goes or how it reports, not what it trains: --resume takes them as given
-NOT_TRAINING = ("data_dir", "output_dir", "name", "overwrite", "verbose", "cache_dir")
+NOT_TRAINING = ("data_dir", "output_dir", "name", "overwrite", "verbose", "cache_dir", "unsafe")
 
 
 def check(config: TrainConfig, *, open_models: bool = True,
@@ -55,6 +57,7 @@ def check(config: TrainConfig, *, open_models: bool = True,
     config = dataclasses.replace(config, name=runs.default_name(backbone) if config.name is None else config.name)
     if writes:
         runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir, resume=resume)
+        outputs.check_output(config.output_dir, "--output-dir", datasets=[config.data_dir])
     if config.data_dir:  # else a worker's --resume: the chief's run says where (train() reads it)
         data.check_layout(config.data_dir)
         data.check_cache_dir(config.cache_dir, config.data_dir)
@@ -90,10 +93,34 @@ def resumed(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"--resume continues the run {config.name!r} with the settings it was started with, "
                               f"and {option_name(item.name)} was {was!r}, not {given!r}; leave "
                               f"{option_name(item.name)} out, or start again with --overwrite.")
+    if chief:
+        check_unchanged(staging, saved.data_dir, config.name)
     cache_dir = saved.cache_dir if config.cache_dir == default("cache_dir") else config.cache_dir  # moved, or a worker's
-    return dataclasses.replace(saved, output_dir=config.output_dir, verbose=config.verbose, cache_dir=cache_dir,
-                               overwrite=saved.overwrite or config.overwrite,
+    # the folder asked for is the one resumed: a copied .partial's config.json names the run it was copied from
+    return dataclasses.replace(saved, output_dir=config.output_dir, name=config.name, verbose=config.verbose,
+                               cache_dir=cache_dir, overwrite=saved.overwrite or config.overwrite,
                                data_dir=saved.data_dir if chief or not config.data_dir else config.data_dir)
+
+
+def check_unchanged(staging: str, data_dir: str, name: str) -> None:
+    """Refuse to resume on a dataset whose files changed since the run started: the split would be made anew, and
+    images trained on would become validation images (split.csv and config.json would describe other data)."""
+    path = os.path.join(staging, runs.FINGERPRINT_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f)
+    except FileNotFoundError:  # a run started before fingerprints were kept
+        return
+    except (OSError, ValueError) as error:
+        raise RunError(f"--resume: {path!r} cannot be read ({error}); start again with --overwrite.") from None
+    found = data.changes(before, data.fingerprint(data_dir)) if isinstance(before, dict) else {"modified": [path]}
+    if any(found.values()):
+        listed = "; ".join(f"{len(paths)} {what} ({', '.join(paths[:SHOWN])}{', ...' if len(paths) > SHOWN else ''})"
+                           for what, paths in found.items() if paths)
+        raise RunError(f"--resume: the dataset {data_dir!r} changed since the run {name!r} started: {listed}. "
+                       "Resuming would split it anew, and images trained on could become validation images. Put "
+                       "the files back as they were, or start a new run on the data as it is: train without "
+                       "--resume (with --overwrite to replace this unfinished run, or another --name).")
 
 
 def check_memory(spec: BackboneSpec, config: TrainConfig, available: int | None = None) -> None:

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from . import __version__, inputs
 from .config import TrainConfig
 from .errors import RunError
 
@@ -60,6 +60,8 @@ RUN_FILES = frozenset({MODEL_FILE, CONFIG_FILE, LABELS_FILE, HISTORY_FILE, METRI
 STAGING_SUFFIX = ".partial"
 #: in a staging folder: backup/epoch-N/ holds the state after N epochs, for --resume (training/resume.py)
 BACKUP_FOLDER = "backup"
+#: in a staging folder: every dataset file's size and mtime when the run started, so --resume notices changed data
+FINGERPRINT_FILE = "data-fingerprint.json"
 STATE_FILE = "state.json"  # written last into a backup: one without it was cut short and is ignored
 WEIGHTS_FILE = "model.npz"
 OPTIMIZER_FILE = "optimizer.npz"
@@ -136,12 +138,9 @@ def within(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
-def check_apart(output_dir: str, run_paths: list[str], data_dir: str) -> None:
-    """Runs go neither into the dataset (a run there becomes a class of the next scan) nor onto or around it."""
+def check_apart(run_paths: list[str], data_dir: str) -> None:
+    """A run folder is never the dataset nor around it (that it is not inside it, :mod:`transfer.outputs` checks)."""
     data = os.path.realpath(data_dir)
-    if within(os.path.realpath(output_dir), data):
-        raise RunError(f"--output-dir {output_dir!r} is inside the dataset folder {data_dir!r}, where the next scan "
-                       "would take runs for a class; choose an --output-dir outside the dataset.")
     for path in run_paths:
         real = os.path.realpath(path)
         if within(data, real):
@@ -339,7 +338,7 @@ class RunFolder:
         self.staging = self.final + STAGING_SUFFIX
         check_writable(output_dir, "--output-dir")
         if data_dir is not None:
-            check_apart(output_dir, [self.final, self.staging], data_dir)
+            check_apart([self.final, self.staging], data_dir)
         checks = [self._check_final, self._check_staging]
         for check in reversed(checks) if resume else checks:  # --resume: first, whether there is a run to continue
             check()
@@ -406,7 +405,9 @@ class RunFolder:
         """Mark the run finished (the marker is its last file) and move it into place; an earlier run goes last."""
         if os.path.exists(self.path(CHECKPOINT_FILE)):
             os.remove(self.path(CHECKPOINT_FILE))  # model.keras holds the same weights
-        shutil.rmtree(self.path(BACKUP_FOLDER), ignore_errors=True)  # only --resume needed it
+        shutil.rmtree(self.path(BACKUP_FOLDER), ignore_errors=True)  # only --resume needed it, and this
+        if os.path.exists(self.path(FINGERPRINT_FILE)):
+            os.remove(self.path(FINGERPRINT_FILE))
         _write_marker(self.staging, self.name, finished=True)
         self._check_final(f"appeared or changed while training (the new run is in {self.staging!r})")
         old = None
@@ -515,6 +516,7 @@ def is_run_folder(path: str) -> bool:
 
 def load_run(path: str) -> Run:
     """Read a run folder, with a clear error when it is not one, did not finish or was edited out of shape."""
+    path = inputs.path(path, "path")
     if not os.path.exists(path):
         raise RunError(f"{path!r} does not exist.")
     marker = _read_marker(path)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import figures
+from . import figures, inputs as inputs_, outputs
 from .errors import ConfigError, RunError
 from .explain import feature_taps, keras_model_of, orientations, read_images, resolve_layer, walk
 from .images import MAX_PIXELS
@@ -67,10 +67,13 @@ def visualize(model, layers: list[str] = (), image: str | None = None, output: s
     (default: a few evenly spaced convolutional layers). Files go to ``output``
     (default ``./visualize-<run name>``), never over an existing file.
     """
+    layers = inputs_.names(layers, "layers")
+    image, output = inputs_.path(image, "image", optional=True), inputs_.path(output, "output", optional=True)
     loaded = keras_model_of(model, unsafe)
     if layers and image is None:
         raise ConfigError("--layer chooses the layers whose activation maps --image shows; give --image too.")
     output = output or figures.default_folder("visualize", loaded.source)
+    outputs.check_output(output, "--output", run=outputs.run_of(loaded.source))
     figures.check_folder(output)
     result = VisualizeResult(output)
     convs = [layer for layer in leaf_layers(loaded.keras_model) if is_conv(layer)]

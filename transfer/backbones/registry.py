@@ -83,8 +83,11 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
-def register_source(source: Callable[[str], BackboneSpec | None]) -> None:
-    """Accept ``--backbone`` values other than registry names (e.g. the path of a trained model)."""
+def register_source(source: Callable[[str, bool], BackboneSpec | None]) -> None:
+    """Accept ``--backbone`` values other than registry names (e.g. the path of a trained model).
+
+    ``source(name, unsafe)``: ``unsafe`` (``--unsafe``) allows a model that holds Python code.
+    """
     _SOURCES.append(source)
 
 
@@ -92,12 +95,12 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
-def get(name: str) -> BackboneSpec:
+def get(name: str, unsafe: bool = False) -> BackboneSpec:
     """The registry entry for ``name``, a spec from a registered source, or an error listing every valid name."""
     if name.lower() in _REGISTRY:
         return _REGISTRY[name.lower()]
     for source in _SOURCES:
-        spec = source(name)
+        spec = source(name, unsafe)
         if spec is not None:
             return spec
     raise ConfigError(f"unknown backbone {name!r}. Choose one of: {', '.join(names())} (see `transfer backbones`), "
@@ -106,7 +109,7 @@ def get(name: str) -> BackboneSpec:
 
 def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
     """Fill every backbone-dependent default of ``config`` and check it fits the backbone."""
-    spec = get(config.backbone)
+    spec = get(config.backbone, config.unsafe)
     if spec.kind == "model":
         size = config.image_size or spec.default_size
         if config.weights not in (None, "none", "model") or size != spec.default_size:  # "model": as resolved before

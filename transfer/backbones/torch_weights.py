@@ -22,7 +22,9 @@ contiguous numpy array in native byte order.
 from __future__ import annotations
 
 import collections
+import functools
 import io
+import math
 import os
 import pickle
 import struct
@@ -156,15 +158,24 @@ def _load_zip(path):
             if len(pickles) != 1:
                 raise _not_torch(path)
             prefix, dtypes = pickles[0][:-len("data.pkl")], {}
-            order = archive.read(prefix + "byteorder") if prefix + "byteorder" in names else b"little"
+            read = functools.partial(_read_entry, archive, path)
+            order = read(prefix + "byteorder") if prefix + "byteorder" in names else b"little"
             order = ">" if order.strip() == b"big" else "<"
-            data = io.BytesIO(archive.read(pickles[0]))
+            data = io.BytesIO(read(pickles[0]))
             state = _unpickle(data, path, dtypes, lambda e: _corrupt(path, f"{type(e).__name__}: {e}"))
-            storages = {key: archive.read(f"{prefix}data/{key}") for key in dtypes}
+            storages = {key: read(f"{prefix}data/{key}") for key in dtypes}
     except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError) as error:
         raise _corrupt(path, f"{type(error).__name__}: {error}") from None
     return state, {key: np.frombuffer(raw, order + dtypes[key], len(raw) // np.dtype(dtypes[key]).itemsize)
                    for key, raw in storages.items()}
+
+
+def _read_entry(archive: zipfile.ZipFile, path: str, name: str) -> bytes:
+    """One entry's bytes. torch.save stores them uncompressed: one that would unpack to more than the whole file
+    is a zip bomb, refused before it fills the memory."""
+    if archive.getinfo(name).file_size > os.path.getsize(path):
+        raise _corrupt(path, f"its entry {name} would unpack to more bytes than the file holds")
+    return archive.read(name)
 
 
 def _to_array(path, name, tensor, storages):
@@ -182,6 +193,8 @@ def _to_array(path, name, tensor, storages):
     last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))
     if last >= base.size:
         raise _corrupt(path, f"tensor {name} reaches past the end of its storage")
+    if math.prod(tensor.size) > base.size:  # repeated values (stride 0): the copy could exceed any memory
+        raise _corrupt(path, f"tensor {name} declares {math.prod(tensor.size)} values, more than its storage holds")
     strides = [s * base.itemsize if n > 1 else 0 for n, s in zip(tensor.size, tensor.stride)]
     view = np.lib.stride_tricks.as_strided(base[tensor.offset:], tensor.size, strides, writeable=False)
     return np.array(view, dtype=native, order="C")

@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from .registry import BACKBONE_LAYER, BackboneSpec, HeadDefaults, register_source
 
 
-def from_model(path: str) -> BackboneSpec | None:
+def from_model(path: str, unsafe: bool = False) -> BackboneSpec | None:
     """The spec of the model at ``path``, or None when nothing is there (then the name is simply unknown).
 
     Reading the file's input size and preprocessing needs Keras, so a path
@@ -26,7 +26,7 @@ def from_model(path: str) -> BackboneSpec | None:
     model_path = os.path.join(path, MODEL_FILE) if is_run_folder(path) else path
     if not (os.path.isfile(model_path) and model_path.endswith(".keras")):
         raise ConfigError(f"--backbone {path!r} is neither a registry name nor a .keras model or run folder.")
-    source = _load_source(model_path)
+    source = _load_source(model_path, unsafe)
     base, preprocessing = _conv_base(source, model_path)
     size = source.input_shape[1]
     return BackboneSpec(
@@ -36,14 +36,18 @@ def from_model(path: str) -> BackboneSpec | None:
         weights_source=lambda spec: f"the trained model {model_path}")
 
 
-def _load_source(model_path: str):
+def _load_source(model_path: str, unsafe: bool):
     import keras
 
     from .. import layers  # noqa: F401  (a run saved before model.keras was portable refers to its custom layers)
+    from ..predict import refused_code
 
     try:
-        return keras.saving.load_model(model_path, compile=False)
+        return keras.saving.load_model(model_path, compile=False, safe_mode=not unsafe)
     except Exception as error:
+        refused = refused_code(error, model_path)
+        if refused:
+            raise ConfigError(f"--backbone {refused}") from None
         raise ConfigError(f"--backbone {model_path!r} cannot be loaded as a Keras model: {error}") from None
 
 

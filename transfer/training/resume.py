@@ -26,6 +26,7 @@ import io
 import json
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ import keras
 import numpy as np
 
 from .. import runs
-from ..errors import RunError
+from ..errors import RunError, first_line
 
 #: the attributes of Keras' EarlyStopping, ReduceLROnPlateau and ModelCheckpoint that carry over between epochs
 COUNTERS = ("wait", "best", "cooldown_counter", "stopped_epoch", "best_epoch")
@@ -64,9 +65,17 @@ class State:
 def load(run: runs.RunFolder) -> State:
     """The state of the newest complete backup of a partial run (RunFolder checked that there is one)."""
     folder = run.latest_backup()
-    with open(os.path.join(folder, runs.STATE_FILE), encoding="utf-8") as f:
-        values = json.load(f)
-    return State(**values, folder=folder)
+    try:
+        with open(os.path.join(folder, runs.STATE_FILE), encoding="utf-8") as f:
+            return State(**json.load(f), folder=folder)
+    except (OSError, ValueError, TypeError) as error:
+        raise _damaged(os.path.join(folder, runs.STATE_FILE), error) from None
+
+
+def _damaged(path: str, error: BaseException) -> RunError:
+    """A backup cut short or edited: the run cannot continue from it (older backups are not kept)."""
+    return RunError(f"--resume: the backup file {path!r} is damaged ({first_line(error)}), so the run cannot be "
+                    "continued; start it again with --overwrite.")
 
 
 def save(run: runs.RunFolder, state: State, model: keras.Model, optimizer: keras.optimizers.Optimizer | None) -> None:
@@ -97,10 +106,22 @@ def restore_run(run: runs.RunFolder, state: State, model: keras.Model) -> None:
     _load_arrays(os.path.join(state.folder, runs.WEIGHTS_FILE), model.weights)
     best = os.path.join(state.folder, runs.CHECKPOINT_FILE)
     if os.path.exists(best):
+        _check_checkpoint(best)
         shutil.copyfile(best, run.path(runs.CHECKPOINT_FILE))
     elif os.path.exists(run.path(runs.CHECKPOINT_FILE)):
         os.remove(run.path(runs.CHECKPOINT_FILE))
     _truncate_history(run.path(runs.HISTORY_FILE), state.epoch)
+
+
+def _check_checkpoint(path: str) -> None:
+    """The best checkpoint is read only when training ends: a damaged one is found now, not after every epoch."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except (OSError, ValueError) as error:
+        raise _damaged(path, error) from None
 
 
 def _save_arrays(path: str, variables) -> None:
@@ -110,10 +131,14 @@ def _save_arrays(path: str, variables) -> None:
 
 
 def _load_arrays(path: str, variables) -> None:
-    with np.load(path) as saved:
-        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    for variable, value in zip(variables, values, strict=True):
-        variable.assign(value)
+    """The values :func:`_save_arrays` wrote back into ``variables``; a truncated or foreign file is a RunError."""
+    try:
+        with np.load(path) as saved:
+            values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        raise _damaged(path, error) from None
 
 
 def _truncate_history(path: str, epochs: int) -> None:

@@ -23,7 +23,7 @@ from .. import data, devices, features, portable, preflight, runs
 from ..backbones import BackboneSpec
 from ..evaluation import report_run
 from ..config import TrainConfig
-from ..errors import Interrupted
+from ..errors import ConfigError, Interrupted
 from ..heads import backbone_of, build_model, unfreeze_index
 from . import distribute, interrupts, resume
 from .results import evaluate, plot, read_history, restore_best
@@ -55,6 +55,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     after the current batch with :class:`transfer.errors.Interrupted`.
     """
     started = time.monotonic()  # --time-limit counts from here: the scan and decoding are part of the run
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a transfer.TrainConfig; got {type(config).__name__}. Build one with "
+                          "TrainConfig(data_dir=..., ...), or TrainConfig.from_dict(settings) from a dict.")
     config = config.validate(need_data=not resume)  # --resume may leave DATA_DIR to the run
     strategy = distribute.strategy(config.distribute)  # before TensorFlow runs anything
     workers = distribute.workers(strategy)
@@ -204,6 +207,7 @@ def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, 
     """Labels, split, skipped files, config and environment first, so even an interrupted run says what it was
     doing, and where."""
     data.write_manifest(dataset, run.path(runs.SPLIT_FILE))
+    runs.write_json(run.path(runs.FINGERPRINT_FILE), data.fingerprint(dataset.root))
     data.write_skipped(dataset, run.path(runs.SKIPPED_FILE))
     runs.write_text(run.path(runs.LABELS_FILE), "".join(f"{c}\n" for c in dataset.classes))
     report = dataset.report
