@@ -291,6 +291,9 @@ def _print_inspection(r: dict) -> None:
 @click.option("--distribute", type=click.Choice(DISTRIBUTE), default=default("distribute"), show_default=True,
               help="mirrored: every GPU of this machine; multiworker: the machines TF_CONFIG names; auto: "
               "multiworker when TF_CONFIG names a cluster, mirrored with several GPUs, else none (one device).")
+@click.option("--cluster-timeout", default=default("cluster_timeout"), show_default=True, metavar="DURATION",
+              help="multiworker: how long to wait for every worker TF_CONFIG names to start (the log names the ones "
+              "awaited every few seconds); none: no limit.")
 @click.option("--jit/--no-jit", default=default("jit"), show_default=True, help="Compile training with XLA.")
 @click.option("-o", "--output-dir", default=default("output_dir"), show_default=True, help="Where run folders go.")
 @click.option("--name", default=None, help="Run folder name [default: timestamp-backbone].")

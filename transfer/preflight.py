@@ -27,7 +27,7 @@ PARAM_COPIES = 4
 
 
 #: settings that say where a run goes or how it reports, not what it trains: --resume takes them as given
-NOT_TRAINING = ("data_dir", "output_dir", "name", "overwrite", "verbose", "cache_dir")
+NOT_TRAINING = ("data_dir", "output_dir", "name", "overwrite", "verbose", "cache_dir", "cluster_timeout")
 
 
 def check(config: TrainConfig, *, open_models: bool = True,
