@@ -21,6 +21,11 @@ resumed run's partial folder goes from the chief to the others. The workers
 also agree after every batch (:func:`agreement`): a signal on any of them, or
 ``--time-limit`` reached on any, stops all of them after that same batch.
 
+Before the strategy is made, every worker waits for the others in Python
+(:func:`await_peers`), where a wait can say whom it awaits, end at
+``--cluster-timeout`` and stop on a signal; ``TF_CONFIG`` is checked whole
+before that, before TensorFlow starts (:func:`cluster`).
+
 Keras 3.15 on TensorFlow 2.21 needs two repairs for ``multiworker``, both in
 :class:`_MultiWorker`; and evaluation, and the features a worker computes
 (:func:`this_worker`), run on a one-device copy of the model (:func:`local`).
@@ -41,6 +46,7 @@ import signal
 import socket
 import tarfile
 import tempfile
+import threading
 import time
 import weakref
 
@@ -191,12 +197,20 @@ def strategy(mode: str, cluster_timeout: float | None = None, environ=os.environ
     if chosen == "multiworker":
         await_peers(cluster_timeout, environ)
         made, workers = _multi_worker()(), sum(len(a) for a in cluster(environ)[0].values())
+        _reclaim_sigterm()
     else:
         devices = [d.name for d in tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")]
         made, workers = tf.distribute.MirroredStrategy(devices), 1
     log.info("--distribute %s: %d replica(s) on %d worker(s); this one is %s; a step takes --batch-size images per "
              "replica", chosen, made.num_replicas_in_sync, workers, "the chief" if is_chief(environ) else "not the chief")
     return made
+
+
+def _reclaim_sigterm() -> None:
+    """TensorFlow's preemption notifier takes SIGTERM as the strategy starts, and ignores it: a worker could not be
+    stopped. Give SIGTERM back to Python's handler (the default, until :func:`.interrupts.handled`)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM) or signal.SIG_DFL)
 
 
 def await_peers(timeout: float | None, environ=os.environ) -> None:
