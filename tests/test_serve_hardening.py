@@ -180,14 +180,23 @@ def test_a_bad_host_is_one_error_line(trained_run, host):
         error.startswith(f"Error: --host must be an address to listen on, such as 127.0.0.1 or 0.0.0.0; got {host!r}")
 
 
-@pytest.mark.parametrize("host", [None, 5, ""])
-def test_make_server_refuses_a_host_that_is_not_text(trained_run, host):
-    result = _python(f"from transfer.errors import ConfigError\nfrom transfer.serve import make_server\n"
-                     f"try:\n    make_server({trained_run['run']!r}, host={host!r}, port=0)\n"
-                     f"except ConfigError as error:\n    print('ConfigError:', error)\n")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == (f"ConfigError: --host must be an address to listen on, such as 127.0.0.1 or "
-                                     f"0.0.0.0; got {host!r}.")
+def test_make_server_refuses_bad_arguments_with_a_clear_error(trained_run):
+    """From Python, in one subprocess: each bad argument is a ConfigError that names it, before the model loads."""
+    cases = {"host=None": "--host must be an address to listen on, such as 127.0.0.1 or 0.0.0.0; got None.",
+             "host=5": "--host must be an address to listen on, such as 127.0.0.1 or 0.0.0.0; got 5.",
+             "host=''": "--host must be an address to listen on, such as 127.0.0.1 or 0.0.0.0; got ''.",
+             "host='bad'": "--host 'bad' is not an address of this machine",
+             "drain_timeout=-1": "--drain-timeout must be a number of seconds of at least 0; got -1.",
+             "drain_timeout=float('nan')": "--drain-timeout must be a number of seconds of at least 0; got nan.",
+             "max_pixels=0": "--max-pixels must be a whole number of at least 1; got 0."}
+    result = _python("from transfer.errors import ConfigError\nfrom transfer.serve import make_server\n"
+                     + "".join(f"try:\n    make_server({trained_run['run']!r}, port=0, {case})\n"
+                               "except ConfigError as error:\n    print(error)\n" for case in cases))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(cases), result.stdout
+    for line, expected in zip(lines, cases.values()):
+        assert line.startswith(expected), (line, expected)
 
 
 def test_max_pixels_is_an_option_of_serve_and_its_error_names_it(trained_run, tmp_path):

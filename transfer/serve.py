@@ -17,6 +17,8 @@ mode), so the labels are the same. A bad request gets a JSON ``{"error": ...}``
 and status 400, 404 for another model's name or version (as TF Serving), and 413
 for a body over ``max_body`` (a limit of this server). The HTTP side is
 werkzeug (requests, responses) under waitress (a pure-Python WSGI server).
+Ctrl-C or SIGTERM drains it (:meth:`Server.drain`); every field of its request
+log is escaped (:func:`printable`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import binascii
 import io
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -255,9 +258,10 @@ class Server:
         The signal only sets a flag that the loop reads between its polls: raised
         as an exception, it could cut a request off halfway through reading it.
         """
+        previous = {}
         if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
             for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell's background job starts ignoring it
-                signal.signal(signum, lambda signum, frame: self.signals.append(signum))
+                previous[signum] = signal.signal(signum, lambda signum, frame: self.stop(signum))
         try:
             while not self.signals:
                 self._poll()
@@ -267,6 +271,12 @@ class Server:
 
             self.server.task_dispatcher.set_thread_count(0)  # its threads end once idle
             wasyncore.close_all(self.map)  # every socket
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """Ask :meth:`run` to drain and return, as ``signum`` does (from a signal handler, or another thread)."""
+        self.signals.append(signum)
 
     def drain(self) -> None:
         """Stop accepting connections; finish the requests in flight, at most ``drain_timeout`` seconds (a second
@@ -316,7 +326,8 @@ def make_server(model_path: str, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     _check_whole("--max-batch", max_batch, 1)
     _check_whole("--max-body", max_body, 1)
     _check_whole("--max-pixels", max_pixels, 1)
-    if isinstance(drain_timeout, bool) or not isinstance(drain_timeout, (int, float)) or not 0 <= drain_timeout < 1e9:
+    number = isinstance(drain_timeout, (int, float)) and not isinstance(drain_timeout, bool)
+    if not number or not 0 <= drain_timeout < math.inf:
         raise ConfigError(f"--drain-timeout must be a number of seconds of at least 0; got {drain_timeout!r}.")
     if name is not None:
         _check_model_name(name, "--model-name")
