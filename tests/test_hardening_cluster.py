@@ -3,6 +3,7 @@ says whom it awaits, ends at --cluster-timeout, and stops at once on Ctrl-C or S
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -172,3 +173,30 @@ def test_cluster_timeout_must_be_a_duration(colours, tmp_path):
                                     tmp_path))
     assert status == 1 and output.strip() == ("Error: --cluster-timeout must be a duration such as 90s, 15m or 1.5h "
                                               "(or none); got 'soon'.")
+
+
+def test_a_port_held_by_another_program_is_not_taken_for_a_worker(colours, tmp_path):
+    """Worker 1's address answers, but as an HTTP/1 server, not as TensorFlow's gRPC: the wait goes on and names it
+    (rather than leaving TensorFlow to wait for it, silently, for an hour)."""
+    import socket
+    import threading
+
+    tf_config = distribute.local_cluster(2)[0]
+    other = tf_config["cluster"]["worker"][1]
+    server = socket.create_server(("127.0.0.1", int(other.rsplit(":", 1)[1])))
+
+    def answer():
+        with contextlib.suppress(OSError):
+            while True:
+                connection = server.accept()[0]
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                connection.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        status, output = _finish(_start([*TRAIN, colours, "--cluster-timeout", "3s"], tf_config, tmp_path))
+    finally:
+        server.close()
+    assert status == 1 and "Traceback" not in output, output[-3000:]
+    assert f"Error: the cluster did not start within --cluster-timeout 3s: no answer from worker 1 at {other} " \
+           "(something listens there, but not a worker)" in output, output

@@ -63,6 +63,8 @@ EXCHANGE_BYTES = 64 << 20
 #: seconds between the lines naming the workers a cluster still waits for (:func:`await_peers`)
 REPORT_EVERY = 5.0
 _POLL = 0.5  # seconds between probes of the workers awaited, and the most one probe takes
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what a gRPC client sends first
+_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # an empty HTTP/2 SETTINGS frame (type 4): a server's first answer
 
 
 #: the tasks that train under MultiWorkerMirroredStrategy
@@ -231,22 +233,21 @@ def await_peers(timeout: float | None, environ=os.environ) -> None:
     own = nodes[task["type"]][task["index"]]
     missing = {f"{role} {i} at {address}": address for role in ROLES
                for i, address in enumerate(nodes.get(role, [])) if address != own}
-    with _listening(own) as listener, handled() as stop:
+    with _listening(own), handled() as stop:
         try:
-            _wait(listener, missing, time.monotonic(), timeout)
+            _wait(missing, time.monotonic(), timeout)
         except KeyboardInterrupt:
             raise Interrupted(f"Interrupted while waiting for the cluster ({', '.join(missing)} not started); "
                               "nothing was trained.", stop.status) from None
 
 
-def _wait(listener: socket.socket, missing: dict[str, str], started: float, timeout: float | None) -> None:
+def _wait(missing: dict[str, str], started: float, timeout: float | None) -> None:
     """Probe the ``missing`` tasks (name → address), dropping each that answers, until none is left."""
     reported = -math.inf
     while True:
         reasons = {name: _unreachable(address) for name, address in missing.items()}
         for name in [name for name, reason in reasons.items() if reason is None]:
             del missing[name], reasons[name]
-        _drain(listener)
         if not missing:
             return
         waited = time.monotonic() - started
@@ -263,10 +264,13 @@ def _wait(listener: socket.socket, missing: dict[str, str], started: float, time
 
 
 def _unreachable(address: str) -> str | None:
-    """Why nothing answers at ``address`` (host:port), or None when something does."""
+    """Why no worker answers at ``address`` (host:port), or None when one does: TensorFlow's gRPC server, or
+    another worker's :func:`_listening`, each of which answers HTTP/2's opening with a SETTINGS frame."""
     host, port = _host_port(address)
     try:
-        socket.create_connection((host, port), timeout=_POLL).close()
+        with socket.create_connection((host, port), timeout=_POLL) as probe:
+            probe.sendall(_HTTP2_PREFACE + _SETTINGS)
+            answer = probe.recv(len(_SETTINGS))
     except (socket.timeout, TimeoutError):
         return "no answer"
     except socket.gaierror:
@@ -275,12 +279,13 @@ def _unreachable(address: str) -> str | None:
         return "nothing listens there yet"
     except OSError as error:
         return error.strerror or type(error).__name__
-    return None
+    return None if answer[3:4] == _SETTINGS[3:4] else "something listens there, but not a worker"
 
 
 @contextlib.contextmanager
 def _listening(address: str):
-    """A listener on this task's port (every interface, as TensorFlow's server), for the others' probes."""
+    """This task's port (every interface, as TensorFlow's server) answering the others' probes, in a thread so that
+    an answer never waits for this task's own probes."""
     port = _host_port(address)[1]
     try:
         try:
@@ -291,18 +296,26 @@ def _listening(address: str):
         raise ConfigError(f"TF_CONFIG: this task's address {address} names port {port}, which this machine cannot "
                           f"listen on ({error.strerror or error}); give this task a free port in every worker's "
                           "TF_CONFIG.") from None
-    server.setblocking(False)
+    done = threading.Event()
+    answering = threading.Thread(target=_answer, args=(server, done), daemon=True)
+    answering.start()
     try:
-        yield server
+        yield
     finally:
+        done.set()
+        answering.join()
         server.close()
 
 
-def _drain(listener: socket.socket) -> None:
-    """Accept and close the probes that reached this task."""
-    with contextlib.suppress(OSError):  # none waiting (BlockingIOError), or one already gone
-        while True:
-            listener.accept()[0].close()
+def _answer(server: socket.socket, done: threading.Event) -> None:
+    """Answer each probe as TensorFlow's server will (:func:`_unreachable`) until ``done``."""
+    server.settimeout(_POLL / 5)
+    while not done.is_set():
+        with contextlib.suppress(OSError):  # none came (a timeout), or one already gone
+            with server.accept()[0] as probe:
+                probe.settimeout(_POLL)
+                probe.recv(len(_HTTP2_PREFACE + _SETTINGS))  # read before closing: unread bytes would reset it
+                probe.sendall(_SETTINGS)
 
 
 @contextlib.contextmanager
