@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import make_dataset
+from transfer.errors import ConfigError
 from transfer.training import distribute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,6 +149,15 @@ def test_a_bad_tf_config_is_one_error_line_before_tensorflow_starts(colours, tmp
     assert not os.path.exists(tmp_path / "models")
 
 
+def test_auto_checks_the_cluster_it_picks():
+    """``auto`` takes multiworker for a cluster of two tasks, and then needs this process's task (TensorFlow's
+    traceback before), as ``multiworker`` does."""
+    environ = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:1"]}})}
+    with pytest.raises(ConfigError, match="needs TF_CONFIG naming a cluster of two or more tasks and this process's"):
+        distribute.choose("auto", 0, environ)
+    assert distribute.choose("none", 0, environ) == "none"
+
+
 def test_a_string_index_of_digits_and_a_chief_are_read_as_tensorflow_reads_them():
     environ = {"TF_CONFIG": json.dumps({"cluster": {"chief": ["[::1]:2000"], "worker": ["h:2001"]},
                                         "task": {"type": "worker", "index": "0"}})}
@@ -160,7 +170,8 @@ def test_a_port_this_machine_cannot_listen_on_is_a_clear_error(colours, tmp_path
 
     with socket.create_server(("", 0)) as busy:
         port = busy.getsockname()[1]
-        tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}", "127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}", "127.0.0.1:1"]},
+                     "task": {"type": "worker", "index": 0}}
         status, output = _finish(_start([*TRAIN, colours], tf_config, tmp_path))
     assert status == 1 and "Traceback" not in output, output[-3000:]
     assert f"Error: TF_CONFIG: this task's address 127.0.0.1:{port} names port {port}, which this machine cannot " \

@@ -155,8 +155,8 @@ def choose(mode: str, gpus: int, environ=os.environ) -> str:
     """What ``--distribute mode`` means here: none, mirrored or multiworker."""
     nodes, task = cluster(environ)
     tasks = sum(len(addresses) for addresses in nodes.values())
-    if mode == "auto":
-        return "multiworker" if tasks > 1 else "mirrored" if gpus > 1 else "none"
+    if mode == "auto":  # a cluster it picks must be whole too
+        mode = "multiworker" if tasks > 1 else "mirrored" if gpus > 1 else "none"
     if mode == "multiworker" and set(nodes) - set(ROLES):
         raise _bad_tf_config(f"the cluster has {', '.join(sorted(set(nodes) - set(ROLES)))} tasks, and --distribute "
                              "multiworker trains on chief and worker tasks only (list the machines under \"worker\")")
@@ -216,7 +216,7 @@ def _reclaim_sigterm() -> None:
 
 
 def await_peers(timeout: float | None, environ=os.environ) -> None:
-    """Return once every other task of ``TF_CONFIG`` accepts connections on its port; this one's answers meanwhile.
+    """Return once every other task of ``TF_CONFIG`` answers on its port as a worker; this one's answers meanwhile.
 
     ``MultiWorkerMirroredStrategy`` waits for missing workers in TensorFlow's
     C++ with the GIL held: silently, deaf to Ctrl-C and SIGTERM, for up to an
@@ -224,8 +224,8 @@ def await_peers(timeout: float | None, environ=os.environ) -> None:
     it names the tasks it awaits, after ``timeout`` seconds (None: never) it
     stops with an error naming them, and a signal stops it at once
     (:class:`Interrupted`: 130 or 143). This task listens on its own port
-    meanwhile, and closes it before TensorFlow's server takes it, so that every
-    worker sees the others in whatever order they start.
+    meanwhile (:func:`_listening`), and closes it before TensorFlow's server
+    takes it, so that every worker sees the others in whatever order they start.
     """
     from .interrupts import handled
 
