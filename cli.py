@@ -23,7 +23,7 @@ from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, DIS
                              RESIZE_MODES, default)
 from transfer.presets import PRESETS
 from transfer.tflite import QUANTIZATIONS
-from transfer.serve import DEFAULT_HOST, DEFAULT_PORT, MAX_BATCH, MAX_BODY
+from transfer.serve import DEFAULT_HOST, DEFAULT_PORT, DRAIN_TIMEOUT, MAX_BATCH, MAX_BODY
 from transfer.errors import TransferError
 from transfer.runs import json_text
 
@@ -326,6 +326,9 @@ def _print_inspection(r: dict) -> None:
 @click.option("--distribute", type=click.Choice(DISTRIBUTE), default=default("distribute"), show_default=True,
               help="mirrored: every GPU of this machine; multiworker: the machines TF_CONFIG names; auto: "
               "multiworker when TF_CONFIG names a cluster, mirrored with several GPUs, else none (one device).")
+@click.option("--cluster-timeout", default=default("cluster_timeout"), show_default=True, metavar="DURATION",
+              help="multiworker: how long to wait for every worker TF_CONFIG names to start (the log names the ones "
+              "awaited every few seconds); none: no limit.")
 @click.option("--jit/--no-jit", default=default("jit"), show_default=True, help="Compile training with XLA.")
 @click.option("-o", "--output-dir", default=default("output_dir"), show_default=True, help="Where run folders go.")
 @click.option("--name", default=None, help="Run folder name [default: timestamp-backbone].")
@@ -666,12 +669,16 @@ def _print_verified(result, what: str) -> None:
               help="Most images in one request.")
 @click.option("--max-body", type=click.IntRange(min=1), default=MAX_BODY, show_default=True,
               help="Largest request body in bytes (413 beyond it).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=default("max_pixels"), show_default=True,
+              help="Refuse larger images (checked from the header, before decoding).")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=DRAIN_TIMEOUT, show_default=True,
+              help="Seconds that requests in flight at Ctrl-C or SIGTERM get to finish (new connections are refused).")
 @unsafe_option
 @click.option("-q", "--quiet", is_flag=True, help="No request log.")
 @verbose_option
 @_handle_errors
-def serve_command(model, host, port, model_name, max_batch, max_body, unsafe, quiet):
-    """Serve MODEL over TensorFlow Serving's REST API until Ctrl-C (pip install 'transfer[serve]').
+def serve_command(model, host, port, model_name, max_batch, max_body, max_pixels, drain_timeout, unsafe, quiet):
+    """Serve MODEL over TensorFlow Serving's REST API until Ctrl-C or SIGTERM (pip install 'transfer[serve]').
 
     MODEL is anything `transfer predict` takes. POST {"instances": [{"b64": "..."}]} to
     /v1/models/NAME:predict; the answer is {"predictions": [{"probabilities", "classes",
@@ -689,8 +696,9 @@ def serve_command(model, host, port, model_name, max_batch, max_body, unsafe, qu
 
     with contextlib.redirect_stdout(sys.stderr):
         server = make_server(model, host=host, port=port, name=model_name, max_batch=max_batch, max_body=max_body,
-                             unsafe=unsafe)
-    click.echo(f"serving {server.url} (version {server.model.version}); Ctrl-C stops", err=True)
+                             unsafe=unsafe, max_pixels=max_pixels, drain_timeout=drain_timeout)
+    click.echo(f"serving {server.url} (version {server.model.version}); Ctrl-C stops, after the requests in flight",
+               err=True)
     server.run()
     click.echo("stopped", err=True)
 

@@ -105,6 +105,7 @@ class TrainConfig:
     feature_engine: str = "auto"  # auto: cached features through TFLite/XNNPACK on a CPU, checked against Keras
     jit: bool = False  # compile training steps with XLA
     distribute: str = "auto"  # tf.distribute strategy; batch_size is per replica
+    cluster_timeout: str | None = "5m"  # multiworker: how long to wait for every worker of TF_CONFIG to start
     verbose: int = 1
 
     def __post_init__(self):
@@ -125,6 +126,7 @@ class TrainConfig:
         _check(bool(self.data_dir) or not need_data, "DATA_DIR is required (or data_dir in the file of --config).")
         parse_memory(self.cache_memory)
         parse_duration(self.time_limit)
+        parse_duration(self.cluster_timeout, "--cluster-timeout")
         self._validate_weights()
         return self
 
@@ -278,13 +280,13 @@ def _choice(option: str, value: str, choices: tuple[str, ...]) -> None:
 _SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
-def parse_duration(text: str | None) -> float | None:
+def parse_duration(text: str | None, option: str = "--time-limit") -> float | None:
     """Seconds from ``90s``, ``15m``, ``1.5h`` or a number of seconds; None for None or ``none``."""
     if text is None or str(text).strip().lower() == "none":
         return None
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text), re.IGNORECASE)
     if not match or not 0 < float(match.group(1)) < math.inf:
-        raise ConfigError(f"--time-limit must be a duration such as 90s, 15m or 1.5h (or none); got {text!r}.")
+        raise ConfigError(f"{option} must be a duration such as 90s, 15m or 1.5h (or none); got {text!r}.")
     return float(match.group(1)) * _SECONDS[(match.group(2) or "s").lower()]
 
 

@@ -29,7 +29,7 @@ PARAM_COPIES = 4
 #: files of each kind (added, removed, modified) that a refused --resume names
 SHOWN = 5
 #: settings that say where a run goes or how it reports, not what it trains: --resume takes them as given
-NOT_TRAINING = ("data_dir", "output_dir", "name", "overwrite", "verbose", "cache_dir", "unsafe")
+NOT_TRAINING = ("data_dir", "output_dir", "name", "overwrite", "verbose", "cache_dir", "unsafe", "cluster_timeout")
 
 
 def check(config: TrainConfig, *, open_models: bool = True,

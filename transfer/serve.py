@@ -17,6 +17,8 @@ mode), so the labels are the same. A bad request gets a JSON ``{"error": ...}``
 and status 400, 404 for another model's name or version (as TF Serving), and 413
 for a body over ``max_body`` (a limit of this server). The HTTP side is
 werkzeug (requests, responses) under waitress (a pure-Python WSGI server).
+Ctrl-C or SIGTERM drains it (:meth:`Server.drain`); every field of its request
+log is escaped (:func:`printable`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import binascii
 import io
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ConfigError, ImageError, first_line
-from .images import load_image
+from .images import MAX_PIXELS, load_image
 from .predict import LoadedModel, load_model
 
 log = logging.getLogger("transfer")
@@ -45,6 +48,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501  # TF Serving's REST port
 MAX_BATCH = 64
 MAX_BODY = 32 * 2**20
+#: seconds that requests in flight at Ctrl-C or SIGTERM get to finish (--drain-timeout)
+DRAIN_TIMEOUT = 30
 TOP_K = 5
 INPUT = "image_bytes"  # the name of the SavedModel's serving_default input
 INSTALL = "pip install 'transfer[serve]'"
@@ -69,6 +74,7 @@ class Model:
     name: str
     version: str
     max_batch: int = MAX_BATCH
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self):
         self.lock = threading.Lock()  # one batch at a time through the model; decoding runs in parallel
@@ -102,11 +108,24 @@ def make_app(model: Model, max_body: int = MAX_BODY):
         except Exception as error:  # never a crash, never a traceback to the client
             log.exception("internal error")
             status, body = 500, {"error": f"internal error: {type(error).__name__}"}
-        log.info('%s "%s %s" %d %.3fs', request.remote_addr, request.method, request.full_path.rstrip("?"), status,
-                 time.perf_counter() - started)
+        log.info('%s "%s %s" %d %.3fs "%s"', *map(printable, (request.remote_addr, request.method,
+                                                              request.full_path.rstrip("?"))),
+                 status, time.perf_counter() - started, printable(request.user_agent.string))
         return Response(json.dumps(body), status, mimetype="application/json")(environ, start_response)
 
     return app
+
+
+def printable(value) -> str:
+    """``value`` as text that stays one line of a log and sends nothing to a terminal: every character that is not
+    printable (C0 and C1 controls, DEL, line separators, bidirectional overrides) becomes ``\\xNN`` or ``\\uNNNN``,
+    and so do ``\\`` and ``"``, so that an escaped field cannot end the quotes around it or pass for an escape."""
+    return "".join(_escape(c) if c in '\\"' or not c.isprintable() else c for c in str(value))
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _http_message(error, max_body: int) -> str:
@@ -155,7 +174,7 @@ def _predict(model: Model, data: bytes) -> dict:
         raise RequestError(f"{len(items)} images in one request, over the limit of {model.max_batch} (--max-batch); "
                            "split the request")
     where = "instances" if rows else "inputs"
-    images = np.stack([_image(model.loaded, item, f"{where}[{i}]") for i, item in enumerate(items)])
+    images = np.stack([_image(model, item, f"{where}[{i}]") for i, item in enumerate(items)])
     columns = model.predict(images.astype(np.float32))
     if not rows:
         return {"outputs": columns}
@@ -171,7 +190,7 @@ def _columns(inputs):
     return inputs
 
 
-def _image(loaded: LoadedModel, item, where: str) -> np.ndarray:
+def _image(model: Model, item, where: str) -> np.ndarray:
     """One ``{"b64": ...}`` (or ``{"image_bytes": {"b64": ...}}``) decoded as `transfer predict` decodes a file."""
     if isinstance(item, dict) and set(item) == {INPUT}:
         item = item[INPUT]
@@ -183,7 +202,7 @@ def _image(loaded: LoadedModel, item, where: str) -> np.ndarray:
     except (binascii.Error, ValueError) as error:
         raise RequestError(f"{where}: b64 is not valid base64 ({error})") from None
     try:
-        return load_image(io.BytesIO(encoded), loaded.image_size, loaded.resize)
+        return load_image(io.BytesIO(encoded), model.loaded.image_size, model.loaded.resize, model.max_pixels)
     except ImageError as error:
         raise RequestError(f"{where}: {error}") from None
 
@@ -205,24 +224,28 @@ def _metadata(model: Model) -> dict:
 
 
 class Server:
-    """A waitress server for one model; :meth:`run` until Ctrl-C."""
+    """A waitress server for one model; :meth:`run` until Ctrl-C or SIGTERM, then drain."""
 
-    def __init__(self, model: Model, host: str, port: int, max_body: int):
+    def __init__(self, model: Model, host: str, port: int, max_body: int, drain_timeout: float = DRAIN_TIMEOUT):
         try:
             import werkzeug  # noqa: F401  (make_app's requests and responses)
             from waitress import create_server
         except ImportError:
             raise ConfigError(f"transfer serve needs the optional packages waitress and werkzeug; install them with: "
                               f"{INSTALL}") from None
-        self.model = model
+        self.model, self.drain_timeout, self.map = model, drain_timeout, {}
         try:
             # waitress cuts off bodies over twice the limit before reading them; the app answers the rest in JSON
-            self.server = create_server(make_app(model, max_body), host=host, port=port, threads=4,
+            self.server = create_server(make_app(model, max_body), map=self.map, host=host, port=port, threads=4,
                                         max_request_body_size=2 * max_body + 2**16, ident="transfer")
         except OSError as error:
             raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror or error}); choose another --port "
                               "or --host.") from None
+        except ValueError:  # waitress: a host that does not resolve to an address
+            raise ConfigError(f"--host {host!r} is not an address of this machine: give an IP address (127.0.0.1, "
+                              "0.0.0.0 for every interface, ::1) or a host name that resolves to one.") from None
         self.host, self.port = host, self.server.effective_port
+        self.signals: list[int] = []  # the stop signals received, in order
 
     @property
     def url(self) -> str:
@@ -230,29 +253,87 @@ class Server:
         return f"http://{host}:{self.port}/v1/models/{self.model.name}"
 
     def run(self) -> None:
-        """Serve until Ctrl-C, or SIGTERM (``docker stop``, systemd); waitress then closes its sockets and lets
-        running requests finish."""
+        """Serve until Ctrl-C, or SIGTERM (``docker stop``, systemd); then :meth:`drain`.
+
+        The signal only sets a flag that the loop reads between its polls: raised
+        as an exception, it could cut a request off halfway through reading it.
+        """
+        previous = {}
         if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
             for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell's background job starts ignoring it
-                signal.signal(signum, _interrupt)
-        self.server.run()
+                previous[signum] = signal.signal(signum, lambda signum, frame: self.stop(signum))
+        try:
+            while not self.signals:
+                self._poll()
+            self.drain()
+        finally:
+            from waitress import wasyncore
 
+            self.server.task_dispatcher.set_thread_count(0)  # its threads end once idle
+            wasyncore.close_all(self.map)  # every socket
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """Ask :meth:`run` to drain and return, as ``signum`` does (from a signal handler, or another thread)."""
+        self.signals.append(signum)
+
+    def drain(self) -> None:
+        """Stop accepting connections; finish the requests in flight, at most ``drain_timeout`` seconds (a second
+        signal: at once), and close each connection when its answer is sent."""
+        from waitress.server import BaseWSGIServer
+
+        from waitress import wasyncore
+
+        for listener in [d for d in self.map.values() if isinstance(d, BaseWSGIServer)]:
+            wasyncore.dispatcher.close(listener)  # the listening socket only; its trigger wakes the loop for answers
+        deadline, seen = time.monotonic() + self.drain_timeout, len(self.signals)
+        busy = self._busy()
+        if busy:
+            log.info("stopping: no new connections; finishing %d request(s) in flight (at most %ss)", len(busy),
+                     f"{self.drain_timeout:g}")
+        while busy and time.monotonic() < deadline and len(self.signals) == seen:
+            self._poll()
+            busy = self._busy()
+        if busy:
+            log.warning("%d request(s) still in flight were cut off (%s)", len(busy), "a second signal"
+                        if len(self.signals) > seen else f"--drain-timeout {self.drain_timeout:g}s")
+
+    def _poll(self) -> None:
+        from waitress import wasyncore
+
+        wasyncore.loop(timeout=0.2, map=self.map, use_poll=self.server.adj.asyncore_use_poll, count=1)
+
+    def _busy(self) -> list:
+        """The connections with a request in flight (being read, answered or sent); the idle ones are closed."""
+        from waitress.channel import HTTPChannel
+
+        channels = [d for d in list(self.map.values()) if isinstance(d, HTTPChannel)]
+        busy = [c for c in channels if c.request is not None or c.requests or c.total_outbufs_len]
+        for channel in channels:
+            if channel not in busy:
+                channel.handle_close()
+        return busy
 
 
 def make_server(model_path: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, name: str | None = None,
-                max_batch: int = MAX_BATCH, max_body: int = MAX_BODY, unsafe: bool = False) -> Server:
+                max_batch: int = MAX_BATCH, max_body: int = MAX_BODY, unsafe: bool = False,
+                max_pixels: int = MAX_PIXELS, drain_timeout: float = DRAIN_TIMEOUT) -> Server:
     """Load ``model_path`` (anything `transfer predict` takes) and bind ``host:port`` (0: a free port)."""
+    if not isinstance(host, str) or not host.strip():
+        raise ConfigError(f"--host must be an address to listen on, such as {DEFAULT_HOST} or 0.0.0.0; got {host!r}.")
     _check_whole("--port", port, 0, 65535)
     _check_whole("--max-batch", max_batch, 1)
     _check_whole("--max-body", max_body, 1)
+    _check_whole("--max-pixels", max_pixels, 1)
+    number = isinstance(drain_timeout, (int, float)) and not isinstance(drain_timeout, bool)
+    if not number or not 0 <= drain_timeout < math.inf:
+        raise ConfigError(f"--drain-timeout must be a number of seconds of at least 0; got {drain_timeout!r}.")
     if name is not None:
         _check_model_name(name, "--model-name")
     loaded = load_model(model_path, unsafe)
     name = name or _check_model_name(default_name(loaded), "the default model name (from the path)")
-    return Server(Model(loaded, name, _version(loaded), max_batch), host, port, max_body)
+    return Server(Model(loaded, name, _version(loaded), max_batch, max_pixels), host, port, max_body, drain_timeout)
 
 
 def _check_whole(option: str, value, least: int, most: int | None = None) -> None:

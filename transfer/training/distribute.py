@@ -21,6 +21,11 @@ resumed run's partial folder goes from the chief to the others. The workers
 also agree after every batch (:func:`agreement`): a signal on any of them, or
 ``--time-limit`` reached on any, stops all of them after that same batch.
 
+Before the strategy is made, every worker waits for the others in Python
+(:func:`await_peers`), where a wait can say whom it awaits, end at
+``--cluster-timeout`` and stop on a signal; ``TF_CONFIG`` is checked whole
+before that, before TensorFlow starts (:func:`cluster`).
+
 Keras 3.15 on TensorFlow 2.21 needs two repairs for ``multiworker``, both in
 :class:`_MultiWorker`; and evaluation, and the features a worker computes
 (:func:`this_worker`), run on a one-device copy of the model (:func:`local`).
@@ -33,6 +38,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -40,28 +46,102 @@ import signal
 import socket
 import tarfile
 import tempfile
+import threading
+import time
 import weakref
 
 import numpy as np
 
 from ..config import TrainConfig
-from ..errors import ConfigError, RunError, TrainingError
+from ..errors import ConfigError, Interrupted, RunError, TrainingError
 from ..runs import BACKUP_FOLDER, STAGING_SUFFIX as STAGING, latest_backup
 
 log = logging.getLogger("transfer")
 _twins: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # distributed model -> its copy on one device
 #: bytes sent per collective when workers share an array (all-reduce buffers stay far from gRPC's 2 GB)
 EXCHANGE_BYTES = 64 << 20
+#: seconds between the lines naming the workers a cluster still waits for (:func:`await_peers`)
+REPORT_EVERY = 5.0
+_POLL = 0.5  # seconds between probes of the workers awaited, and the most one probe takes
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what a gRPC client sends first
+_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # an empty HTTP/2 SETTINGS frame (type 4): a server's first answer
+
+
+#: the tasks that train under MultiWorkerMirroredStrategy
+ROLES = ("chief", "worker")
+_EXAMPLE = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
 
 
 def cluster(environ=os.environ) -> tuple[dict, dict]:
-    """``TF_CONFIG``'s cluster (role → addresses; empty without one) and this process's task."""
+    """``TF_CONFIG``'s cluster (role → addresses; empty without one) and this process's task, checked whole.
+
+    It is read before TensorFlow is imported (:mod:`transfer.preflight`), so a
+    mistake in it is one line naming it, not TensorFlow's traceback or a wait
+    for a worker that cannot exist.
+    """
+    text = environ.get("TF_CONFIG")
+    if not text:
+        return {}, {}
     try:
-        tf_config = json.loads(environ.get("TF_CONFIG") or "{}")
-        return dict(tf_config.get("cluster") or {}), dict(tf_config.get("task") or {})
-    except (ValueError, AttributeError, TypeError):
-        raise ConfigError('TF_CONFIG is not a JSON object like {"cluster": {"worker": ["host:port", ...]}, '
-                          '"task": {"type": "worker", "index": 0}}; fix or unset it.') from None
+        tf_config = json.loads(text)
+    except (ValueError, RecursionError):
+        tf_config = None
+    if not isinstance(tf_config, dict):
+        raise ConfigError(f"TF_CONFIG is not a JSON object like {_EXAMPLE}; fix or unset it.")
+    nodes, task = tf_config.get("cluster") or {}, tf_config.get("task") or {}
+    _check_nodes(nodes)
+    return dict(nodes), _checked_task(task, nodes)
+
+
+def _bad_tf_config(problem: str) -> ConfigError:
+    return ConfigError(f"TF_CONFIG: {problem}; fix or unset it (e.g. TF_CONFIG='{_EXAMPLE}').")
+
+
+def _check_nodes(nodes) -> None:
+    """Each role a non-empty list of distinct ``host:port`` addresses, one chief at most."""
+    if not isinstance(nodes, dict):
+        raise _bad_tf_config(f'"cluster" must map roles to lists of "host:port" addresses, got {json.dumps(nodes)}')
+    seen: dict[str, str] = {}
+    for role, addresses in nodes.items():
+        if not isinstance(addresses, list) or not addresses:
+            raise _bad_tf_config(f'cluster["{role}"] must be a non-empty list of "host:port" addresses, got '
+                                 f"{json.dumps(addresses)}")
+        if role == "chief" and len(addresses) > 1:
+            raise _bad_tf_config(f'cluster["chief"] lists {len(addresses)} addresses; a cluster has one chief')
+        for i, address in enumerate(addresses):
+            where = f'cluster["{role}"][{i}]'
+            if _host_port(address) is None:
+                raise _bad_tf_config(f'{where} is {json.dumps(address)}, not "host:port" with a port from 1 to 65535')
+            if address.lower() in seen:
+                raise _bad_tf_config(f"{where} {address} is also {seen[address.lower()]}: each task needs its own "
+                                     "address")
+            seen[address.lower()] = where
+
+
+def _host_port(address) -> tuple[str, int] | None:
+    """``host:port`` (``[v6]:port``) as (host, port), or None when it is not one."""
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):(\d{1,5})", address) if isinstance(address, str) else None
+    if not match or not 0 < int(match[2]) < 65536:
+        return None
+    return match[1].strip("[]"), int(match[2])
+
+
+def _checked_task(task, nodes: dict) -> dict:
+    """The task, its index a number in range of its role's addresses."""
+    if not isinstance(task, dict):
+        raise _bad_tf_config(f'"task" must be an object like {{"type": "worker", "index": 0}}, got {json.dumps(task)}')
+    if not task:
+        return {}
+    role, index = task.get("type"), task.get("index", 0)
+    if role not in nodes:
+        raise _bad_tf_config(f"the task type {json.dumps(role)} is not a role of the cluster "
+                             f"({', '.join(nodes) or 'it has none'})")
+    if isinstance(index, str) and index.isdigit():
+        index = int(index)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(nodes[role]):
+        raise _bad_tf_config(f'the task index {json.dumps(index)} is out of range: cluster["{role}"] has '
+                             f"{len(nodes[role])} address(es), so the index is from 0 to {len(nodes[role]) - 1}")
+    return {**task, "index": index}
 
 
 def is_chief(environ=os.environ) -> bool:
@@ -75,13 +155,14 @@ def choose(mode: str, gpus: int, environ=os.environ) -> str:
     """What ``--distribute mode`` means here: none, mirrored or multiworker."""
     nodes, task = cluster(environ)
     tasks = sum(len(addresses) for addresses in nodes.values())
-    if mode == "auto":
-        return "multiworker" if tasks > 1 else "mirrored" if gpus > 1 else "none"
+    if mode == "auto":  # a cluster it picks must be whole too
+        mode = "multiworker" if tasks > 1 else "mirrored" if gpus > 1 else "none"
+    if mode == "multiworker" and set(nodes) - set(ROLES):
+        raise _bad_tf_config(f"the cluster has {', '.join(sorted(set(nodes) - set(ROLES)))} tasks, and --distribute "
+                             "multiworker trains on chief and worker tasks only (list the machines under \"worker\")")
     if mode == "multiworker" and (tasks < 2 or not task):
         raise ConfigError("--distribute multiworker needs TF_CONFIG naming a cluster of two or more tasks and this "
-                          "process's task, e.g. TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:12345\", "
-                          "\"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}'; see the README, "
-                          "\"Several GPUs or machines\".")
+                          f"process's task, e.g. TF_CONFIG='{_EXAMPLE}'; see the README, \"Several GPUs or machines\".")
     return mode
 
 
@@ -100,14 +181,15 @@ def local_cluster(workers: int) -> list[dict]:
 def writes_run(config: TrainConfig, environ=os.environ) -> bool:
     """Whether this process writes ``config``'s run folder: False only on a worker of a cluster that is not its chief
     (which writes into a temporary folder instead, and on ``--resume`` gets the chief's partial run)."""
-    return is_chief(environ) or choose(config.distribute, 0, environ) != "multiworker"
+    return choose(config.distribute, 0, environ) != "multiworker" or is_chief(environ)  # choose: checks TF_CONFIG
 
 
-def strategy(mode: str, environ=os.environ):
+def strategy(mode: str, cluster_timeout: float | None = None, environ=os.environ):
     """The strategy for ``--distribute mode``; the log says how many replicas and workers take part.
 
     Made before TensorFlow runs anything: ``MultiWorkerMirroredStrategy`` must
-    configure the runtime's collectives first.
+    configure the runtime's collectives first. It is made once every other
+    worker answers (:func:`await_peers`, at most ``cluster_timeout`` seconds).
     """
     import tensorflow as tf
 
@@ -115,13 +197,125 @@ def strategy(mode: str, environ=os.environ):
     if chosen == "none":
         return tf.distribute.get_strategy()
     if chosen == "multiworker":
+        await_peers(cluster_timeout, environ)
         made, workers = _multi_worker()(), sum(len(a) for a in cluster(environ)[0].values())
+        _reclaim_sigterm()
     else:
         devices = [d.name for d in tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")]
         made, workers = tf.distribute.MirroredStrategy(devices), 1
     log.info("--distribute %s: %d replica(s) on %d worker(s); this one is %s; a step takes --batch-size images per "
              "replica", chosen, made.num_replicas_in_sync, workers, "the chief" if is_chief(environ) else "not the chief")
     return made
+
+
+def _reclaim_sigterm() -> None:
+    """TensorFlow's preemption notifier takes SIGTERM as the strategy starts, and ignores it: a worker could not be
+    stopped. Give SIGTERM back to Python's handler (the default, until :func:`.interrupts.handled`)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM) or signal.SIG_DFL)
+
+
+def await_peers(timeout: float | None, environ=os.environ) -> None:
+    """Return once every other task of ``TF_CONFIG`` answers on its port as a worker; this one's answers meanwhile.
+
+    ``MultiWorkerMirroredStrategy`` waits for missing workers in TensorFlow's
+    C++ with the GIL held: silently, deaf to Ctrl-C and SIGTERM, for up to an
+    hour. This wait comes first, in Python: every :data:`REPORT_EVERY` seconds
+    it names the tasks it awaits, after ``timeout`` seconds (None: never) it
+    stops with an error naming them, and a signal stops it at once
+    (:class:`Interrupted`: 130 or 143). This task listens on its own port
+    meanwhile (:func:`_listening`), and closes it before TensorFlow's server
+    takes it, so that every worker sees the others in whatever order they start.
+    """
+    from .interrupts import handled
+
+    nodes, task = cluster(environ)
+    own = nodes[task["type"]][task["index"]]
+    missing = {f"{role} {i} at {address}": address for role in ROLES
+               for i, address in enumerate(nodes.get(role, [])) if address != own}
+    with _listening(own), handled() as stop:
+        try:
+            _wait(missing, time.monotonic(), timeout)
+        except KeyboardInterrupt:
+            raise Interrupted(f"Interrupted while waiting for the cluster ({', '.join(missing)} not started); "
+                              "nothing was trained.", stop.status) from None
+
+
+def _wait(missing: dict[str, str], started: float, timeout: float | None) -> None:
+    """Probe the ``missing`` tasks (name → address), dropping each that answers, until none is left."""
+    reported = -math.inf
+    while True:
+        reasons = {name: _unreachable(address) for name, address in missing.items()}
+        for name in [name for name, reason in reasons.items() if reason is None]:
+            del missing[name], reasons[name]
+        if not missing:
+            return
+        waited = time.monotonic() - started
+        awaited = ", ".join(f"{name} ({reason})" for name, reason in reasons.items())
+        if timeout is not None and waited >= timeout:
+            raise TrainingError(f"the cluster did not start within --cluster-timeout {timeout:g}s: no answer from "
+                                f"{awaited}. Start the same transfer train command there with its own TF_CONFIG task, "
+                                "check that the port is open between the machines, or give a longer --cluster-timeout.")
+        if waited - reported >= REPORT_EVERY:
+            reported = waited
+            limit = f" of --cluster-timeout {timeout:g}s" if timeout is not None else ""
+            log.info("waiting for the cluster (%.0fs%s): %s", waited, limit, awaited)
+        time.sleep(_POLL)
+
+
+def _unreachable(address: str) -> str | None:
+    """Why no worker answers at ``address`` (host:port), or None when one does: TensorFlow's gRPC server, or
+    another worker's :func:`_listening`, each of which answers HTTP/2's opening with a SETTINGS frame."""
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=_POLL) as probe:
+            probe.sendall(_HTTP2_PREFACE + _SETTINGS)
+            answer = probe.recv(len(_SETTINGS))
+    except (socket.timeout, TimeoutError):
+        return "no answer"
+    except socket.gaierror:
+        return "unknown host"
+    except ConnectionRefusedError:
+        return "nothing listens there yet"
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return None if answer[3:4] == _SETTINGS[3:4] else "something listens there, but not a worker"
+
+
+@contextlib.contextmanager
+def _listening(address: str):
+    """This task's port (every interface, as TensorFlow's server) answering the others' probes, in a thread so that
+    an answer never waits for this task's own probes."""
+    port = _host_port(address)[1]
+    try:
+        try:
+            server = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        except (OSError, ValueError):  # no IPv6 here
+            server = socket.create_server(("", port))
+    except OSError as error:
+        raise ConfigError(f"TF_CONFIG: this task's address {address} names port {port}, which this machine cannot "
+                          f"listen on ({error.strerror or error}); give this task a free port in every worker's "
+                          "TF_CONFIG.") from None
+    done = threading.Event()
+    answering = threading.Thread(target=_answer, args=(server, done), daemon=True)
+    answering.start()
+    try:
+        yield
+    finally:
+        done.set()
+        answering.join()
+        server.close()
+
+
+def _answer(server: socket.socket, done: threading.Event) -> None:
+    """Answer each probe as TensorFlow's server will (:func:`_unreachable`) until ``done``."""
+    server.settimeout(_POLL / 5)
+    while not done.is_set():
+        with contextlib.suppress(OSError):  # none came (a timeout), or one already gone
+            with server.accept()[0] as probe:
+                probe.settimeout(_POLL)
+                probe.recv(len(_HTTP2_PREFACE + _SETTINGS))  # read before closing: unread bytes would reset it
+                probe.sendall(_SETTINGS)
 
 
 @contextlib.contextmanager

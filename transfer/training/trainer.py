@@ -22,7 +22,7 @@ import keras
 from .. import data, devices, features, portable, preflight, runs
 from ..backbones import BackboneSpec
 from ..evaluation import report_run
-from ..config import TrainConfig
+from ..config import TrainConfig, parse_duration
 from ..errors import ConfigError, Interrupted
 from ..heads import backbone_of, build_model, unfreeze_index
 from . import distribute, interrupts, resume
@@ -59,7 +59,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         raise ConfigError(f"config must be a transfer.TrainConfig; got {type(config).__name__}. Build one with "
                           "TrainConfig(data_dir=..., ...), or TrainConfig.from_dict(settings) from a dict.")
     config = config.validate(need_data=not resume)  # --resume may leave DATA_DIR to the run
-    strategy = distribute.strategy(config.distribute)  # before TensorFlow runs anything
+    strategy = distribute.strategy(config.distribute,  # before TensorFlow runs anything
+                                   parse_duration(config.cluster_timeout, "--cluster-timeout"))
     workers = distribute.workers(strategy)
     # scratch: where a worker that is not the chief writes; worker_lost: one line when another worker stopped
     with distribute.scratch(config) as scratch, distribute.worker_lost(strategy):
