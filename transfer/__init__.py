@@ -9,7 +9,7 @@ The same names serve the CLI and a notebook::
     transfer.evaluate(result.run_dir, "labeled_photos/").metrics["accuracy"]
 
 Importing the package is cheap: TensorFlow is imported only when a function
-that needs it is first used. ``predict``, ``export``, ``evaluate``, ``explain`` and ``visualize`` are imported here, not
+that needs it is first used. ``predict``, ``export``, ``evaluate``, ``explain``, ``visualize`` and ``doctor`` are imported here, not
 lazily: they share their names with their modules, and the first import of
 ``transfer.predict`` (by ``export``, say) would otherwise rebind
 ``transfer.predict`` to the module.
@@ -18,6 +18,7 @@ lazily: they share their names with their modules, and the first import of
 __version__ = "0.1.0"
 
 from .config import TrainConfig  # noqa: E402
+from .doctor import doctor  # noqa: E402
 from .errors import TransferError  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
 from .explain import explain  # noqa: E402
@@ -44,5 +45,5 @@ def __getattr__(name):
     return module if _LAZY[name] is None else getattr(module, name)
 
 
-__all__ = ["TrainConfig", "TransferError", "evaluate", "explain", "export", "export_tflite", "load_model", "predict",
+__all__ = ["TrainConfig", "TransferError", "doctor", "evaluate", "explain", "export", "export_tflite", "load_model", "predict",
            "visualize", *_LAZY]

@@ -32,10 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from . import data, runs
+from . import data, inputs, runs
 from .config import TrainConfig
-from .errors import ConfigError, TransferError
+from .errors import ConfigError
 from .images import MAX_PIXELS
+from .outputs import check_output
 
 log = logging.getLogger("transfer")
 
@@ -99,9 +100,10 @@ def doctor(data_dir: str, *, backbone: str | None = None, output: str | None = N
     """
     started = time.monotonic()
     _require_extra()
-    config = _config(data_dir, backbone, batch_size, max_pixels, cache_dir, seed, val_split)
+    config = _config(data_dir, inputs.name(backbone, "backbone", optional=True), batch_size, max_pixels, cache_dir,
+                     seed, val_split)
     _check_options(folds, duplicate_threshold)
-    folder = _output_folder(output, config.data_dir)
+    folder = _output_folder(inputs.path(output, "output", optional=True), config.data_dir)
     dataset = data.scan(config.data_dir, val_split, seed, max_pixels=max_pixels, cache_dir=cache_dir,
                         progress=progress)
     examples = [(split, e) for split, items in dataset.splits.items() for e in items]
@@ -149,9 +151,7 @@ def _config(data_dir, backbone, batch_size, max_pixels, cache_dir, seed, val_spl
     """The settings ``train`` would use for this backbone, so the feature cache is shared with it."""
     from . import backbones
 
-    if not isinstance(data_dir, (str, os.PathLike)) or not os.fspath(data_dir):
-        raise ConfigError(f"DATA_DIR must be the path of a folder. Received: {data_dir!r}.")
-    config = TrainConfig(data_dir=os.fspath(data_dir), batch_size=batch_size, max_pixels=max_pixels,
+    config = TrainConfig(data_dir=inputs.path(data_dir, "data_dir"), batch_size=batch_size, max_pixels=max_pixels,
                          cache_dir=cache_dir, seed=seed, val_split=val_split,
                          **({"backbone": backbone} if backbone else {})).validate()
     spec, config = backbones.resolve(config)
@@ -296,15 +296,11 @@ def _unit(rows: np.ndarray) -> np.ndarray:
 
 
 def _output_folder(output: str | None, data_dir: str) -> runs.EvaluationFolder | None:
-    """Checked before any slow work: never inside the dataset, and never over a folder doctor did not write."""
+    """Checked before any slow work: never in a dataset or a run, never over a folder doctor did not write."""
     if output is None:
         return None
-    folder = runs.EvaluationFolder(output, command="transfer doctor")
-    root = os.path.realpath(data_dir)
-    if runs.within(os.path.realpath(folder.final), root) or runs.within(root, os.path.realpath(folder.final)):
-        raise TransferError(f"--output {folder.final!r} is inside the dataset folder {data_dir!r} (or holds it), "
-                            "where it would be taken for a class; choose one outside it.")
-    return folder
+    check_output(output, "--output", datasets=[data_dir])
+    return runs.EvaluationFolder(output, command="transfer doctor")
 
 
 def _write(folder: runs.EvaluationFolder, diagnosis: Diagnosis, dataset: data.Dataset,
@@ -356,29 +352,4 @@ def _write_report(folder: runs.EvaluationFolder, diagnosis: Diagnosis, dataset: 
     write(report, folder.path(FILES["report"]))
 
 
-def read_exclusions(path: str, data_dir: str) -> list[str]:
-    """The files ``train --exclude FILE`` leaves out, as paths relative to ``data_dir``: a CSV with a ``path`` column
-    (what doctor writes), or one path a line. A listed path that is not in the folder is an error naming it."""
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"--exclude {path!r} cannot be read ({error}); give a CSV file with a 'path' column, or a "
-                          "text file with one path a line.") from None
-    lines = text.splitlines()
-    header = next(csv.reader(lines[:1]), [])
-    if "path" in header:
-        listed = [row.get("path", "") for row in csv.DictReader(lines)]
-    else:
-        listed = lines
-    listed = list(dict.fromkeys(p.strip() for p in listed if p.strip()))
-    root = os.path.realpath(data_dir)
-    missing = [p for p in listed if not os.path.isfile(os.path.join(root, p))]
-    if missing:
-        shown = ", ".join(repr(p) for p in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise ConfigError(f"--exclude {path!r} lists {len(missing)} path(s) that are not files under {data_dir!r}: "
-                          f"{shown}. Paths are relative to DATA_DIR, as transfer doctor writes them.")
-    return listed
-
-
-__all__ = ["Diagnosis", "doctor", "read_exclusions", "DUPLICATE_THRESHOLD"]
+__all__ = ["Diagnosis", "doctor", "DUPLICATE_THRESHOLD"]
