@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..config import TrainConfig
+from ..config import WEIGHTS_SOURCES, TrainConfig
 from ..errors import ConfigError, WeightsError, first_line
 
 BACKBONE_LAYER = "backbone"
@@ -48,6 +48,10 @@ class BackboneSpec:
     settings; the registry test checks it against the built model.
     ``weights_source(spec)`` says where the pretrained weights come from and
     whether they are available here, for ``transfer backbones``.
+    ``keras_download`` is the same network with Keras' own weights and
+    preprocessing (``--weights keras``) for entries whose default weights come
+    from elsewhere; ``source_files`` are the endings of the original weights
+    files ``build(weights=PATH)`` reads (e.g. the archive on the index).
     """
 
     name: str
@@ -64,6 +68,8 @@ class BackboneSpec:
     imagenet_file: str | None = None  # the no-top weights file Keras downloads into its cache
     imagenet_hash: str | None = None  # Keras' published checksum of that file (md5 or sha256)
     weights_source: Callable[["BackboneSpec"], str] = _no_imagenet
+    keras_download: "BackboneSpec | None" = None
+    source_files: tuple[str, ...] = ()
 
     @property
     def pretrained(self) -> bool:
@@ -115,8 +121,13 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
         weights = "model"
     elif config.weights == "model":
         raise ConfigError("--weights model is only for a backbone given as a model path.")
+    elif config.weights == "keras":
+        spec, weights = _keras_download(spec), "keras"
     else:
         weights = config.weights or ("imagenet" if spec.kind == "pretrained" else "none")
+    if weights.endswith(WEIGHTS_SOURCES) and not weights.endswith(spec.source_files):
+        raise ConfigError(f"--weights {weights!r}: {spec.name} reads only Keras weights files (.h5); "
+                          "archives and original weights files are for inceptionv3 and vgg16.")
     if weights == "imagenet" and spec.kind == "scratch":
         raise ConfigError(f"{spec.name} is trained from scratch and has no ImageNet weights; "
                           "use --weights none or --weights PATH.")
@@ -140,14 +151,26 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
     return spec, resolved
 
 
+def _keras_download(spec: BackboneSpec) -> BackboneSpec:
+    """The entry with Keras' download: its twin, or itself when its ImageNet weights already are Keras'."""
+    if spec.keras_download is not None:
+        return spec.keras_download
+    if spec.imagenet_file is None:
+        raise ConfigError(f"--weights keras: Keras has no download for {spec.name}; use --weights imagenet "
+                          "(its own pretrained weights, if any), none or PATH.")
+    return spec
+
+
 def build_backbone(spec: BackboneSpec, config: TrainConfig):
     """Build the base named ``backbone`` with the weights the (resolved) config asks for."""
     import keras
 
     shape = (config.image_size, config.image_size, 3)
     options = {"width": config.width, "depth": config.depth, "cache_dir": config.cache_dir}
-    if config.weights == "imagenet":
+    if config.weights in ("imagenet", "keras"):
         base = spec.build(shape, weights="imagenet", **options)
+    elif spec.source_files and config.weights.endswith(spec.source_files):
+        base = spec.build(shape, weights=config.weights, **options)
     elif config.weights == "model":
         base = spec.build(shape)
     else:
