@@ -70,6 +70,7 @@ class BackboneSpec:
     weights_source: Callable[["BackboneSpec"], str] = _no_imagenet
     keras_download: "BackboneSpec | None" = None
     source_files: tuple[str, ...] = ()
+    augment: str | None = None  # the default --augment when not the kind's (flip for pretrained, light for scratch)
 
     @property
     def pretrained(self) -> bool:
@@ -141,7 +142,7 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
         backbone=spec.name,
         weights=weights,
         image_size=size,
-        augment=config.augment or ("flip" if spec.pretrained else "light"),
+        augment=config.augment or spec.augment or ("flip" if spec.pretrained else "light"),
         pooling=config.pooling or spec.head.pooling,
         dense=tuple(config.dense) if config.dense is not None else spec.head.dense,
         dropout=config.dropout if config.dropout is not None else spec.head.dropout,
