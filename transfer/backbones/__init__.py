@@ -14,8 +14,8 @@ below). Importing this package imports no TensorFlow.
 from . import efficientnet_lite  # noqa: F401, I001  (registered first: the default, listed first)
 from . import inception_v3, vgg16  # noqa: F401, I001  (the seed's backbones: weights from the index)
 from . import applications, scratch, trained  # noqa: F401  (each registers its entries)
-from .registry import (BACKBONE_LAYER, BackboneSpec, HeadDefaults, build_backbone, describe, get, names, register,
-                       register_source, resolve)
+from .registry import (BACKBONE_LAYER, BackboneSpec, HeadDefaults, build_backbone, describe, fetch_weights, get, names,
+                       register, register_source, resolve)
 
-__all__ = ["BACKBONE_LAYER", "BackboneSpec", "HeadDefaults", "build_backbone", "describe", "get", "names",
-           "register", "register_source", "resolve"]
+__all__ = ["BACKBONE_LAYER", "BackboneSpec", "HeadDefaults", "build_backbone", "describe", "fetch_weights", "get",
+           "names", "register", "register_source", "resolve"]

@@ -51,7 +51,7 @@ def _keras_app(name: str, class_name: str, imagenet_file: str) -> Callable[..., 
     return build
 
 
-def _downloaded(spec: BackboneSpec) -> str:
+def _downloaded(spec: BackboneSpec, cache_dir: str | None = None) -> str:
     cached = os.path.isfile(os.path.join(keras_cache_dir(), spec.imagenet_file or ""))
     return "Keras download" + (" (cached)" if cached else "")
 

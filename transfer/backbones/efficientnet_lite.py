@@ -240,7 +240,7 @@ def _builder(variant: Variant):
 
 
 def _source(variant: Variant):
-    def describe(spec: BackboneSpec) -> str:
+    def describe(spec: BackboneSpec, cache_dir: str | None = None) -> str:
         installed = importlib.util.find_spec(variant.package.replace("-", "_")) is not None
         return f"pip package {variant.package}" + ("" if installed else " (not installed)")
 

@@ -30,7 +30,7 @@ class HeadDefaults:
     dropout: float = 0.2
 
 
-def _no_imagenet(spec: "BackboneSpec") -> str:
+def _no_imagenet(spec: "BackboneSpec", cache_dir: str | None = None) -> str:
     return "none (trained from scratch)"
 
 
@@ -67,7 +67,7 @@ class BackboneSpec:
     description: str
     imagenet_file: str | None = None  # the no-top weights file Keras downloads into its cache
     imagenet_hash: str | None = None  # Keras' published checksum of that file (md5 or sha256)
-    weights_source: Callable[["BackboneSpec"], str] = _no_imagenet
+    weights_source: Callable[..., str] = _no_imagenet  # (spec, cache_dir=None) -> text
     keras_download: "BackboneSpec | None" = None
     source_files: tuple[str, ...] = ()
     augment: str | None = None  # the default --augment when not the kind's (flip for pretrained, light for scratch)
@@ -212,6 +212,15 @@ def _verify_checksum(path: str, spec: BackboneSpec) -> None:
     if file_digest(path, "md5" if len(spec.imagenet_hash) == 32 else "sha256") != spec.imagenet_hash:
         raise WeightsError(f"--weights {path!r} does not match the published checksum of {spec.imagenet_file} "
                            f"({spec.imagenet_hash}); the file is corrupt or not the original. Download it again.")
+
+
+def fetch_weights(name: str, cache_dir: str | None = None) -> str:
+    """Get the ImageNet weights of backbone ``name`` into its cache now; what ``transfer backbones`` then says."""
+    spec = get(name)
+    if spec.kind != "pretrained":
+        raise ConfigError(f"{spec.name} has no ImageNet weights to fetch (it is a {spec.kind} backbone).")
+    spec.build((spec.default_size, spec.default_size, 3), weights="imagenet", cache_dir=cache_dir)
+    return f"{spec.name}: {spec.weights_source(spec, cache_dir)}"
 
 
 def describe(spec: BackboneSpec) -> dict[str, Any]:
