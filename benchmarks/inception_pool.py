@@ -42,7 +42,9 @@ def main() -> None:
     p.add_argument("--train", type=int, default=50, help="photos per class for the centroids")
     p.add_argument("--val", type=int, default=50, help="validation photos per class to classify")
     args = p.parse_args()
-    pick = lambda split, n: [q for c in ("cats", "dogs") for q in sorted(glob.glob(f"{DATA}/{split}/{c}/*.jpg"))[:n]]  # noqa: E731
+    def pick(split, n):
+        return [q for c in ("cats", "dogs") for q in sorted(glob.glob(f"{DATA}/{split}/{c}/*.jpg"))[:n]]
+
     train, val = pick("train", args.train), pick("validation", args.val)
     y_train, y_val = np.repeat([0, 1], args.train), np.repeat([0, 1], args.val)
     reference = inception_v3.WEIGHTS.build((299, 299, 3), weights="imagenet")

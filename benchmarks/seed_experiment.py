@@ -1,4 +1,4 @@
-"""The seed's experiment side by side: the Keras blog's three recipes, this product's defaults, the seed's Inception recipe.
+"""The seed's experiment side by side: the Keras blog's recipes, this product's defaults, the seed's Inception recipe.
 
 The blog is "Building powerful image classification models using very little
 data" (Keras, 2016): 2000 training photos of cats and dogs, 800 validation

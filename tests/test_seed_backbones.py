@@ -31,7 +31,7 @@ def seed_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def members(tmp_path_factory, seed_cache):
-    """name -> the checked weights file, each archive fetched once (and kept beside it); converted into ``seed_cache``."""
+    """name -> the checked weights file; each archive fetched once (kept beside it), converted into ``seed_cache``."""
     folder = tmp_path_factory.mktemp("seed-members")
     found = {}
     for name, family in FAMILIES.items():

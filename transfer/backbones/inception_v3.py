@@ -175,5 +175,6 @@ WEIGHTS = IndexWeights(NAME, PINNED, CONVERSION_VERSION, build_base, convert)
 register(BackboneSpec(
     name=NAME, build=WEIGHTS.build, preprocessing="inception", default_size=299, min_size=75, unfreeze="after:mixed7",
     params=21802784, kind="pretrained", head=HeadDefaults(), fine_tune_epochs=0, augment="none",
-    description="Inception v3 (Google's 2015 weights from the index); head only by default, --fine-tune-epochs N fine-tunes the top two blocks",
+    description="Inception v3 (Google's 2015 weights from the index); head only by default, "
+                "--fine-tune-epochs N fine-tunes the top two blocks",
     weights_source=WEIGHTS.source, keras_download=applications.INCEPTION_V3, source_files=(".whl", ".pt")))

@@ -46,7 +46,7 @@ class BackboneSpec:
     of the graph), ``LAYER`` (that layer and everything after it), ``N`` (the top
     N layers) or ``all``. ``params`` is the size of the base at the default
     settings; the registry test checks it against the built model.
-    ``weights_source(spec)`` says where the pretrained weights come from and
+    ``weights_source(spec, cache_dir=None)`` says where the pretrained weights come from and
     whether they are available here, for ``transfer backbones``.
     ``keras_download`` is the same network with Keras' own weights and
     preprocessing (``--weights keras``) for entries whose default weights come

@@ -55,5 +55,6 @@ WEIGHTS = IndexWeights(NAME, PINNED, CONVERSION_VERSION, build_base, convert)
 register(BackboneSpec(
     name=NAME, build=WEIGHTS.build, preprocessing="torch", default_size=150, min_size=32, unfreeze="after:block4_pool",
     params=14714688, kind="pretrained", head=HeadDefaults(), fine_tune_epochs=0, augment="none",
-    description="VGG16 (torchvision's weights from the index), 150 px; head only by default, --fine-tune-epochs N fine-tunes block 5",
+    description="VGG16 (torchvision's weights from the index), 150 px; head only by default, "
+                "--fine-tune-epochs N fine-tunes block 5",
     weights_source=WEIGHTS.source, keras_download=applications.VGG16, source_files=(".tar.gz", ".ckpt")))
