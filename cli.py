@@ -157,6 +157,23 @@ def backbones_command(as_json):
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
+@main.group("weights")
+def weights_group():
+    """Pretrained weights: fetch them now, e.g. before going offline."""
+
+
+@weights_group.command("fetch")
+@click.argument("name")
+@click.option("--cache-dir", default=None, help="Cache folder [default: ~/.cache/transfer].")
+@_handle_errors
+def weights_fetch_command(name, cache_dir):
+    """Fetch (and convert) the ImageNet weights of backbone NAME, as the first `train` would.
+
+    Example: transfer weights fetch vgg16
+    """
+    click.echo(registry.fetch_weights(name, cache_dir))
+
+
 def _count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
@@ -238,7 +255,8 @@ def _print_inspection(r: dict) -> None:
 @click.option("-b", "--backbone", default=default("backbone"), show_default=True,
               help="Registry name (see `transfer backbones`), or a .keras model or run folder to transfer from.")
 @click.option("--weights", default=None,
-              help="imagenet (default for pretrained backbones), none, or PATH of a no-top weights file.")
+              help="imagenet (default for pretrained backbones), keras (Keras' download), none, or PATH of a no-top "
+              "weights file (for inceptionv3 and vgg16 also their pinned archive or its weights file).")
 @unsafe_option
 @click.option("--image-size", type=int, default=None, help="Square input size in pixels [default: the backbone's].")
 @click.option("--width", type=float, default=default("width"), help="Filter multiplier (from-scratch nets).")

@@ -43,7 +43,8 @@ def test_entry_builds_and_classifies(name):
 def test_default_sizes():
     assert backbones.get("inceptionv3").default_size == 299
     assert backbones.get("xception").default_size == 299
-    for name in ("vgg16", "resnet50", "resnet50v2", "mobilenetv2", "efficientnetb0", "densenet121",
+    assert backbones.get("vgg16").default_size == 150  # the seed's size: one pass of 3000 photos fits the FLOP bound
+    for name in ("resnet50", "resnet50v2", "mobilenetv2", "efficientnetb0", "densenet121",
                  "efficientnet_lite0"):
         assert backbones.get(name).default_size == 224
     assert (backbones.get("efficientnet_lite1").default_size, backbones.get("efficientnet_lite2").default_size) == (
@@ -60,7 +61,8 @@ def test_preprocessing_matches_keras_applications(name):
     """The in-model Preprocess layer must compute exactly what keras.applications.<m>.preprocess_input does."""
     x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     expected = getattr(keras.applications, APP_MODULES[name]).preprocess_input(x.copy())
-    got = keras.ops.convert_to_numpy(Preprocess(backbones.get(name).preprocessing)(x))
+    spec = backbones.get(name).keras_download or backbones.get(name)  # --weights keras: Keras' weights and scaling
+    got = keras.ops.convert_to_numpy(Preprocess(spec.preprocessing)(x))
     np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-5, atol=1e-4)
 
 
@@ -76,7 +78,8 @@ def test_every_pretrained_entry_is_checked_against_keras():
 def test_lite_preprocessing_is_the_original_release_scaling(name):
     """EfficientNet-Lite's TensorFlow release feeds (x - 127) / 128."""
     x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
-    got = keras.ops.convert_to_numpy(Preprocess(backbones.get(name).preprocessing)(x))
+    spec = backbones.get(name).keras_download or backbones.get(name)  # --weights keras: Keras' weights and scaling
+    got = keras.ops.convert_to_numpy(Preprocess(spec.preprocessing)(x))
     np.testing.assert_allclose(got, (x - 127) / 128, rtol=1e-5, atol=1e-5)
 
 

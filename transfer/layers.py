@@ -17,6 +17,7 @@ _MODES = {
     "none": (1.0, 0.0, None, None, False),  # the backbone normalises internally (EfficientNet)
     "unit": (1 / 255.0, 0.0, None, None, False),  # [0, 1], for from-scratch nets
     "tf": (1 / 127.5, -1.0, None, None, False),  # [-1, 1]: Inception, Xception, MobileNetV2, ResNetV2
+    "inception": (1 / 128.0, -1.0, None, None, False),  # (x - 128) / 128: Google's 2015 Inception-v3 release
     "torch": (1 / 255.0, 0.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),  # DenseNet
     "caffe": (1.0, 0.0, (103.939, 116.779, 123.68), None, True),  # BGR minus ImageNet mean: VGG, ResNet
     "lite": (1 / 128.0, -127 / 128.0, None, None, False),  # (x - 127) / 128: EfficientNet-Lite's TensorFlow release

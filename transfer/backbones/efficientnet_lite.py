@@ -20,7 +20,6 @@ import importlib.util
 import logging
 import math
 import os
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,14 +196,12 @@ def weights_file(variant: Variant) -> str:
 
 def imagenet_base(variant: Variant, input_shape, padding: str = PADDING, cache_dir: str | None = None):
     """The base with ImageNet weights: from the converted cache, or converted now from the package's file."""
-    from ..audit import default_cache_dir, file_digest
+    from .fetch import converted_path, save_atomically, sha256
     from .torch_weights import load_state_dict
 
     base = build_base(variant, input_shape, padding)
     source = weights_file(variant)
-    folder = os.path.join(cache_dir or default_cache_dir(), "weights")
-    key = file_digest(source, "sha256")[:16]
-    cached = os.path.join(folder, f"{variant.name}-v{CONVERSION_VERSION}-{key}.weights.h5")
+    cached = converted_path(cache_dir, variant.name, CONVERSION_VERSION, sha256(source))
     if os.path.isfile(cached):
         try:
             base.load_weights(cached)
@@ -213,21 +210,8 @@ def imagenet_base(variant: Variant, input_shape, padding: str = PADDING, cache_d
             log.warning("converted weights %s unreadable (%s); converting again", cached, error)
     log.info("converting the ImageNet weights of %s from %s", variant.name, source)
     assign(base, torch_names(variant), load_state_dict(source), ignore=("_fc.",))
-    _save_atomically(base, cached)
+    save_atomically(base, cached)
     return base
-
-
-def _save_atomically(base, path: str) -> None:
-    """Write under a temporary name and rename, so concurrent runs never read half a file; failure only costs time."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}.weights.h5")
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        base.save_weights(tmp)
-        os.replace(tmp, path)
-    except OSError as error:
-        log.warning("could not cache the converted weights in %s: %s", path, error)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def imagenet_classifier(variant: Variant, input_shape=None, padding: str = PADDING):
@@ -256,7 +240,7 @@ def _builder(variant: Variant):
 
 
 def _source(variant: Variant):
-    def describe(spec: BackboneSpec) -> str:
+    def describe(spec: BackboneSpec, cache_dir: str | None = None) -> str:
         installed = importlib.util.find_spec(variant.package.replace("-", "_")) is not None
         return f"pip package {variant.package}" + ("" if installed else " (not installed)")
 

@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..config import TrainConfig, fast_defaults
+from ..config import WEIGHTS_SOURCES, TrainConfig, fast_defaults
 from ..errors import ConfigError, WeightsError, first_line
 
 BACKBONE_LAYER = "backbone"
@@ -30,7 +30,7 @@ class HeadDefaults:
     dropout: float = 0.2
 
 
-def _no_imagenet(spec: "BackboneSpec") -> str:
+def _no_imagenet(spec: "BackboneSpec", cache_dir: str | None = None) -> str:
     return "none (trained from scratch)"
 
 
@@ -46,8 +46,12 @@ class BackboneSpec:
     of the graph), ``LAYER`` (that layer and everything after it), ``N`` (the top
     N layers) or ``all``. ``params`` is the size of the base at the default
     settings; the registry test checks it against the built model.
-    ``weights_source(spec)`` says where the pretrained weights come from and
+    ``weights_source(spec, cache_dir=None)`` says where the pretrained weights come from and
     whether they are available here, for ``transfer backbones``.
+    ``keras_download`` is the same network with Keras' own weights and
+    preprocessing (``--weights keras``) for entries whose default weights come
+    from elsewhere; ``source_files`` are the endings of the original weights
+    files ``build(weights=PATH)`` reads (e.g. the archive on the index).
     """
 
     name: str
@@ -63,7 +67,10 @@ class BackboneSpec:
     description: str
     imagenet_file: str | None = None  # the no-top weights file Keras downloads into its cache
     imagenet_hash: str | None = None  # Keras' published checksum of that file (md5 or sha256)
-    weights_source: Callable[["BackboneSpec"], str] = _no_imagenet
+    weights_source: Callable[..., str] = _no_imagenet  # (spec, cache_dir=None) -> text
+    keras_download: "BackboneSpec | None" = None
+    source_files: tuple[str, ...] = ()
+    augment: str | None = None  # the default --augment when not the kind's (flip for pretrained, light for scratch)
 
     @property
     def pretrained(self) -> bool:
@@ -118,8 +125,13 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
         weights = "model"
     elif config.weights == "model":
         raise ConfigError("--weights model is only for a backbone given as a model path.")
+    elif config.weights == "keras":
+        spec, weights = _keras_download(spec), "keras"
     else:
         weights = config.weights or ("imagenet" if spec.kind == "pretrained" else "none")
+    if weights.endswith(WEIGHTS_SOURCES) and not weights.endswith(spec.source_files):
+        raise ConfigError(f"--weights {weights!r}: {spec.name} reads only Keras weights files (.h5); "
+                          "archives and original weights files are for inceptionv3 and vgg16.")
     if weights == "imagenet" and spec.kind == "scratch":
         raise ConfigError(f"{spec.name} is trained from scratch and has no ImageNet weights; "
                           "use --weights none or --weights PATH.")
@@ -128,7 +140,7 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
     size = config.image_size or spec.default_size
     if size < spec.min_size:
         raise ConfigError(f"--image-size {size} is too small for {spec.name}; use at least {spec.min_size}.")
-    augment = config.augment or ("flip" if spec.pretrained else "light")
+    augment = config.augment or spec.augment or ("flip" if spec.pretrained else "light")
     resolved = dataclasses.replace(
         config,
         backbone=spec.name,
@@ -145,14 +157,26 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
     return spec, resolved
 
 
+def _keras_download(spec: BackboneSpec) -> BackboneSpec:
+    """The entry with Keras' download: its twin, or itself when its ImageNet weights already are Keras'."""
+    if spec.keras_download is not None:
+        return spec.keras_download
+    if spec.imagenet_file is None:
+        raise ConfigError(f"--weights keras: Keras has no download for {spec.name}; use --weights imagenet "
+                          "(its own pretrained weights, if any), none or PATH.")
+    return spec
+
+
 def build_backbone(spec: BackboneSpec, config: TrainConfig):
     """Build the base named ``backbone`` with the weights the (resolved) config asks for."""
     import keras
 
     shape = (config.image_size, config.image_size, 3)
     options = {"width": config.width, "depth": config.depth, "cache_dir": config.cache_dir}
-    if config.weights == "imagenet":
+    if config.weights in ("imagenet", "keras"):
         base = spec.build(shape, weights="imagenet", **options)
+    elif spec.source_files and config.weights.endswith(spec.source_files):
+        base = spec.build(shape, weights=config.weights, **options)
     elif config.weights == "model":
         base = spec.build(shape)
     else:
@@ -193,6 +217,15 @@ def _verify_checksum(path: str, spec: BackboneSpec) -> None:
     if file_digest(path, "md5" if len(spec.imagenet_hash) == 32 else "sha256") != spec.imagenet_hash:
         raise WeightsError(f"--weights {path!r} does not match the published checksum of {spec.imagenet_file} "
                            f"({spec.imagenet_hash}); the file is corrupt or not the original. Download it again.")
+
+
+def fetch_weights(name: str, cache_dir: str | None = None) -> str:
+    """Get the ImageNet weights of backbone ``name`` into its cache now; what ``transfer backbones`` then says."""
+    spec = get(name)
+    if spec.kind != "pretrained":
+        raise ConfigError(f"{spec.name} has no ImageNet weights to fetch (it is a {spec.kind} backbone).")
+    spec.build((spec.default_size, spec.default_size, 3), weights="imagenet", cache_dir=cache_dir)
+    return f"{spec.name}: {spec.weights_source(spec, cache_dir)}"
 
 
 def describe(spec: BackboneSpec) -> dict[str, Any]:

@@ -15,6 +15,16 @@ Both formats ``torch.save`` writes are read:
   storage bytes;
 - zip (torch >= 1.6): ``<archive>/data.pkl`` and the storages in ``<archive>/data/<key>``.
 
+A TorchScript archive (``torch.jit.save``) has the same zip layout, but its
+``data.pkl`` pickles the module tree: classes named ``__torch__.*`` built with
+``NEWOBJ`` and filled with ``BUILD``. :func:`load_torchscript` reads them as
+inert :class:`Module` records (a class name and a dict) and returns the tensors
+keyed by their dotted path; nothing named in the file is imported, and the
+archive's ``code/`` is never read.
+
+:func:`load_numpy_pickle` reads a plain pickle of dicts of numpy arrays (a Flax
+checkpoint, say) allowing exactly numpy's array-reconstruction globals.
+
 Tensors are views of storages (an offset, a size and a stride); each becomes a
 contiguous numpy array in native byte order.
 """
@@ -75,6 +85,34 @@ _GLOBALS = {"collections.OrderedDict": collections.OrderedDict,
             **{f"torch.{name}": _StorageType(code) for name, code in _STORAGE_DTYPES.items()}}
 ALLOWED_GLOBALS = frozenset(_GLOBALS)
 """The only ``module.name`` globals a weights file may name; everything else is refused."""
+#: TorchScript also names its module classes (made inert :class:`Module` records) and an int-list helper
+TORCHSCRIPT_PREFIX = "__torch__."
+_TORCHSCRIPT_GLOBALS = {**_GLOBALS, "torch.jit._pickle.build_intlist": list}
+
+
+class Module:
+    """Inert stand-in for a TorchScript module: its class name and the attributes ``BUILD`` gave it.
+
+    ``NEWOBJ`` calls ``cls.__new__(cls)`` only (no ``__init__``), and ``BUILD``
+    calls :meth:`__setstate__`, which just keeps the dict.
+    """
+
+    torch_class = "Module"
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"{self.torch_class}: module state is a {type(state).__name__}, not a dict")
+        self.state = state
+
+
+def _module_class(full: str) -> type:
+    """One :class:`Module` subclass per TorchScript class name, made here: nothing of the file is imported."""
+    if full not in _MODULE_CLASSES:
+        _MODULE_CLASSES[full] = type(full.rsplit(".", 1)[-1], (Module,), {"torch_class": full})
+    return _MODULE_CLASSES[full]
+
+
+_MODULE_CLASSES: dict[str, type] = {}
 
 
 def _not_torch(path):
@@ -87,16 +125,22 @@ def _corrupt(path, detail):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only :data:`ALLOWED_GLOBALS`, to stand-ins; records each storage's dtype by key."""
+    """Resolves only :data:`ALLOWED_GLOBALS`, to stand-ins; records each storage's dtype by key.
 
-    def __init__(self, file, path, storage_dtypes):
+    With ``torchscript``, also the int-list helper and ``__torch__.*`` class
+    names, as :class:`Module` records.
+    """
+
+    def __init__(self, file, path, storage_dtypes, torchscript=False):
         super().__init__(file, encoding="utf-8")
-        self.path, self.storage_dtypes = path, storage_dtypes
+        self.path, self.storage_dtypes, self.torchscript = path, storage_dtypes, torchscript
 
     def find_class(self, module, name):
         full = f"{module}.{name}"
-        if full in _GLOBALS:
-            return _GLOBALS[full]
+        if full in (_TORCHSCRIPT_GLOBALS if self.torchscript else _GLOBALS):
+            return _TORCHSCRIPT_GLOBALS[full]
+        if self.torchscript and full.startswith(TORCHSCRIPT_PREFIX) and full.isprintable():
+            return _module_class(full)
         if full == "torch.BFloat16Storage":
             raise WeightsError(f"{self.path}: holds bfloat16 tensors, which numpy cannot represent; "
                                "convert the state dict to float32 (tensor.float()) and save it again.")
@@ -113,10 +157,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _Storage(pid[2], pid[1].dtype) if view is None else _Storage(pid[2], pid[1].dtype, view[1], view[2])
 
 
-def _unpickle(file, path, storage_dtypes, on_error):
+def _unpickle(file, path, storage_dtypes, on_error, torchscript=False):
     """One pickle from ``file``; a refused global propagates, any other failure becomes ``on_error()``."""
     try:
-        return _RestrictedUnpickler(file, path, storage_dtypes).load()
+        return _RestrictedUnpickler(file, path, storage_dtypes, torchscript).load()
     except WeightsError:
         raise
     except Exception as error:
@@ -149,8 +193,8 @@ def _load_legacy(path, f):
     return state, storages
 
 
-def _load_zip(path):
-    """``<archive>/data.pkl`` with the storages in ``<archive>/data/<key>`` (torch >= 1.6)."""
+def _load_zip(path, torchscript=False):
+    """``<archive>/data.pkl`` with the storages in ``<archive>/data/<key>`` (torch >= 1.6, and TorchScript)."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -162,7 +206,7 @@ def _load_zip(path):
             order = read(prefix + "byteorder") if prefix + "byteorder" in names else b"little"
             order = ">" if order.strip() == b"big" else "<"
             data = io.BytesIO(read(pickles[0]))
-            state = _unpickle(data, path, dtypes, lambda e: _corrupt(path, f"{type(e).__name__}: {e}"))
+            state = _unpickle(data, path, dtypes, lambda e: _corrupt(path, f"{type(e).__name__}: {e}"), torchscript)
             storages = {key: read(f"{prefix}data/{key}") for key in dtypes}
     except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError) as error:
         raise _corrupt(path, f"{type(error).__name__}: {error}") from None
@@ -225,18 +269,119 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     PyTorch state dict, is truncated or corrupt, or names a global outside :data:`ALLOWED_GLOBALS`.
     """
     path = os.fspath(path)
+
+    def read(f):
+        is_zip = f.read(4) == ZIP_MAGIC
+        f.seek(0)
+        return _load_zip(path) if is_zip else _load_legacy(path, f)
+
+    state, storages = _read(path, read)
+    return _arrays(path, _state_dict(path, state), storages)
+
+
+def load_torchscript(path: str) -> dict[str, np.ndarray]:
+    """The tensors of a TorchScript archive (``torch.jit.save``), keyed by their dotted path in the module tree.
+
+    The module classes become :class:`Module` records; the archive's code is
+    never read. Same errors as :func:`load_state_dict`.
+    """
+    path = os.fspath(path)
+
+    def read(f):
+        if f.read(4) != ZIP_MAGIC:
+            raise WeightsError(f"{path}: not a TorchScript archive (a zip file written by torch.jit.save).")
+        return _load_zip(path, torchscript=True)
+
+    tree, storages = _read(path, read)
+    if not isinstance(tree, Module):
+        raise WeightsError(f"{path}: holds a {type(tree).__name__}, not a TorchScript module.")
+    return _arrays(path, dict(_module_tensors(path, tree, "")), storages)
+
+
+def _module_tensors(path, module, prefix):
+    """(dotted name, tensor) of every tensor under ``module``, depth first in attribute order."""
+    state = getattr(module, "state", None)
+    if not isinstance(state, dict):
+        raise _corrupt(path, f"module {prefix or 'root'} ({module.torch_class}) has no attributes")
+    for key, value in state.items():
+        if isinstance(value, _Tensor):
+            yield prefix + str(key), value
+        elif isinstance(value, Module):
+            yield from _module_tensors(path, value, f"{prefix}{key}.")
+
+
+def _read(path, read):
+    """``read(file)`` of the file at ``path``, with a missing or unreadable file made one clear error."""
     try:
         with open(path, "rb") as f:
-            is_zip = f.read(4) == ZIP_MAGIC
-            f.seek(0)
-            state, storages = _load_zip(path) if is_zip else _load_legacy(path, f)
+            return read(f)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise WeightsError(f"{path}: weights file not found; check the path or reinstall the package "
                            "that provides it.") from None
     except OSError as error:
         raise WeightsError(f"{path}: cannot read the weights file ({error.strerror or error}).") from None
-    state = _state_dict(path, state)
+
+
+def _arrays(path, state, storages):
     try:
         return {name: _to_array(path, name, tensor, storages) for name, tensor in state.items()}
     except (KeyError, ValueError, OverflowError, TypeError, AttributeError) as error:
         raise _corrupt(path, f"{type(error).__name__}: {error}") from None
+
+
+#: the function ``ndarray.__reduce__`` names (``numpy.core.multiarray._reconstruct``; ``numpy._core`` in numpy 2)
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]
+_NUMPY_GLOBALS = {"numpy.core.multiarray._reconstruct": _RECONSTRUCT,
+                  "numpy._core.multiarray._reconstruct": _RECONSTRUCT,
+                  "numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
+NUMPY_ALLOWED_GLOBALS = frozenset(_NUMPY_GLOBALS)
+"""The only globals :func:`load_numpy_pickle` resolves: what pickling an ndarray writes."""
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    def __init__(self, file, path):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module, name):
+        full = f"{module}.{name}"
+        if full in _NUMPY_GLOBALS:
+            return _NUMPY_GLOBALS[full]
+        raise WeightsError(f"{self.path}: refusing to load: the file's pickle names {full}, which a pickle of "
+                           "numpy arrays never needs; a weights file must not run code.")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("a pickle of numpy arrays has no persistent ids")
+
+
+def load_numpy_pickle(path: str) -> dict[str, np.ndarray]:
+    """The arrays of a pickle of nested dicts of numpy arrays, keyed by their ``/``-joined dict path.
+
+    Only :data:`NUMPY_ALLOWED_GLOBALS` resolve; any other global is refused
+    before it is called. Arrays of Python objects are refused too.
+    """
+    path = os.fspath(path)
+
+    def read(f):
+        try:
+            return _NumpyUnpickler(f, path).load()
+        except WeightsError:
+            raise
+        except Exception as error:
+            raise _corrupt(path, f"{type(error).__name__}: {error}") from None
+
+    return dict(_flatten(path, _read(path, read), ""))
+
+
+def _flatten(path, tree, prefix):
+    if not isinstance(tree, dict) or not tree:
+        raise WeightsError(f"{path}: holds a {type(tree).__name__} at {prefix or 'the top'!r}, "
+                           "not a nested dict of numpy arrays.")
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind not in "biuf":
+                raise WeightsError(f"{path}: array {name!r} has dtype {value.dtype}, not numbers.")
+            yield name, value
+        else:
+            yield from _flatten(path, value, name + "/")
