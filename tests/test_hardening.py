@@ -472,7 +472,7 @@ def test_library_functions_check_their_arguments(tmp_path, run):
 
 
 @pytest.mark.parametrize("values, fragment", [
-    ({"epochs": "5"}, "--epochs must be a whole number; got '5' (str)"), ({"lr": "0.1"}, "--lr must be a number"),
+    ({"epochs": "5"}, "--epochs must be a whole number or none; got '5' (str)"), ({"lr": "0.1"}, "--lr must be a number"),
     ({"batch_size": 8.0}, "--batch-size must be a whole number"), ({"overwrite": "yes"}, "--overwrite must be true"),
     ({"dense": (64, "x")}, "--dense must be a list of whole numbers"),
     ({"seed": True}, "--seed must be a whole number"),
