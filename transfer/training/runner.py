@@ -13,6 +13,7 @@ import math
 import time
 
 import keras
+import numpy as np
 
 from .. import runs
 from ..config import TrainConfig, option_name, parse_duration
@@ -67,7 +68,10 @@ class Runner:
             return False
         left = self.deadline - time.monotonic()
         need = 0.0 if inputs is None else fasthead.probe_epoch(inputs.model, inputs.train_ds, self.config)
-        if left > need:
+        late = left <= need
+        if self.workers is not None:  # every worker decides the same, or one would wait forever in the next phase
+            late = bool(self.workers.total(np.array([int(late)], np.int32))[0] > 0)
+        if not late:
             return False
         why = "no time is left" if inputs is None else f"{left:.0f} s are left and one epoch takes about {need:.0f} s"
         log.warning("--time-limit: skipped phase %s (%d epoch(s)): %s", phase.name, phase.epochs, why)
