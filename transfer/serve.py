@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ConfigError, ImageError, first_line
-from .images import MAX_PIXELS, load_image
-from .predict import LoadedModel, load_model
+from .data.images import MAX_PIXELS, load_image
+from .runners import LoadedModel, load_model
 
 log = logging.getLogger("transfer")
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import runs
+from .. import runs
 from .audit import FileCheck, audit, default_cache_dir, is_junk
-from .config import check_setting, parse_memory
-from .errors import ConfigError, DataError
+from ..config import check_setting, parse_memory
+from ..errors import ConfigError, DataError
 from .images import MAX_PIXELS, is_image_name, load_image
 
 log = logging.getLogger("transfer")

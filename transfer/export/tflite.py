@@ -14,17 +14,79 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
-from .console import silenced
+from .. import inputs, runs
+from ..errors import ConfigError, RunError
+from ..runners import TFLiteRunner, quiet
+from .folders import check_arguments, destination, provenance, write_folder
+from .verify import CALIBRATION_IMAGES, VERIFY_IMAGES, check_images, folder_paths, readable, split_paths, verify_tflite
 
 log = logging.getLogger("transfer")
 
 
 #: --quantize: what each stores. int8 takes uint8 pixels (0-255, as a camera gives them) and returns float32
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+
+
+@dataclass
+class TFLiteResult:
+    path: str  # the .tflite file
+    quantize: str
+    labels: list[str]
+    images: int  # validation images the .tflite and the Keras model were compared on
+    top1_agreement: float
+    max_abs_diff: float
+    size: int  # bytes of the .tflite
+    checked_on: str = ""  # where the images came from: the run's validation images, or --data
+    calibrated_on: str | None = None  # int8: where the calibration images came from
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def export(model_path: str, output: str | None = None, name: str | None = None, quantize: str = "none",
+           data: str | None = None, unsafe: bool = False) -> TFLiteResult:
+    """Export a run folder (or ``.keras`` file) as TensorFlow Lite, checked on real photos before it is kept.
+
+    int8 calibrates on the run's training photos (split.csv), or on the images under ``data``.
+    """
+    if inputs.name(quantize, "quantize") not in QUANTIZATIONS:
+        raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}; got {quantize!r}.")
+    output, name, data = check_arguments(output, name, None, data)
+    loaded, source, base = destination(model_path, output, name, data, unsafe)
+    target = os.path.join(base, runs.TFLITE_PREFIX + quantize)
+    if os.path.lexists(target):
+        raise RunError(f"{target!r} already exists; delete it to export again, or choose another --name.")
+    run = runs.load_run(source) if runs.is_run_folder(source) else None
+    checked_on, candidates = check_images(run, data)
+    checks = readable(loaded, candidates, VERIFY_IMAGES, "validation")[1]
+    calibration = calibrated_on = None
+    if quantize == "int8":
+        calibrated_on = f"--data {data}" if data else "the run's training images"
+        calibration = readable(loaded, folder_paths(data) if data else split_paths(run, "train"),
+                                CALIBRATION_IMAGES, "calibration")[1]
+    log.info("converting to TensorFlow Lite (%s%s)", quantize,
+             f", calibrated on {len(calibration)} images of {calibrated_on}" if calibration is not None else "")
+    content = convert(loaded.keras_model, quantize, calibration)
+    runner = TFLiteRunner(content)
+    top1, diff = verify_tflite(loaded, runner, checks, quantize)
+    result = TFLiteResult(os.path.join(target, runs.TFLITE_FILE), quantize, loaded.labels, len(checks), top1, diff,
+                          len(content), checked_on, calibrated_on)
+    write_folder(base, target, content, _tflite_metadata(loaded, run, runner, result))
+    return result
+
+
+def _tflite_metadata(loaded, run, runner, result: TFLiteResult) -> dict:
+    """What an app needs beside the .tflite: labels, input size and type, and where the model came from."""
+    scale, zero_point = runner.input["quantization"]
+    return {"format": "tflite", **provenance(loaded, run), "quantization": result.quantize,
+            "input": {"dtype": np.dtype(runner.input["dtype"]).name, "scale": float(scale),
+                      "zero_point": int(zero_point), "pixels": "RGB 0-255, shape [batch, height, width, 3]"},
+            "output": {"dtype": "float32", "values": "probabilities, one per label"},
+            "verification": {k: v for k, v in result.to_dict().items() if k not in ("path", "labels", "quantize")}}
 
 
 def convert(model, quantize: str = "none", representative: np.ndarray | None = None) -> bytes:
@@ -50,7 +112,7 @@ def convert(model, quantize: str = "none", representative: np.ndarray | None = N
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8  # the model's input is raw pixels: scale 1, zero point 0
         converter.inference_output_type = tf.float32
-    with _quiet():
+    with quiet():
         return converter.convert()
 
 
@@ -60,56 +122,6 @@ def _full_range(shape: tuple[int, ...]) -> np.ndarray:
     image = np.zeros(shape, np.float32)
     image[shape[0] // 2:] = 255
     return image
-
-
-def _quiet():
-    """The converter lists every captured variable on stdout and MLIR diagnostics on stderr: keep both out (a
-    failure is raised with its reason, and the caller may fall back)."""
-    return silenced((1, 2), replay=False)
-
-
-class Runner:
-    """Batches through a TFLite interpreter using every core; resizes the input only when the batch size changes."""
-
-    STEP = 8
-
-    def __init__(self, content: bytes, threads: int | None = None):
-        import tensorflow as tf
-
-        with warnings.catch_warnings(), _quiet():  # it announces its move to ai_edge_litert, and XNNPACK itself
-            warnings.simplefilter("ignore")
-            self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count() or 1)
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self.batch = None
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Small slices: XNNPACK ran 8-image batches about 1.3 times as fast as 32-image ones (BENCHMARKS.md)."""
-        return np.concatenate([self._invoke(images[i:i + self.STEP]) for i in range(0, len(images), self.STEP)])
-
-    def _invoke(self, images: np.ndarray) -> np.ndarray:
-        if images.shape[0] != self.batch:
-            self.interpreter.resize_tensor_input(self.input["index"], list(images.shape))
-            with _quiet():
-                self.interpreter.allocate_tensors()
-            self.batch = images.shape[0]
-        self.interpreter.set_tensor(self.input["index"], _quantized(images, self.input))
-        self.interpreter.invoke()
-        output = self.interpreter.get_tensor(self.output["index"])
-        scale, zero_point = self.output["quantization"]
-        if np.issubdtype(output.dtype, np.integer):
-            return (output.astype(np.float32) - zero_point) * scale
-        return output.copy()
-
-
-def _quantized(images: np.ndarray, detail: dict) -> np.ndarray:
-    """Float images as the input tensor takes them: unchanged for float, ``round(x / scale) + zero_point`` for int."""
-    dtype = detail["dtype"]
-    if not np.issubdtype(dtype, np.integer):
-        return np.ascontiguousarray(images, dtype=dtype)
-    scale, zero_point = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(images / (scale or 1.0)) + zero_point, info.min, info.max).astype(dtype)
 
 
 def agreement(expected: np.ndarray, got: np.ndarray) -> float:

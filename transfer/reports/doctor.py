@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from . import data, inputs, runs
-from .config import TrainConfig
-from .errors import ConfigError
-from .images import MAX_PIXELS
-from .outputs import check_output
+from .. import data, inputs, runs
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..data.images import MAX_PIXELS
+from ..outputs import check_output
 
 log = logging.getLogger("transfer")
 
@@ -149,7 +149,7 @@ def _require_extra() -> None:
 
 def _config(data_dir, backbone, batch_size, max_pixels, cache_dir, seed, val_split) -> TrainConfig:
     """The settings ``train`` would use for this backbone, so the feature cache is shared with it."""
-    from . import backbones
+    from .. import backbones
 
     config = TrainConfig(data_dir=inputs.path(data_dir, "data_dir"), batch_size=batch_size, max_pixels=max_pixels,
                          cache_dir=cache_dir, seed=seed, val_split=val_split,
@@ -180,8 +180,8 @@ def _folds(classes: list[str], labels: np.ndarray, folds: int) -> int:
 def _features(config: TrainConfig, dataset: data.Dataset, examples: list[data.Example]) -> np.ndarray:
     """The backbone's pooled features of each image and its mirror image, ``(images, 2, features)``, from (and
     into) the cache ``train`` reads."""
-    from . import backbones, features
-    from .heads import build_model
+    from .. import backbones, features
+    from ..heads import build_model
 
     spec = backbones.get(config.backbone)
     model = build_model(spec, config, len(dataset.classes))
@@ -224,7 +224,7 @@ def label_issues(probs: np.ndarray, labels: np.ndarray, paths: list[str], classe
 
 def thumbnails(paths: list[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """``(images, 2, 3 * THUMBNAIL**2)``: each image's thumbnail and its mirror image's (see :data:`THUMBNAIL`)."""
-    from .images import load_image
+    from ..data.images import load_image
 
     pictures = np.stack([load_image(p, (THUMBNAIL, THUMBNAIL), max_pixels=max_pixels) for p in paths])
     pictures = np.stack([pictures, pictures[:, :, ::-1]], axis=1).reshape(len(paths), 2, -1).astype(np.float32)

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import figures, inputs as inputs_, outputs
-from .errors import ConfigError, ImageError, RunError
-from .images import MAX_PIXELS, load_image
-from .predict import LoadedModel, collect_inputs, load_model
+from . import figures
+from .. import inputs as inputs_, outputs
+from ..errors import ConfigError, ImageError, RunError
+from ..data.images import MAX_PIXELS, load_image
+from ..prediction import collect_inputs
+from ..runners import LoadedModel, load_model
 
 SHEET_STEM = "contact_sheet"
 SHEET_MAX = 48  # images on the contact sheet; every image still gets its own PNG

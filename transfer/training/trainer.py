@@ -19,9 +19,10 @@ from typing import Any
 
 import keras
 
-from .. import data, devices, features, portable, preflight, runs
+from .. import data, devices, features, preflight, runs
+from ..export import portable
 from ..backbones import BackboneSpec
-from ..evaluation import report_run
+from ..reports.evaluate import report_run
 from ..config import TrainConfig, parse_duration
 from ..errors import ConfigError, Interrupted
 from ..heads import backbone_of, build_model, unfreeze_index
