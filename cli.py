@@ -22,7 +22,7 @@ from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, DIS
                              FAST_EPOCHS, FAST_PATIENCE, HEAD_FITS, MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS,
                              RESIZE_MODES, default)
 from transfer.presets import PRESETS
-from transfer.tflite import QUANTIZATIONS
+from transfer.export.tflite import QUANTIZATIONS
 from transfer.serve import DEFAULT_HOST, DEFAULT_PORT, DRAIN_TIMEOUT, MAX_BATCH, MAX_BODY
 from transfer.errors import TransferError
 from transfer.runs import json_text
@@ -422,7 +422,7 @@ def predict_command(model, inputs, top_k, batch_size, max_pixels, unsafe, as_jso
         raise click.UsageError("--json and --csv cannot be used together; choose one.")
     _setup_logging(quiet)
     _say_device()
-    from transfer.predict import predict
+    from transfer.prediction import predict
 
     with contextlib.redirect_stdout(sys.stderr):
         result = predict(model, list(inputs), top_k=top_k, batch_size=batch_size, max_pixels=max_pixels,
@@ -463,7 +463,7 @@ def evaluate_command(model, data_dir, split, output, allow_missing_classes, batc
       transfer evaluate models/my-run/ photos/ --split test
     """
     _setup_logging(quiet)
-    from transfer.evaluation import evaluate
+    from transfer.reports.evaluate import evaluate
 
     with contextlib.redirect_stdout(sys.stderr):
         result = evaluate(model, data_dir, split=split, output=output, batch_size=batch_size, max_pixels=max_pixels,
@@ -505,7 +505,7 @@ def doctor_command(data_dir, backbone, output, folds, duplicate_threshold, val_s
       transfer doctor photos/ -o doctor-photos
     """
     _setup_logging(quiet or as_json)
-    from transfer.doctor import DUPLICATE_THRESHOLD, doctor
+    from transfer.reports.doctor import DUPLICATE_THRESHOLD, doctor
 
     if dedupe:
         raise click.UsageError("--dedupe does not apply to doctor: it reports duplicates and changes nothing.")
@@ -658,7 +658,7 @@ def _export_tflite(model, output, name, quantize, data, unsafe, as_json):
 
 
 def _export_onnx(model, output, name, data, unsafe, as_json):
-    from transfer.onnx_export import export_onnx
+    from transfer.export import export_onnx
 
     with contextlib.redirect_stdout(sys.stderr):
         result = export_onnx(model, output=output, name=name, data=data, unsafe=unsafe)
@@ -747,7 +747,7 @@ def explain_command(model, inputs, target, layer, output, max_pixels, as_json, u
     """
     _setup_logging(quiet)
     _say_device()
-    from transfer.explain import explain
+    from transfer.reports.explain import explain
 
     with contextlib.redirect_stdout(sys.stderr):
         result = explain(model, list(inputs), target=target, layer=layer, output=output, max_pixels=max_pixels,
@@ -792,7 +792,7 @@ def visualize_command(model, layers, image, output, as_json, unsafe, quiet):
     """
     _setup_logging(quiet)
     _say_device()
-    from transfer.visualize import visualize
+    from transfer.reports.visualize import visualize
 
     with contextlib.redirect_stdout(sys.stderr):
         result = visualize(model, list(layers), image=image, output=output, unsafe=unsafe)
