@@ -17,6 +17,7 @@ import numpy as np
 
 from . import inputs as inputs_
 from .data.images import MAX_PIXELS, is_image_name, load_image
+from .config import PREDICT_BATCH, TOP_K
 from .errors import ConfigError, ImageError, RunError
 from .runners import LoadedModel, load_model
 
@@ -67,7 +68,7 @@ def collect_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]
     return list(dict.fromkeys(paths)), failures
 
 
-def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_size: int = 32,
+def predict(model: str | LoadedModel, inputs: list[str], top_k: int = TOP_K, batch_size: int = PREDICT_BATCH,
             max_pixels: int = MAX_PIXELS, unsafe: bool = False) -> PredictResult:
     """Top-k labels for every image in ``inputs``; unreadable ones go to ``failures`` with their reason.
 
@@ -90,7 +91,7 @@ def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_s
     return result
 
 
-def probabilities(loaded: LoadedModel, paths: list[str], batch_size: int = 32, max_pixels: int = MAX_PIXELS):
+def probabilities(loaded: LoadedModel, paths: list[str], batch_size: int = PREDICT_BATCH, max_pixels: int = MAX_PIXELS):
     """(path, probabilities of every class, None), or (path, None, reason) for a file that cannot be decoded, for
     each of ``paths`` in order: the one batch loop that predict and evaluate share."""
     import tensorflow as tf

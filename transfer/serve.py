@@ -38,18 +38,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import SERVE_DRAIN_TIMEOUT, SERVE_HOST, SERVE_MAX_BATCH, SERVE_MAX_BODY, SERVE_PORT
 from .errors import ConfigError, ImageError, first_line
 from .data.images import MAX_PIXELS, load_image
 from .runners import LoadedModel, load_model
 
 log = logging.getLogger("transfer")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8501  # TF Serving's REST port
-MAX_BATCH = 64
-MAX_BODY = 32 * 2**20
-#: seconds that requests in flight at Ctrl-C or SIGTERM get to finish (--drain-timeout)
-DRAIN_TIMEOUT = 30
+DEFAULT_HOST, DEFAULT_PORT, MAX_BATCH, MAX_BODY = SERVE_HOST, SERVE_PORT, SERVE_MAX_BATCH, SERVE_MAX_BODY
+DRAIN_TIMEOUT = SERVE_DRAIN_TIMEOUT
 TOP_K = 5
 INPUT = "image_bytes"  # the name of the SavedModel's serving_default input
 INSTALL = "pip install 'transfer[serve]'"

@@ -20,6 +20,8 @@ import importlib
 
 #: --format: the module of each format (its ``export`` function writes it)
 FORMATS = {"saved_model": "savedmodel", "tflite": "tflite", "onnx": "onnx"}
+#: tflite's --quantize: what each stores. int8 takes uint8 pixels (0-255, as a camera gives them) and returns float32
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 
 
 def export_as(fmt: str, model_path: str, **options):

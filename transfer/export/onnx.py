@@ -22,7 +22,7 @@ from .. import runs
 from ..errors import RunError, first_line
 from ..runners import ONNXRunner, quiet, require
 from .folders import check_arguments, destination, provenance, write_folder
-from .verify import VERIFY_IMAGES, check_images, readable, verify_onnx
+from .verify import VERIFY_IMAGES, check_images, readable, verified_line, verify_onnx
 
 log = logging.getLogger("transfer")
 
@@ -43,6 +43,9 @@ class ONNXResult:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def summary(self) -> str:
+        return verified_line(self, "onnx")
 
 
 def export(model_path: str, output: str | None = None, name: str | None = None, data: str | None = None,

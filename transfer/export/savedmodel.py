@@ -60,6 +60,13 @@ class ExportResult:
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def summary(self) -> str:
+        """One line for the terminal: where it went and how well both signatures agreed."""
+        return (f"exported: {self.path} ({self.size / 2**20:.2f} MiB); on {self.images} images of {self.checked_on}: "
+                f"pixels top-1 agreement with the Keras model {self.top1_agreement:.1%}, max |Δp| "
+                f"{self.max_abs_diff:.2g}; image bytes decoded in the graph, top-1 agreement with predict "
+                f"{self.bytes_top1_agreement:.1%}, max |Δp| {self.bytes_max_abs_diff:.2g}")
+
 
 def export(model_path: str, output: str | None = None, name: str | None = None,
            version: int | None = None, data: str | None = None, unsafe: bool = False) -> ExportResult:

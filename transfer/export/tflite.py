@@ -21,14 +21,14 @@ import numpy as np
 from .. import inputs, runs
 from ..errors import ConfigError, RunError
 from ..runners import TFLiteRunner, quiet
+from . import QUANTIZATIONS
 from .folders import check_arguments, destination, provenance, write_folder
-from .verify import CALIBRATION_IMAGES, VERIFY_IMAGES, check_images, folder_paths, readable, split_paths, verify_tflite
+from .verify import (CALIBRATION_IMAGES, VERIFY_IMAGES, check_images, folder_paths, readable, split_paths,
+                     verified_line, verify_tflite)
 
 log = logging.getLogger("transfer")
 
 
-#: --quantize: what each stores. int8 takes uint8 pixels (0-255, as a camera gives them) and returns float32
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 
 
 @dataclass
@@ -45,6 +45,9 @@ class TFLiteResult:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def summary(self) -> str:
+        return verified_line(self, self.quantize)
 
 
 def export(model_path: str, output: str | None = None, name: str | None = None, quantize: str = "none",

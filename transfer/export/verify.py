@@ -111,6 +111,15 @@ def verify_onnx(loaded, runner, images: np.ndarray) -> tuple[float, float]:
     return top1, diff
 
 
+def verified_line(result, what: str) -> str:
+    """One line for the terminal about a single-file export: where it went and how well it agreed."""
+    calibrated = getattr(result, "calibrated_on", None)
+    return (f"exported: {result.path} ({result.size / 2**20:.2f} MiB, {what}"
+            f"{f', calibrated on {calibrated}' if calibrated else ''}); on {result.images} images of "
+            f"{result.checked_on}: top-1 agreement with the Keras model {result.top1_agreement:.1%}, "
+            f"max |Δp| {result.max_abs_diff:.2g}")
+
+
 def in_batches(run, inputs: np.ndarray, size: int = 16):
     """``run`` over slices of ``inputs``, its outputs (an array, or a dict of tensors) joined back together."""
     parts = [run(inputs[i:i + size]) for i in range(0, len(inputs), size)]

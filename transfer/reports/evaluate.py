@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import data, inputs, outputs, runs
+from ..config import PREDICT_BATCH
 from ..errors import DataError, TransferError
 from ..data.images import MAX_PIXELS
 from .metrics import classification_metrics, losses
@@ -43,7 +44,7 @@ class Evaluation:
 
 
 def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str | None = None,
-             batch_size: int = 32, max_pixels: int = MAX_PIXELS, cache_dir: str | None = None,
+             batch_size: int = PREDICT_BATCH, max_pixels: int = MAX_PIXELS, cache_dir: str | None = None,
              allow_missing: bool = False, unsafe: bool = False, progress: bool = False) -> Evaluation:
     """Evaluate ``model`` (anything :func:`transfer.predict.load_model` takes) on the labeled images of ``data_dir``
     and write evaluation.json, confusion_matrix.png, misclassified.csv, top_losses.png and report.html into
