@@ -11,7 +11,7 @@ running the SavedModel of ``transfer export`` (whose ``serving_default`` takes
 
 Row requests (``instances``) are answered ``{"predictions": [{"probabilities",
 "classes", "scores"}, ...]}``, columnar ones (``inputs``) ``{"outputs": {...}}``,
-as TF Serving does. Images are decoded by :func:`transfer.images.load_image`,
+as TF Serving does. Images are decoded by :func:`transfer.data.images.load_image`,
 as `transfer predict` decodes files (Pillow, EXIF orientation, the run's resize
 mode), so the labels are the same. A bad request gets a JSON ``{"error": ...}``
 and status 400, 404 for another model's name or version (as TF Serving), and 413

@@ -85,7 +85,7 @@ def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: i
          dedupe: bool = False, cache_dir: str | None = None, progress: bool = False, workers=None,
          exclude: tuple[str, ...] = ()) -> Dataset:
     """Find, audit and split the images of ``data_dir``; errors name the folder at fault. ``workers``: a cluster's,
-    which share the audit (:func:`transfer.audit.audit`). ``exclude``: files (relative to ``data_dir``) to leave
+    which share the audit (:func:`transfer.data.audit.audit`). ``exclude``: files (relative to ``data_dir``) to leave
     out, each of which must be one of its images."""
     data_dir = os.fspath(data_dir) if isinstance(data_dir, os.PathLike) else data_dir
     for name, value in (("data_dir", data_dir), ("val_split", val_split), ("seed", seed), ("max_pixels", max_pixels)):

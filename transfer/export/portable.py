@@ -18,7 +18,7 @@ copy, so ``keras.saving.load_model(path)`` works in safe mode in any notebook
   ``evaluate`` or train on; config.json records how it was trained).
 
 Older run folders, saved with the custom layers, still load through
-:func:`transfer.predict.load_model`, which registers them.
+:func:`transfer.runners.load_model`, which registers them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Two signatures, written with ``keras.export.ExportArchive`` so their names are f
 Both return ``probabilities`` [N, C], ``classes`` [N, k] (the top-k labels,
 k = min(5, C), from a constant inside the graph) and ``scores`` [N, k].
 
-In-graph decoding follows :func:`transfer.images.load_image` as closely as
+In-graph decoding follows :func:`transfer.data.images.load_image` as closely as
 TensorFlow's ops allow: JPEG with the accurate DCT (Pillow's), transparent PNG
 pixels composited onto white, bilinear resizing with Pillow's antialiasing
 (``ScaleAndTranslate``, the kernel of ``tf.image.resize(antialias=True)``),
@@ -73,7 +73,7 @@ def export(model_path: str, output: str | None = None, name: str | None = None,
     """Export a run folder (or ``.keras`` file) as a SavedModel for TensorFlow Serving, checked on real photos.
 
     The check runs on the run's validation photos (split.csv), or on the images under ``data``.
-    ``unsafe``: load a ``.keras`` file outside Keras' safe mode (see :func:`transfer.predict.load_model`).
+    ``unsafe``: load a ``.keras`` file outside Keras' safe mode (see :func:`transfer.runners.load_model`).
     """
     output, name, data = check_arguments(output, name, version, data)
     loaded, source, base = destination(model_path, output, name, data, unsafe)
@@ -196,7 +196,7 @@ def write(model, path: str, labels: list[str], resize: str) -> None:
 
 
 def decode_batch(image_bytes, size: tuple[int, int], resize: str):
-    """Encoded images [N] -> float32 [N, H, W, 3] pixels as :func:`transfer.images.load_image` gives them."""
+    """Encoded images [N] -> float32 [N, H, W, 3] pixels as :func:`transfer.data.images.load_image` gives them."""
     import tensorflow as tf
 
     def one(element):
@@ -225,7 +225,7 @@ def decode(data, index, size: tuple[int, int], resize: str):
 
 
 def _on_white(rgba):
-    """Transparent pixels composited onto white, as :func:`transfer.images.open_rgb` does."""
+    """Transparent pixels composited onto white, as :func:`transfer.data.images.open_rgb` does."""
     import tensorflow as tf
 
     rgba = tf.cast(rgba, tf.float32)

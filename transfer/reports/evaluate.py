@@ -1,7 +1,7 @@
 """How good a model is on labeled images: `transfer evaluate`, and the metrics and report at the end of a run.
 
 Both go the same way: probabilities for every image, then
-:func:`transfer.metrics.classification_metrics`, the confusion matrix, the
+:func:`transfer.reports.metrics.classification_metrics`, the confusion matrix, the
 images with the highest loss, and ``report.html``.
 """
 
@@ -46,7 +46,7 @@ class Evaluation:
 def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str | None = None,
              batch_size: int = PREDICT_BATCH, max_pixels: int = MAX_PIXELS, cache_dir: str | None = None,
              allow_missing: bool = False, unsafe: bool = False, progress: bool = False) -> Evaluation:
-    """Evaluate ``model`` (anything :func:`transfer.predict.load_model` takes) on the labeled images of ``data_dir``
+    """Evaluate ``model`` (anything :func:`transfer.runners.load_model` takes) on the labeled images of ``data_dir``
     and write evaluation.json, confusion_matrix.png, misclassified.csv, top_losses.png and report.html into
     ``output`` [default: MODEL/evaluations/<data> for a run folder, ./evaluation-<data> otherwise].
 

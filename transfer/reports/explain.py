@@ -247,7 +247,7 @@ def _logits(tap: Tap):
 
 
 def keras_model_of(model, unsafe: bool = False) -> LoadedModel:
-    """A run folder or ``.keras`` file, loaded as :func:`transfer.predict.load_model` does; gradients need Keras."""
+    """A run folder or ``.keras`` file, loaded as :func:`transfer.runners.load_model` does; gradients need Keras."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model, unsafe)
     if loaded.keras_model is None:
         raise RunError(f"{loaded.source!r} is an export (SavedModel or .tflite), which gives neither gradients nor "
