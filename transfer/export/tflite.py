@@ -29,8 +29,6 @@ from .verify import (CALIBRATION_IMAGES, VERIFY_IMAGES, check_images, folder_pat
 log = logging.getLogger("transfer")
 
 
-
-
 @dataclass
 class TFLiteResult:
     path: str  # the .tflite file
