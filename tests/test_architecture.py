@@ -110,3 +110,23 @@ def test_transfer_has_no_import_cycle():
 def test_nothing_in_transfer_imports_the_cli():
     offenders = sorted(m for m, targets in import_graph().items() if any(t.split(".")[0] == "cli" for t in targets))
     assert not offenders, f"these modules import cli: {offenders}"
+
+
+def _reachable(graph, start):
+    """Every module ``start`` imports, directly or through others, but not through ``transfer/__init__.py``: the
+    public facade, which modules reach only for ``__version__``."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen and nxt != PACKAGE:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_prediction_and_export_load_models_through_runners_not_each_other():
+    graph = import_graph()
+    exports = [m for m in graph if m == "transfer.export" or m.startswith("transfer.export.")]
+    assert not any(m.startswith("transfer.export") for m in _reachable(graph, "transfer.prediction"))
+    assert not any("transfer.prediction" in _reachable(graph, m) for m in exports)
+    assert "transfer.runners" in graph["transfer.prediction"] and "transfer.runners" in graph["transfer.export.folders"]
