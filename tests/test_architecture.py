@@ -130,3 +130,30 @@ def test_prediction_and_export_load_models_through_runners_not_each_other():
     assert not any(m.startswith("transfer.export") for m in _reachable(graph, "transfer.prediction"))
     assert not any("transfer.prediction" in _reachable(graph, m) for m in exports)
     assert "transfer.runners" in graph["transfer.prediction"] and "transfer.runners" in graph["transfer.export.folders"]
+
+
+#: (package, name): a package binding a name of one of its modules to something else, on purpose. transfer.export
+#: is the function (the package's entry points import nothing until called, so binding it costs nothing)
+SHADOWED_ON_PURPOSE = {("transfer", "export")}
+
+
+def test_no_package_hides_one_of_its_modules_behind_another_object():
+    """``from .audit import audit`` in data/__init__.py made ``from transfer.data import audit`` the function."""
+    modules = _modules()
+    hidden = []
+    for package, (path, is_package) in modules.items():
+        if not is_package:
+            continue
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom):
+                source = _absolute(package, True, node)
+                bound = [(a.asname or a.name, f"{source}.{a.name}") for a in node.names]
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                bound = [(node.name, None)]
+            else:
+                continue
+            hidden += [(package, name) for name, what in bound
+                       if f"{package}.{name}" in modules and what != f"{package}.{name}"]
+    assert set(hidden) <= SHADOWED_ON_PURPOSE, hidden

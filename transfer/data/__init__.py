@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import runs
-from .audit import FileCheck, audit, default_cache_dir, is_junk
 from ..config import check_setting, parse_memory
 from ..errors import ConfigError, DataError
+from . import audit
+from .audit import FileCheck, default_cache_dir, is_junk
 from .images import MAX_PIXELS, is_image_name, load_image
 
 log = logging.getLogger("transfer")
@@ -98,7 +99,7 @@ def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: i
                                  for p in _loose_images(folder)], junk=len(junk))
     report.excluded = _exclude(layout, root, exclude)
     candidates = [p for classes in layout.values() for paths in classes.values() for p in paths]
-    report.checks = audit(candidates, root, max_pixels, cache_dir, progress, workers)
+    report.checks = audit.audit(candidates, root, max_pixels, cache_dir, progress, workers)
     usable = _usable(layout, split_dirs, report, dedupe)
     classes = list(usable.get("train", usable.get("all")))
     _check_classes(split_dirs.get("train", root), classes)
@@ -166,7 +167,7 @@ def scan_labeled(data_dir: str, split: str | None = None, *, max_pixels: int = M
         raise DataError(f"{split_dirs[name]!r} has no class folders; put the images in one folder per class.")
     report = AuditReport(unused=_loose_images(split_dirs[name]), junk=len(junk))
     candidates = [p for paths in layout[name].values() for p in paths]
-    report.checks = audit(candidates, root, max_pixels, cache_dir, progress)
+    report.checks = audit.audit(candidates, root, max_pixels, cache_dir, progress)
     usable = _usable(layout, split_dirs, report, dedupe=False)[name]
     classes = list(usable)
     examples = [Example(p, i) for i, c in enumerate(classes) for p in usable[c]]
