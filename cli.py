@@ -18,7 +18,7 @@ import sys
 import click
 from click.core import ParameterSource
 
-from transfer import config, configfile, console, runs
+from transfer import config, console, runs
 from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, DISTRIBUTE, FEATURE_ENGINES, LR_SCHEDULES,
                              FAST_EPOCHS, FAST_PATIENCE, HEAD_FITS, MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS,
                              RESIZE_MODES, default)
@@ -379,7 +379,7 @@ def train_command(ctx, preset, config_file, quiet, as_json, resume, **options):
       transfer train photos/ --backbone resnet50 --epochs 5 --fine-tune-epochs 5
       transfer train --config models/<run>/config.json --epochs 20
     """
-    from transfer import preflight
+    from transfer import configfile, preflight
 
     _setup_logging(quiet)
     explicit = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
