@@ -157,3 +157,10 @@ def test_no_package_hides_one_of_its_modules_behind_another_object():
             hidden += [(package, name) for name, what in bound
                        if f"{package}.{name}" in modules and what != f"{package}.{name}"]
     assert set(hidden) <= SHADOWED_ON_PURPOSE, hidden
+
+
+def test_every_package_has_an_init_so_that_it_is_installed():
+    """setuptools' find_packages skips a folder without __init__.py: its modules would work here and be missing
+    from the wheel."""
+    folders = {os.path.dirname(path) for path, _ in _modules().values()}
+    assert not [f for f in folders if not os.path.isfile(os.path.join(f, "__init__.py"))]
