@@ -12,6 +12,10 @@ Where an export goes and how it is written is :mod:`.folders`; the check on
 real photos is :mod:`.verify`. A new format is one file here and one line in
 ``FORMATS``. This module imports no format (nor TensorFlow, nor NumPy) until
 one is used, so the command line can list them for ``--help``.
+
+``transfer.export`` is the function (``transfer/__init__.py`` binds it over the
+package), so import the modules as ``from transfer.export import tflite``, not
+``import transfer.export.tflite as tflite``.
 """
 
 from __future__ import annotations
