@@ -1,7 +1,9 @@
 """The ``transfer`` command line: parse options into a config, call the library, print.
 
-Results go to stdout; logs and progress bars to stderr. TensorFlow is imported
-only inside commands that need it, so ``transfer --help`` is instant.
+Results go to stdout; logs and progress bars to stderr. Every default is read
+from ``transfer.config``; the texts printed are built in ``transfer.console``.
+Nothing heavier than the config is imported until a command runs, so
+``transfer --help`` imports neither TensorFlow nor NumPy.
 """
 
 from __future__ import annotations
@@ -16,17 +18,14 @@ import sys
 import click
 from click.core import ParameterSource
 
-from transfer import backbones as registry
-from transfer import configfile, console, preflight, runs
+from transfer import config, console, runs
 from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, DISTRIBUTE, FEATURE_ENGINES, LR_SCHEDULES,
                              FAST_EPOCHS, FAST_PATIENCE, HEAD_FITS, MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS,
                              RESIZE_MODES, default)
-from transfer.presets import PRESETS
-from transfer.tflite import QUANTIZATIONS
-from transfer.serve import DEFAULT_HOST, DEFAULT_PORT, DRAIN_TIMEOUT, MAX_BATCH, MAX_BODY
 from transfer.errors import TransferError
+from transfer.export import FORMATS, QUANTIZATIONS
+from transfer.presets import PRESETS
 from transfer.runs import json_text
-
 
 #: the options that set how much memory a command takes, named when it runs out; other commands have none
 MEMORY_OPTIONS = {"train": "--batch-size or --image-size", "predict": "--batch-size", "evaluate": "--batch-size"}
@@ -48,7 +47,7 @@ def _handle_errors(command):
         except OSError as error:
             if error.errno is None:
                 raise
-            where = f" {_show(error.filename)!r}" if error.filename else ""
+            where = f" {console.show(error.filename)!r}" if error.filename else ""
             raise click.ClickException(f"cannot use{where}: {error.strerror}; check the path, its permissions and "
                                        "the free disk space.") from None
         except MemoryError:
@@ -78,15 +77,28 @@ def _say_device() -> None:
     logging.getLogger("transfer").info(console.device_line())
 
 
+def _start(quiet: bool) -> None:
+    """What each command that runs a model does first: logs to stderr, then the device."""
+    _setup_logging(quiet)
+    _say_device()
+
+
+def _echo(text: str) -> None:
+    """Print a result's text, and nothing (not even an empty line) when there is none."""
+    if text:
+        click.echo(text)
+
+
+def _echo_failures(failures: list[tuple[str, str]]) -> None:
+    for line in console.failures(failures):
+        click.echo(line, err=True)
+
+
 def _verbose(ctx, param, value):
     """``-v`` before or after the command: TensorFlow's own logs come back (it has not been imported yet)."""
     if value:
         ctx.meta["transfer.verbose"] = True  # shared by the group's and the command's contexts
         console.loud()
-
-
-verbose_option = click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_verbose,
-                              help="Also TensorFlow's own start-up and C++ logs (hidden by default).")
 
 
 def _dense_sizes(ctx, param, values):
@@ -117,6 +129,60 @@ def _path_list(ctx, param, value):
         raise click.BadParameter(str(error)) from None
 
 
+# ---- options shared by several commands ------------------------------------------------------------------------------
+
+def _options(*options):
+    """A decorator that adds ``options`` in the order given (click adds the last one first)."""
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+verbose_option = click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_verbose,
+                              help="Also TensorFlow's own start-up and C++ logs (hidden by default).")
+unsafe_option = click.option(
+    "--unsafe", is_flag=True, help="Load a .keras model that holds Python code (a Lambda layer), which runs as it "
+    "loads: only for files you trust.")
+model_argument = click.argument("model", type=click.Path(exists=True))
+data_dir_argument = click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+cache_dir_option = click.option("--cache-dir", default=None, help="Cache folder [default: ~/.cache/transfer].")
+batch_size_option = click.option("--batch-size", type=click.IntRange(min=1), default=config.PREDICT_BATCH,
+                                 show_default=True)
+seed_option = click.option("--seed", type=int, default=default("seed"), show_default=True)
+
+
+def max_pixels_option(verb: str = "Refuse"):
+    """``--max-pixels`` of the commands that read images for a model: ``verb`` says what happens to a larger one."""
+    return click.option("--max-pixels", type=click.IntRange(min=1), default=default("max_pixels"), show_default=True,
+                        help=f"{verb} larger images (checked from the header, before decoding).")
+
+
+def quiet_option(help: str = "No logs."):
+    return click.option("-q", "--quiet", is_flag=True, help=help)
+
+
+def json_option(help: str = "Print JSON."):
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def output_option(help: str):
+    return click.option("-o", "--output", default=None, help=help)
+
+
+#: train and inspect: how images are found and checked (doctor too)
+audit_options = _options(
+    click.option("--max-pixels", type=int, default=default("max_pixels"), show_default=True,
+                 help="Refuse larger images (checked from the header, before decoding)."),
+    click.option("--dedupe", is_flag=True, help="Drop exact duplicate images (same bytes), keeping one."),
+    cache_dir_option)
+#: the commands that load a model and print what it gives: its safety, logs and TensorFlow's own
+model_options = _options(unsafe_option, quiet_option(), verbose_option)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="transfer")
 @verbose_option
@@ -142,19 +208,13 @@ def main(ctx):
 
 
 @main.command("backbones")
-@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+@json_option("Print the registry as JSON.")
 def backbones_command(as_json):
     """List the backbones: name, input size, parameters, preprocessing, unfreeze point, where weights come from."""
+    from transfer import backbones as registry
+
     rows = [registry.describe(registry.get(name)) for name in registry.names()]
-    if as_json:
-        click.echo(json_text(rows))
-        return
-    header = ("name", "kind", "size", "params", "preprocessing", "unfreeze", "imagenet weights")
-    table = [header] + [(r["name"], r["kind"], str(r["input_size"]), _count(r["params"]),
-                         r["preprocessing"], r["unfreeze"], r["weights"]) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    click.echo(json_text(rows) if as_json else console.backbones_table(rows))
 
 
 @main.group("weights")
@@ -164,43 +224,24 @@ def weights_group():
 
 @weights_group.command("fetch")
 @click.argument("name")
-@click.option("--cache-dir", default=None, help="Cache folder [default: ~/.cache/transfer].")
+@cache_dir_option
 @_handle_errors
 def weights_fetch_command(name, cache_dir):
     """Fetch (and convert) the ImageNet weights of backbone NAME, as the first `train` would.
 
     Example: transfer weights fetch vgg16
     """
+    from transfer import backbones as registry
+
     click.echo(registry.fetch_weights(name, cache_dir))
 
 
-def _count(n: int) -> str:
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
-
-
-unsafe_option = click.option(
-    "--unsafe", is_flag=True, help="Load a .keras model that holds Python code (a Lambda layer), which runs as it "
-    "loads: only for files you trust.")
-
-
-def audit_options(command):
-    """Options shared by `train` and `inspect`: how images are found and checked."""
-    for option in reversed([
-        click.option("--max-pixels", type=int, default=default("max_pixels"), show_default=True,
-                     help="Refuse larger images (checked from the header, before decoding)."),
-        click.option("--dedupe", is_flag=True, help="Drop exact duplicate images (same bytes), keeping one."),
-        click.option("--cache-dir", default=None, help="Cache folder [default: ~/.cache/transfer]."),
-    ]):
-        command = option(command)
-    return command
-
-
 @main.command("inspect")
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@data_dir_argument
 @click.option("--val-split", type=float, default=default("val_split"), show_default=True)
-@click.option("--seed", type=int, default=default("seed"), show_default=True)
+@seed_option
 @audit_options
-@click.option("--json", "as_json", is_flag=True, help="Print the audit as JSON.")
+@json_option("Print the audit as JSON.")
 @_handle_errors
 def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as_json):
     """Audit DATA_DIR without training: classes, counts, sizes, formats and every problem file.
@@ -214,35 +255,7 @@ def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as
 
     report = summary(scan(data_dir, val_split, seed, max_pixels=max_pixels, dedupe=dedupe, cache_dir=cache_dir,
                           progress=not as_json))
-    if as_json:
-        click.echo(json_text(report))
-    else:
-        _print_inspection(report)
-
-
-def _print_inspection(r: dict) -> None:
-    click.echo(f"{r['root']}: {len(r['classes'])} classes, {r['images']} images "
-               f"({'split folders' if r['split_source'] == 'folders' else 'random validation split'})")
-    splits = list(r["counts"])
-    width = max(len(c) for c in r["classes"])
-    click.echo("  " + "class".ljust(width) + "".join(s.rjust(8) for s in splits))
-    for c in r["classes"]:
-        click.echo("  " + c.ljust(width) + "".join(str(r["counts"][s][c]).rjust(8) for s in splits))
-    click.echo(f"imbalance (largest/smallest train class): {r['imbalance_ratio']}")
-    if r["sizes"]:
-        click.echo("sizes (w x h): " + ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in r["sizes"].items()))
-    click.echo("formats: " + ", ".join(f"{k} {v}" for k, v in r["formats"].items()))
-    click.echo(f"skipped: {len(r['skipped'])}, outside class folders: {len(r['unused'])}, "
-               f"ignored: {r['ignored']} non-image and {r['hidden_or_system']} hidden/system files, duplicate groups: {len(r['duplicates'])} "
-               f"({len(r['leaks'])} across splits)")
-    for row in r["skipped"]:
-        click.echo(f"  skipped {row['path']}: {row['reason']}")
-    for row in r["notes"]:
-        click.echo(f"  note {row['path']}: {row['note']}")
-    for path in r["unused"]:
-        click.echo(f"  not used {path}: outside any class folder")
-    for group in r["leaks"]:
-        click.echo(f"  leakage: {' = '.join(group)}")
+    click.echo(json_text(report) if as_json else console.inspection(report))
 
 
 @main.command("train")
@@ -353,9 +366,9 @@ def _print_inspection(r: dict) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing run of the same name (once the new one finishes).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run --name (killed or interrupted) from its last "
               "finished epoch, with the settings it was started with.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars or logs.")
+@quiet_option("No progress bars or logs.")
 @verbose_option
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 @click.pass_context
 @_handle_errors
 def train_command(ctx, preset, config_file, quiet, as_json, resume, **options):
@@ -366,47 +379,39 @@ def train_command(ctx, preset, config_file, quiet, as_json, resume, **options):
       transfer train photos/ --backbone resnet50 --epochs 5 --fine-tune-epochs 5
       transfer train --config models/<run>/config.json --epochs 20
     """
+    from transfer import configfile, preflight
+
     _setup_logging(quiet)
     explicit = {k: v for k, v in options.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
     explicit["verbose"] = 0 if quiet else (1 if sys.stderr.isatty() else 2)
-    config = configfile.merge(preset, configfile.load(config_file) if config_file else {}, explicit)
-    preflight.check(config, open_models=False, resume=resume)  # every error that needs no TensorFlow, before its import
+    settings = configfile.merge(preset, configfile.load(config_file) if config_file else {}, explicit)
+    preflight.check(settings, open_models=False, resume=resume)  # every error that needs no TensorFlow, before its import
     _say_device()
-    from transfer.training import train
+    from transfer.training import distribute, train
 
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bars print to stdout
-        result = train(config, resume=resume)
-    from transfer.training import distribute
-
-    saved = distribute.writes_run(config)  # a worker that is not the chief: its run folder is already deleted
-    summary = {"run_dir": result.run_dir if saved else None, "labels": result.labels, "metrics": result.metrics}
+        result = train(settings, resume=resume)
+    saved = distribute.writes_run(settings)  # a worker that is not the chief: its run folder is already deleted
     if as_json:
-        click.echo(json_text(summary))
-        return
-    if not saved:
+        click.echo(json_text({"run_dir": result.run_dir if saved else None, "labels": result.labels,
+                              "metrics": result.metrics}))
+    elif not saved:
         click.echo("trained as a worker of the cluster; the chief saved the run")
-        return
-    click.echo(console.summary_table(result.run_dir, result.metrics, report=_report(result.run_dir)))
-
-
-def _report(run_dir: str) -> str | None:
-    """The run's report, when there is one."""
-    path = os.path.join(run_dir, runs.REPORT_FILE)
-    return path if os.path.isfile(path) else None
+    else:
+        report = os.path.join(result.run_dir, runs.REPORT_FILE)
+        click.echo(console.summary_table(result.run_dir, result.metrics,
+                                         report=report if os.path.isfile(report) else None))
 
 
 @main.command("predict")
-@click.argument("model", type=click.Path(exists=True))
+@model_argument
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-k", "--top-k", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--max-pixels", type=click.IntRange(min=1), default=default("max_pixels"), show_default=True,
-              help="Refuse larger images (checked from the header, before decoding).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=config.TOP_K, show_default=True)
+@batch_size_option
+@max_pixels_option()
+@json_option()
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
-@unsafe_option
-@click.option("-q", "--quiet", is_flag=True, help="No logs.")
-@verbose_option
+@model_options
 @_handle_errors
 def predict_command(model, inputs, top_k, batch_size, max_pixels, unsafe, as_json, as_csv, quiet):
     """Predict the labels of images: files, folders (recursive) or globs.
@@ -420,34 +425,50 @@ def predict_command(model, inputs, top_k, batch_size, max_pixels, unsafe, as_jso
     """
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be used together; choose one.")
-    _setup_logging(quiet)
-    _say_device()
-    from transfer.predict import predict
+    _start(quiet)
+    from transfer.prediction import predict
 
     with contextlib.redirect_stdout(sys.stderr):
         result = predict(model, list(inputs), top_k=top_k, batch_size=batch_size, max_pixels=max_pixels,
                          unsafe=unsafe)
-    (_print_json if as_json else _print_csv if as_csv else _print_table)(result)
+    if as_json:
+        click.echo(json_text(console.predictions_json(result)))
+    elif as_csv:
+        _write_csv(result)
+    else:
+        _echo(console.predictions_table(result))
+        _echo_failures(result.failures)
     if result.failures:
         sys.exit(1)
 
 
+def _write_csv(result) -> None:
+    """One row per image, failures included, every cell guarded against spreadsheet formulas."""
+    from transfer.data import csv_row
+
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["path", "label", "probability", "top_k", "error"])
+    for p in result.predictions:
+        writer.writerow(csv_row([console.show(p.path), p.label, f"{p.probability:.6f}",
+                                 ";".join(f"{label}:{prob:.6f}" for label, prob in p.top_k), ""]))
+    for path, reason in result.failures:
+        writer.writerow(csv_row([console.show(path), "", "", "", reason]))
+
+
 @main.command("evaluate")
-@click.argument("model", type=click.Path(exists=True))
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@model_argument
+@data_dir_argument
 @click.option("--split", default=None, help="With train/ val/ test/ folders: the split to evaluate "
               "[default: test, else val, else train].")
-@click.option("-o", "--output", default=None,
-              help="Folder to write [default: MODEL/evaluations/<data> for a run, ./evaluation-<data> otherwise].")
+@output_option("Folder to write [default: MODEL/evaluations/<data> for a run, ./evaluation-<data> otherwise].")
 @click.option("--allow-missing-classes", is_flag=True, help="Evaluate even if DATA_DIR lacks some of the model's "
               "classes (their recall counts as 0).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--max-pixels", type=click.IntRange(min=1), default=default("max_pixels"), show_default=True,
-              help="Skip larger images (checked from the header, before decoding).")
+@batch_size_option
+@max_pixels_option("Skip")
 @click.option("--cache-dir", default=None, help="Audit cache folder [default: ~/.cache/transfer].")
 @unsafe_option
-@click.option("-q", "--quiet", is_flag=True, help="No logs.")
-@click.option("--json", "as_json", is_flag=True, help="Print evaluation.json instead of the table.")
+@quiet_option()
+@json_option("Print evaluation.json instead of the table.")
 @_handle_errors
 def evaluate_command(model, data_dir, split, output, allow_missing_classes, batch_size, max_pixels, cache_dir, unsafe,
                      quiet, as_json):
@@ -463,34 +484,33 @@ def evaluate_command(model, data_dir, split, output, allow_missing_classes, batc
       transfer evaluate models/my-run/ photos/ --split test
     """
     _setup_logging(quiet)
-    from transfer.evaluation import evaluate
+    from transfer.reports.evaluate import evaluate
 
     with contextlib.redirect_stdout(sys.stderr):
         result = evaluate(model, data_dir, split=split, output=output, batch_size=batch_size, max_pixels=max_pixels,
                           cache_dir=cache_dir, allow_missing=allow_missing_classes, unsafe=unsafe,
                           progress=not quiet and not as_json)
-    if as_json:
-        click.echo(json_text({**result.record, "output": result.path}))
-    else:
-        _print_evaluation(result.metrics, result.path)
+    click.echo(json_text({**result.record, "output": result.path}) if as_json
+               else console.evaluation(result.metrics, result.path))
 
 
 @main.command("doctor")
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@data_dir_argument
 @click.option("-b", "--backbone", default=default("backbone"), show_default=True,
               help="The pretrained backbone whose features are compared (train's cache is shared).")
-@click.option("-o", "--output", default=None, help="Folder to write label_issues.csv, near_duplicates.csv, "
-              "outliers.csv, suspects.png and report.html into.")
-@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+@output_option("Folder to write label_issues.csv, near_duplicates.csv, outliers.csv, suspects.png and report.html "
+               "into.")
+@click.option("--folds", type=click.IntRange(min=2), default=config.DOCTOR_FOLDS, show_default=True,
               help="Out-of-fold heads: each image is judged by a head that never saw it.")
-@click.option("--duplicate-threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Cosine similarity of features above which images are near-duplicates [default: 0.95, measured].")
+@click.option("--duplicate-threshold", type=click.FloatRange(0, 1, min_open=True),
+              default=config.DUPLICATE_THRESHOLD, show_default=True,
+              help="Cosine similarity of thumbnails above which images are near-duplicates (measured).")
 @click.option("--val-split", type=float, default=default("val_split"), show_default=True,
               help="As for train: near-duplicates across train's split are leakage.")
-@click.option("--seed", type=int, default=default("seed"), show_default=True)
+@seed_option
 @audit_options
-@click.option("-q", "--quiet", is_flag=True, help="No logs.")
-@click.option("--json", "as_json", is_flag=True, help="Print label_issues, near_duplicates and outliers as JSON.")
+@quiet_option()
+@json_option("Print label_issues, near_duplicates and outliers as JSON.")
 @_handle_errors
 def doctor_command(data_dir, backbone, output, folds, duplicate_threshold, val_split, seed, max_pixels, dedupe,
                    cache_dir, quiet, as_json):
@@ -505,89 +525,22 @@ def doctor_command(data_dir, backbone, output, folds, duplicate_threshold, val_s
       transfer doctor photos/ -o doctor-photos
     """
     _setup_logging(quiet or as_json)
-    from transfer.doctor import DUPLICATE_THRESHOLD, doctor
-
     if dedupe:
         raise click.UsageError("--dedupe does not apply to doctor: it reports duplicates and changes nothing.")
+    from transfer.reports.doctor import doctor
+
     with contextlib.redirect_stdout(sys.stderr):
         result = doctor(data_dir, backbone=backbone, output=output, folds=folds, seed=seed, val_split=val_split,
-                        duplicate_threshold=duplicate_threshold or DUPLICATE_THRESHOLD, max_pixels=max_pixels,
-                        cache_dir=cache_dir, progress=not quiet and not as_json)
-    if as_json:
-        click.echo(json_text(result.record))
-    else:
-        _print_diagnosis(result)
-
-
-def _print_diagnosis(d) -> None:
-    click.echo(f"{d.root}: {d.images} images, {len(d.classes)} classes, features of {d.backbone} "
-               f"({d.seconds:.0f} s)")
-    click.echo(f"  label issues      {len(d.label_issues):6d}")
-    click.echo(f"  near-duplicates   {len(d.near_duplicates):6d} group(s)")
-    click.echo(f"  outliers          {len(d.outliers):6d}")
-    for issue in d.label_issues[:10]:
-        click.echo(f"  label? {_show(issue['path'])}: given {_show(issue['given'])}, looks like "
-                   f"{_show(issue['suggested'])} (score {issue['score']:.2f})")
-    for group in d.near_duplicates[:5]:
-        click.echo(f"  {group['kind']} ({group['similarity']:.3f}): {' = '.join(map(_show, group['paths']))}")
-    for row in d.outliers[:5]:
-        click.echo(f"  outlier {_show(row['path'])} (similarity {row['similarity']:.2f} to {_show(row['nearest'])})")
-    if d.output:
-        click.echo(f"written: {d.output}")
-    elif d.label_issues or d.near_duplicates or d.outliers:
-        click.echo("(the full lists: --json, or -o FOLDER for CSV files, a contact sheet and report.html)")
-
-
-def _print_evaluation(m: dict, output: str) -> None:
-    click.echo(f"{m['images']} images: accuracy {m['accuracy']:.4f}, top-{m['top_k']} accuracy "
-               f"{m['top_k_accuracy']:.4f}, log loss {m['log_loss']:.4f}")
-    rows = [(label, r["precision"], r["recall"], r["f1"], r["support"]) for label, r in m["per_class"].items()]
-    rows += [(f"{name} average", m[name]["precision"], m[name]["recall"], m[name]["f1"], m["images"])
-             for name in ("macro", "weighted")]
-    width = max(len(_show(row[0])) for row in rows)
-    click.echo("  " + "class".ljust(width) + "".join(h.rjust(11) for h in ("precision", "recall", "f1", "support")))
-    for label, precision, recall, f1, support in rows:
-        click.echo("  " + _show(label).ljust(width) + f"{precision:11.4f}{recall:11.4f}{f1:11.4f}{support:11d}")
-    for note in m["notes"]:
-        click.echo(f"note: {note}")
-    click.echo(f"written: {output}")
-
-
-def _show(path: str) -> str:
-    """A path that can be printed, even when its name is not valid UTF-8."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _print_table(result):
-    for p in result.predictions:
-        others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top_k[1:])
-        click.echo(f"{_show(p.path)}\t{p.label}\t{p.probability:.3f}" + (f"\t{others}" if others else ""))
-    for path, reason in result.failures:
-        click.echo(f"Error: {_show(path)}: {reason}", err=True)
-
-
-def _print_json(result):
-    click.echo(json_text({"predictions": [{**p.to_dict(), "path": _show(p.path)} for p in result.predictions],
-                          "errors": [{"path": _show(path), "error": reason} for path, reason in result.failures]}))
-
-
-def _print_csv(result):
-    from transfer.data import csv_row
-
-    writer = csv.writer(sys.stdout)
-    writer.writerow(["path", "label", "probability", "top_k", "error"])
-    for p in result.predictions:
-        writer.writerow(csv_row([_show(p.path), p.label, f"{p.probability:.6f}",
-                                 ";".join(f"{label}:{prob:.6f}" for label, prob in p.top_k), ""]))
-    for path, reason in result.failures:
-        writer.writerow(csv_row([_show(path), "", "", "", reason]))
+                        duplicate_threshold=duplicate_threshold, max_pixels=max_pixels, cache_dir=cache_dir,
+                        progress=not quiet and not as_json)
+    click.echo(json_text(result.record) if as_json else console.diagnosis(result))
 
 
 @main.command("export")
-@click.argument("model", type=click.Path(exists=True))
-@click.option("-o", "--output", default=None, help="Base folder [default: MODEL/export].")
+@model_argument
+@output_option("Base folder [default: MODEL/export].")
 @click.option("--name", default=None, help="Model name in the serving layout [default: the run's name].")
-@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite", "onnx"]), default="saved_model",
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="saved_model",
               show_default=True, help="saved_model: for TensorFlow Serving; tflite: for phones and edge devices; "
               "onnx: for onnxruntime (pip install 'transfer[onnx]').")
 @click.option("--quantize", type=click.Choice(QUANTIZATIONS), default=None,
@@ -598,10 +551,8 @@ def _print_csv(result):
                    "(tflite int8: calibrate on them too, instead of the run's training images).")
 @click.option("--version", "version", type=click.IntRange(min=1), default=None,
               help="saved_model: version number [default: the next free one].")
-@unsafe_option
-@click.option("-q", "--quiet", is_flag=True, help="No logs.")
-@verbose_option
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@model_options
+@json_option("Print the result as JSON.")
 @_handle_errors
 def export_command(model, output, name, fmt, quantize, data, version, unsafe, quiet, as_json):
     """Export a run, verified: a SavedModel, TensorFlow Lite or ONNX.
@@ -626,73 +577,31 @@ def export_command(model, output, name, fmt, quantize, data, version, unsafe, qu
         raise click.UsageError("--quantize applies to --format tflite only.")
     if fmt != "saved_model" and version is not None:
         raise click.UsageError("--version applies to --format saved_model only.")
-    _setup_logging(quiet)
-    _say_device()
-    if fmt == "tflite":
-        return _export_tflite(model, output, name, quantize or "none", data, unsafe, as_json)
-    if fmt == "onnx":
-        return _export_onnx(model, output, name, data, unsafe, as_json)
-    from transfer.export import export
+    _start(quiet)
+    from transfer.export import export_as
 
+    given = {key: value for key, value in (("quantize", quantize), ("version", version)) if value is not None}
     with contextlib.redirect_stdout(sys.stderr):
-        result = export(model, output=output, name=name, version=version, data=data, unsafe=unsafe)
-    if as_json:
-        click.echo(json_text(result.to_dict()))
-    else:
-        click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB); on {result.images} images of "
-                   f"{result.checked_on}: "
-                   f"pixels top-1 agreement with the Keras model {result.top1_agreement:.1%}, max |Δp| "
-                   f"{result.max_abs_diff:.2g}; image bytes decoded in the graph, top-1 agreement with predict "
-                   f"{result.bytes_top1_agreement:.1%}, max |Δp| {result.bytes_max_abs_diff:.2g}")
-
-
-def _export_tflite(model, output, name, quantize, data, unsafe, as_json):
-    from transfer.export import export_tflite
-
-    with contextlib.redirect_stdout(sys.stderr):
-        result = export_tflite(model, output=output, name=name, quantize=quantize, data=data, unsafe=unsafe)
-    if as_json:
-        click.echo(json_text(result.to_dict()))
-    else:
-        _print_verified(result, quantize)
-
-
-def _export_onnx(model, output, name, data, unsafe, as_json):
-    from transfer.onnx_export import export_onnx
-
-    with contextlib.redirect_stdout(sys.stderr):
-        result = export_onnx(model, output=output, name=name, data=data, unsafe=unsafe)
-    if as_json:
-        click.echo(json_text(result.to_dict()))
-    else:
-        _print_verified(result, "onnx")
-
-
-def _print_verified(result, what: str) -> None:
-    calibrated = getattr(result, "calibrated_on", None)
-    click.echo(f"exported: {result.path} ({result.size / 2**20:.2f} MiB, {what}"
-               f"{f', calibrated on {calibrated}' if calibrated else ''}); on {result.images} images of "
-               f"{result.checked_on}: top-1 agreement with the Keras model {result.top1_agreement:.1%}, "
-               f"max |Δp| {result.max_abs_diff:.2g}")
+        result = export_as(fmt, model, output=output, name=name, data=data, unsafe=unsafe, **given)
+    click.echo(json_text(result.to_dict()) if as_json else result.summary())
 
 
 @main.command("serve")
-@click.argument("model", type=click.Path(exists=True))
-@click.option("--host", default=DEFAULT_HOST, show_default=True,
+@model_argument
+@click.option("--host", default=config.SERVE_HOST, show_default=True,
               help="Address to listen on; 0.0.0.0 opens it to the network (there is no authentication).")
-@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+@click.option("--port", type=click.IntRange(0, 65535), default=config.SERVE_PORT, show_default=True,
               help="TCP port (TF Serving's REST port is 8501; 0: any free port).")
 @click.option("--model-name", default=None, help="The <name> in /v1/models/<name> [default: the run's name].")
-@click.option("--max-batch", type=click.IntRange(min=1), default=MAX_BATCH, show_default=True,
+@click.option("--max-batch", type=click.IntRange(min=1), default=config.SERVE_MAX_BATCH, show_default=True,
               help="Most images in one request.")
-@click.option("--max-body", type=click.IntRange(min=1), default=MAX_BODY, show_default=True,
+@click.option("--max-body", type=click.IntRange(min=1), default=config.SERVE_MAX_BODY, show_default=True,
               help="Largest request body in bytes (413 beyond it).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=default("max_pixels"), show_default=True,
-              help="Refuse larger images (checked from the header, before decoding).")
-@click.option("--drain-timeout", type=click.FloatRange(min=0), default=DRAIN_TIMEOUT, show_default=True,
+@max_pixels_option()
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=config.SERVE_DRAIN_TIMEOUT, show_default=True,
               help="Seconds that requests in flight at Ctrl-C or SIGTERM get to finish (new connections are refused).")
 @unsafe_option
-@click.option("-q", "--quiet", is_flag=True, help="No request log.")
+@quiet_option("No request log.")
 @verbose_option
 @_handle_errors
 def serve_command(model, host, port, model_name, max_batch, max_body, max_pixels, drain_timeout, unsafe, quiet):
@@ -708,8 +617,7 @@ def serve_command(model, host, port, model_name, max_batch, max_body, max_pixels
       curl -d '{"instances": [{"b64": "'$(base64 -w0 cat.jpg)'"}]}' \\
         http://127.0.0.1:8501/v1/models/my-run:predict
     """
-    _setup_logging(quiet)
-    _say_device()
+    _start(quiet)
     from transfer.serve import make_server
 
     with contextlib.redirect_stdout(sys.stderr):
@@ -722,18 +630,15 @@ def serve_command(model, host, port, model_name, max_batch, max_body, max_pixels
 
 
 @main.command("explain")
-@click.argument("model", type=click.Path(exists=True))
+@model_argument
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--class", "target", default=None, help="Explain this class [default: each image's predicted class].")
 @click.option("--layer", default=None, help="Feature map to weigh [default: the last one larger than 1x1].")
-@click.option("-o", "--output", default=None, help="Folder for the PNGs [default: ./explain-<run name>]; new, empty "
-              "or made by transfer (no file is ever replaced).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=default("max_pixels"), show_default=True,
-              help="Refuse larger images (checked from the header, before decoding).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@unsafe_option
-@click.option("-q", "--quiet", is_flag=True, help="No logs.")
-@verbose_option
+@output_option("Folder for the PNGs [default: ./explain-<run name>]; new, empty or made by transfer (no file is "
+               "ever replaced).")
+@max_pixels_option()
+@json_option()
+@model_options
 @_handle_errors
 def explain_command(model, inputs, target, layer, output, max_pixels, as_json, unsafe, quiet):
     """Grad-CAM heat maps: where in each image the model looks (one PNG per image and a contact sheet).
@@ -745,42 +650,31 @@ def explain_command(model, inputs, target, layer, output, max_pixels, as_json, u
     Example:
       transfer explain models/my-run/ cat.jpg dog.jpg --output explained/
     """
-    _setup_logging(quiet)
-    _say_device()
-    from transfer.explain import explain
+    _start(quiet)
+    from transfer.reports.explain import explain
 
     with contextlib.redirect_stdout(sys.stderr):
         result = explain(model, list(inputs), target=target, layer=layer, output=output, max_pixels=max_pixels,
                          unsafe=unsafe)
     if as_json:
-        click.echo(json_text({"layer": result.layer, "output_dir": result.output_dir,
-                              "contact_sheet": result.contact_sheet,
-                              "images": [{**e.to_dict(), "path": _show(e.path), "png": _show(e.png)}
-                                         for e in result.explanations],
-                              "errors": [{"path": _show(p), "error": reason} for p, reason in result.failures]}))
+        click.echo(json_text(console.explanations_json(result)))
     else:
-        for e in result.explanations:
-            click.echo(f"{_show(e.path)}\t{e.label}\t{e.probability:.3f}\t{_show(e.png)}")
-        if result.contact_sheet:
-            click.echo(f"contact sheet: {result.contact_sheet} (layer {result.layer})")
-        for path, reason in result.failures:
-            click.echo(f"Error: {_show(path)}: {reason}", err=True)
+        _echo(console.explanations(result))
+        _echo_failures(result.failures)
     if result.failures:
         sys.exit(1)
 
 
 @main.command("visualize")
-@click.argument("model", type=click.Path(exists=True))
+@model_argument
 @click.option("--layer", "layers", multiple=True, help="Layer whose activation maps --image shows (repeatable) "
               "[default: a few evenly spaced convolutional layers].")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Show the activation maps of the layers on this image.")
-@click.option("-o", "--output", default=None, help="Folder for the PNGs [default: ./visualize-<run name>]; new, "
-              "empty or made by transfer (no file is ever replaced).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@unsafe_option
-@click.option("-q", "--quiet", is_flag=True, help="No logs.")
-@verbose_option
+@output_option("Folder for the PNGs [default: ./visualize-<run name>]; new, empty or made by transfer (no file is "
+               "ever replaced).")
+@json_option()
+@model_options
 @_handle_errors
 def visualize_command(model, layers, image, output, as_json, unsafe, quiet):
     """The first convolutional layer's filters as an image grid; with --image, activation maps.
@@ -790,18 +684,12 @@ def visualize_command(model, layers, image, output, as_json, unsafe, quiet):
       transfer visualize models/my-run/
       transfer visualize models/my-run/ --image cat.jpg --layer block3_conv
     """
-    _setup_logging(quiet)
-    _say_device()
-    from transfer.visualize import visualize
+    _start(quiet)
+    from transfer.reports.visualize import visualize
 
     with contextlib.redirect_stdout(sys.stderr):
         result = visualize(model, list(layers), image=image, output=output, unsafe=unsafe)
-    if as_json:
-        click.echo(json_text(result.to_dict()))
-        return
-    click.echo(f"filters of {result.filters_layer}: {result.filters}")
-    for name, path in result.activations.items():
-        click.echo(f"activations of {name}: {path}")
+    click.echo(json_text(result.to_dict()) if as_json else console.visualization(result))
 
 
 if __name__ == "__main__":

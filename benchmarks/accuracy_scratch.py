@@ -66,7 +66,7 @@ def _without_tta(result, data: str) -> float:
     import numpy as np
 
     from transfer.features import extractor, head_top
-    from transfer.images import load_image
+    from transfer.data.images import load_image
 
     inputs = keras.Input(result.model.input_shape[1:])
     one_view = keras.layers.Reshape((1, -1))(extractor(result.model)(inputs))  # head_top takes (views, features)

@@ -110,7 +110,7 @@ def main() -> None:
     p.add_argument("--train", action="store_true", help="also train clean / noisy / noisy --exclude")
     args = p.parse_args()
     sys.path.insert(0, ROOT)
-    from transfer.doctor import doctor
+    from transfer.reports.doctor import doctor
 
     work = tempfile.mkdtemp(prefix="bench-doctor-")
     try:

@@ -83,8 +83,9 @@ def tflite_rates(keras_path: str, paths: list[str], args, work: str) -> str:
     """img/s of `transfer predict` on the float32 and int8 .tflite of the model, as a summary fragment."""
     import keras
 
-    from transfer import layers, tflite  # noqa: F401  (layers: the model file's custom layers)
-    from transfer.images import load_image
+    from transfer import layers  # noqa: F401  (the model file's custom layers)
+    from transfer.export import tflite
+    from transfer.data.images import load_image
 
     model = keras.saving.load_model(keras_path)
     calibration = np.stack([load_image(p, (args.image_size, args.image_size)) for p in paths[:100]])
@@ -101,11 +102,12 @@ def onnx_rate(keras_path: str, paths: list[str], args, work: str) -> str:
     """img/s of `transfer predict` on the model's ONNX export (onnxruntime), as a summary fragment."""
     import keras
 
-    from transfer import layers, onnx_export  # noqa: F401  (layers: the model file's custom layers)
+    from transfer import layers  # noqa: F401  (the model file's custom layers)
+    from transfer.export import onnx
 
     path = os.path.join(work, "model.onnx")
     with open(path, "wb") as f:
-        f.write(onnx_export.convert(keras.saving.load_model(keras_path)))
+        f.write(onnx.convert(keras.saving.load_model(keras_path)))
     return f"ONNX (onnxruntime) {_rate(path, paths, args)}"
 
 
@@ -120,7 +122,7 @@ def saved_model_rate(keras_path: str, paths: list[str], args, work: str) -> str:
 
 def _rate(path: str, paths: list[str], args) -> str:
     """`transfer predict` on an exported file: img/s after a warm-up batch, and the file's size."""
-    from transfer.predict import load_model, predict
+    from transfer.prediction import load_model, predict
 
     loaded = load_model(path)
     predict(loaded, paths[:args.batch_size], batch_size=args.batch_size)  # warm up
@@ -138,7 +140,7 @@ def main():
     p.add_argument("--onnx", action="store_true", help="also time the model's ONNX export (onnxruntime)")
     p.add_argument("--saved-model", action="store_true", help="also time the model's SavedModel export")
     args = p.parse_args()
-    from transfer.predict import load_model, predict
+    from transfer.prediction import load_model, predict
 
     paths = image_paths(args.data, "train", args.images)
     peak = matmul_gflops()  # measured before and after: the better of the two is the bound (the machine is shared)

@@ -68,7 +68,7 @@ def from_bytes(version_dir: str, paths: list[str], batch_size: int) -> np.ndarra
 
 def from_predict(run: str, paths: list[str], labels: list[str], batch_size: int) -> np.ndarray:
     """Probabilities of `transfer predict` (every class, in label order)."""
-    from transfer.predict import predict
+    from transfer.prediction import predict
 
     result = predict(run, paths, top_k=len(labels), batch_size=batch_size)
     assert not result.failures, result.failures[:3]

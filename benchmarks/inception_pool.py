@@ -22,7 +22,7 @@ DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "cats_vs_dogs
 def features(model, paths, size):
     import numpy as np
 
-    from transfer.images import load_image
+    from transfer.data.images import load_image
     from transfer.layers import Preprocess
 
     out = []

@@ -27,7 +27,8 @@ def try_entry(name: str, tta: bool) -> tuple[str, str]:
     from transfer.config import TrainConfig
     from transfer.errors import TransferError
     from transfer.heads import build_model
-    from transfer.onnx_export import Runner, convert
+    from transfer.export.onnx import convert
+    from transfer.runners import ONNXRunner as Runner
 
     spec, config = registry.resolve(TrainConfig(data_dir=".", backbone=name, weights="none", tta=tta))
     model = build_model(spec, config, 3)

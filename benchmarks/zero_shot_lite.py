@@ -36,7 +36,7 @@ def main():
     import keras
 
     from transfer.backbones import efficientnet_lite as lite
-    from transfer.images import load_image
+    from transfer.data.images import load_image
     from transfer.layers import Preprocess
 
     paths = _common.image_paths(args.data, "validation", args.limit)

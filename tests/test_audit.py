@@ -199,7 +199,8 @@ def _training_pixels(ds, path):
 
 def _prediction_pixels(path):
     """The pixels `transfer predict` feeds a model for ``path`` (the model here records its input)."""
-    from transfer.predict import LoadedModel, predict
+    from transfer.prediction import predict
+    from transfer.runners import LoadedModel
 
     seen = []
 
@@ -224,7 +225,7 @@ def test_animated_image_is_noted_and_bomb_decodes_nothing(tmp_path):
 def test_bomb_is_refused_with_little_memory(tmp_path):
     _bomb(str(tmp_path / "bomb.png"))
     code = ("import resource, sys\n"
-            "from transfer.audit import check_file\n"
+            "from transfer.data.audit import check_file\n"
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "check = check_file(sys.argv[1], sys.argv[2])\n"
             "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base\n"
@@ -288,7 +289,7 @@ def test_duplicates_across_splits_are_leakage_and_dedupe_drops_them(tmp_path):
 
 
 def test_audit_cache_makes_rescans_skip_decoding_and_notices_changes(tmp_path, monkeypatch):
-    from transfer import audit
+    from transfer.data import audit
 
     root = str(tmp_path / "d")
     _base(root)

@@ -8,7 +8,7 @@ from transfer import backbones
 from transfer.config import TrainConfig
 from transfer.heads import backbone_of, build_model, unfreeze_index
 from transfer.layers import Preprocess
-from transfer.portable import all_layers, portable
+from transfer.export.portable import all_layers, portable
 
 ALL = backbones.names()
 PRETRAINED = [n for n in ALL if backbones.get(n).pretrained]

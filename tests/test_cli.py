@@ -18,7 +18,7 @@ def test_help_does_not_import_tensorflow(args):
     code = ("import sys, cli\n"
             f"sys.argv = ['transfer'] + {args!r}\n"
             "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
-            "print('TF_LOADED' if {'tensorflow', 'keras', 'matplotlib'} & set(sys.modules) else 'TF_ABSENT')")
+            "print('TF_LOADED' if {'tensorflow', 'keras', 'matplotlib', 'numpy'} & set(sys.modules) else 'TF_ABSENT')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "Usage:" in out.stdout
     assert out.stdout.strip().endswith("TF_ABSENT")

@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import make_dataset, write_image
 from transfer import data
 from transfer.errors import DataError, ImageError
-from transfer.images import BACKGROUND, load_image
+from transfer.data.images import BACKGROUND, load_image
 
 
 def test_flat_layout_is_split_stratified_and_seeded(tmp_path):

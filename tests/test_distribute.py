@@ -25,8 +25,8 @@ from cli import main
 from conftest import make_dataset
 from transfer import TrainConfig, runs
 from transfer.errors import ConfigError
-from transfer.images import load_image
-from transfer.predict import predict
+from transfer.data.images import load_image
+from transfer.prediction import predict
 from transfer.training import distribute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ import pytest
 
 from cli import main
 from conftest import make_dataset
-from transfer.audit import file_digest
+from transfer.data.audit import file_digest
 from transfer.backbones import efficientnet_lite as lite
 from transfer.errors import WeightsError
 
@@ -51,7 +51,7 @@ def test_a_tensor_left_over_or_missing_is_named(state):
 @pytest.mark.skipif(not os.path.isdir(PHOTOS), reason="the shared cats_vs_dogs photos are not beside the checkout")
 def test_zero_shot_imagenet_classes_on_real_photos():
     """A faithful conversion tells cats (ImageNet 281-285) from dogs (151-268) without any training."""
-    from transfer.images import load_image
+    from transfer.data.images import load_image
 
     paths = [p for c in ("cats", "dogs") for p in sorted(glob.glob(os.path.join(PHOTOS, c, "*.jpg")))[:8]]
     images = np.stack([load_image(p, (224, 224)) for p in paths]).astype(np.float32)
@@ -109,7 +109,7 @@ def test_train_predict_export_with_imagenet_weights(runner, tmp_path):
 
 def test_a_saved_run_predicts_what_the_trained_model_did(tmp_path):
     from transfer import TrainConfig, train
-    from transfer.predict import load_model
+    from transfer.runners import load_model
 
     data = make_dataset(tmp_path / "data", per_class=4, size=48)
     result = train(TrainConfig(data_dir=data, image_size=64, epochs=1, batch_size=8, verbose=0, name="r",

@@ -15,7 +15,7 @@ from cli import main
 from conftest import COLOURS, make_dataset, write_image
 from test_hardening import cli, failed, succeeded
 from transfer import runs
-from transfer.evaluation import evaluate
+from transfer.reports.evaluate import evaluate
 
 FILES = ("evaluation.json", "confusion_matrix.png", "misclassified.csv", "top_losses.png", "report.html")
 

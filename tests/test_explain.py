@@ -47,7 +47,7 @@ def not_blank(path):
 
 
 def test_heat_map_peaks_in_the_half_that_decides_the_class(located, tmp_path):
-    from transfer.explain import explain
+    from transfer.reports.explain import explain
 
     result = explain(located["run"], located["images"], output=str(tmp_path / "out"))
     assert not result.failures and len(result.explanations) == 20
@@ -100,7 +100,7 @@ def test_bad_layer_or_class_is_one_error_line(located, tmp_path, option, value, 
 
 
 def test_explain_for_a_chosen_class_and_layer(located, tmp_path):
-    from transfer.explain import explain
+    from transfer.reports.explain import explain
 
     result = explain(located["run"], located["images"][:2], target="right", layer="block2_conv",
                      output=str(tmp_path / "out"))
@@ -141,8 +141,8 @@ def built_model(folder, backbone, tta, size):
 def test_every_kind_of_backbone_with_and_without_mirroring(located, tmp_path, backbone, size, tta):
     """The last feature map is found inside each nested backbone (untrained models: the search is what is tested);
     with --tta the mirrored view is flipped back, so the heat map of a mirrored image is the mirrored heat map."""
-    from transfer.explain import explain, orientations
-    from transfer.predict import load_model
+    from transfer.reports.explain import explain, orientations
+    from transfer.runners import load_model
 
     source = located["run"] if backbone == "located-run" else backbone  # --backbone PATH: a trained model's base
     path = built_model(tmp_path / "models", source, tta, size)
@@ -189,8 +189,8 @@ def test_mirroring_built_from_plain_layers_is_found_too(tmp_path):
     backbone, averaged: how a model without custom layers does it. Its mirrored branch is found and flipped back."""
     import keras
 
-    from transfer.explain import explain, orientations
-    from transfer.predict import load_model
+    from transfer.reports.explain import explain, orientations
+    from transfer.runners import load_model
 
     keras.utils.set_random_seed(0)
     size = 16
@@ -214,7 +214,7 @@ def test_mirroring_built_from_plain_layers_is_found_too(tmp_path):
         a, b = (e.heatmap for e in explain(loaded, [str(tmp_path / "a.png"), str(tmp_path / "b.png")],
                                            target=target, output=str(tmp_path / "out")).explanations)
         assert np.abs(a - b[:, ::-1]).max() < 0.05
-    from transfer.visualize import _activations  # visualize shows the image's own view, not the mirrored one
+    from transfer.reports.visualize import _activations  # visualize shows the image's own view, not the mirrored one
 
     seen = _activations(loaded, ["conv"], str(tmp_path / "a.png"), max_pixels=10**8)["backbone/conv"]
     own = np.asarray(loaded.keras_model.get_layer("backbone")(pixels[None].astype(np.float32)))[0]

@@ -11,7 +11,7 @@ from transfer import backbones, data, features
 from transfer.config import TrainConfig
 from transfer.errors import ConfigError
 from transfer.heads import build_model
-from transfer.images import load_image
+from transfer.data.images import load_image
 from transfer.training import train
 
 SIZE = 48

@@ -309,7 +309,8 @@ def test_a_file_that_never_answers_is_skipped_after_the_deadline(tmp_path, monke
     """A dead network mount, stood in for by a check that blocks: the scan goes on without the file."""
     import threading
 
-    from transfer import audit, data as scanning
+    from transfer import data as scanning
+    from transfer.data import audit
 
     root = make_dataset(tmp_path / "d", per_class=4)
     stuck = os.path.join(root, "red", "000.png")
@@ -411,7 +412,8 @@ def test_nan_predictions_are_an_error_not_a_label(tmp_path):
     import numpy as np
 
     from transfer.errors import RunError
-    from transfer.predict import LoadedModel, predict
+    from transfer.prediction import predict
+    from transfer.runners import LoadedModel
 
     image = write_image(str(tmp_path / "x.png"), COLOURS["red"])
     broken = LoadedModel("broken.keras", "keras", ["a", "b"], (8, 8), "squash",
@@ -453,7 +455,7 @@ def test_library_functions_check_their_arguments(tmp_path, run):
     import transfer
     from transfer.errors import ConfigError
 
-    import transfer.export  # noqa: F401  (imports transfer.predict: the function must stay a function)
+    import transfer.reports.evaluate  # noqa: F401  (imports transfer.prediction: transfer.predict must stay a function)
 
     folder = tmp_path / "in"
     write_image(str(folder / "x.png"), COLOURS["green"])

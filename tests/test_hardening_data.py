@@ -136,7 +136,7 @@ CHILD = textwrap.dedent("""
     import json, os, pathlib, sys
     import transfer
     from transfer.errors import TransferError
-    from transfer.explain import walk, feature_taps
+    from transfer.reports.explain import walk, feature_taps
     RUN, DATA, IMG, OUT, OTHER, SPLIT, FLAT = sys.argv[1:8]
     LAYER = next(n for n in reversed(feature_taps(walk(transfer.load_model(RUN).keras_model,
                                                        __import__("numpy").zeros((1, 32, 32, 3), "float32"))[1])))
@@ -346,7 +346,7 @@ def test_max_pixels_above_pillows_limit_is_honoured(tmp_path, monkeypatch):
     from PIL import Image
 
     from transfer.errors import ImageError
-    from transfer.images import open_rgb
+    from transfer.data.images import open_rgb
 
     path = write_image(str(tmp_path / "big.png"), COLOURS["red"], size=64)  # 4096 pixels
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses over 2000 in open()

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from transfer.metrics import classification_metrics, confusion_matrix, top_k
+from transfer.reports.metrics import classification_metrics, confusion_matrix, top_k
 
 LABELS = ["a", "b", "c"]
 Y_TRUE = [0, 0, 0, 1, 1, 2]

@@ -69,8 +69,8 @@ def test_predict_on_the_onnx_file_and_folder_gives_the_runs_labels(exported, tra
 
 @needs_photos
 def test_onnx_agrees_with_keras_on_real_photos(exported, trained_run, tmp_path):
-    from transfer.images import load_image
-    from transfer.predict import load_model
+    from transfer.data.images import load_image
+    from transfer.runners import load_model
 
     photos = _photos(tmp_path / "photos")
     keras_model, onnx_model = load_model(trained_run["run"]), load_model(exported["info"]["path"])
@@ -161,7 +161,7 @@ def test_serve_answers_from_the_onnx_with_the_runs_labels(exported, trained_run)
 
     from werkzeug.test import Client
 
-    from transfer.predict import load_model
+    from transfer.runners import load_model
     from transfer.serve import Model, default_name, make_app
 
     loaded = load_model(exported["folder"])
@@ -179,7 +179,8 @@ def test_constants_a_layer_keeps_are_inlined_not_left_as_inputs():
     """Keras' Normalization keeps its mean and variance as tensors (EfficientNetB0 does): tf2onnx made them inputs."""
     import keras
 
-    from transfer.onnx_export import Runner, convert
+    from transfer.export.onnx import convert
+    from transfer.runners import ONNXRunner as Runner
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Normalization(mean=[100.0, 120.0, 140.0], variance=[400.0, 900.0, 1600.0])(inputs)

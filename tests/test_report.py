@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from conftest import make_dataset
-from transfer import report as html_report
-from transfer.plots import confusion_figure, plot_confusion, plot_top_losses
+from transfer.reports import report as html_report
+from transfer.reports.plots import confusion_figure, plot_confusion, plot_top_losses
 
 #: folder names that run script if a page puts them in its HTML unescaped ('/' cannot be in a folder name)
 EVIL = {"<img src=x onerror=\"document.title='XSS'\">": (220, 30, 30), "<script>document.title='XSS2'": (20, 40, 220)}

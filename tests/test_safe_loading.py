@@ -37,7 +37,7 @@ def test_a_lambda_model_is_refused_in_safe_mode_and_loads_with_unsafe(runner, tm
 
 
 def test_runs_of_transfer_load_in_safe_mode(trained_run):
-    from transfer.predict import load_model
+    from transfer.runners import load_model
 
     loaded = load_model(trained_run["run"])  # safe mode: every layer a run holds must be a registered class
     assert np.isfinite(loaded.predict_batch(np.zeros((1, 32, 32, 3), np.float32))).all()

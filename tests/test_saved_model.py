@@ -92,7 +92,7 @@ print(json.dumps(out))
 
 
 def test_every_run_loads_and_predicts_in_plain_keras_that_never_imports_transfer(runs, tmp_path):
-    from transfer.predict import load_model
+    from transfer.runners import load_model
 
     args, expected = [], {}
     for name, run in runs.items():
@@ -119,7 +119,7 @@ def test_a_model_saved_with_the_custom_layers_still_loads_through_transfer(runs,
     from transfer import TrainConfig
     from transfer.backbones import resolve
     from transfer.heads import build_model
-    from transfer.predict import load_model
+    from transfer.runners import load_model
 
     old = tmp_path / "old"
     shutil.copytree(runs["scratch-tta"], old)
@@ -141,8 +141,8 @@ def test_a_model_saved_with_the_custom_layers_still_loads_through_transfer(runs,
 def test_in_graph_decoding_gives_pillows_pixels_within_a_level(photos, resize):
     import tensorflow as tf
 
-    from transfer.images import load_image
-    from transfer.savedmodel import decode
+    from transfer.data.images import load_image
+    from transfer.export.savedmodel import decode
 
     for path in photos["check"]:
         with open(path, "rb") as f:
@@ -155,8 +155,8 @@ def test_in_graph_decoding_gives_pillows_pixels_within_a_level(photos, resize):
 def test_transparent_png_pixels_are_composited_onto_white_as_in_predict(tmp_path):
     import tensorflow as tf
 
-    from transfer.images import load_image
-    from transfer.savedmodel import decode
+    from transfer.data.images import load_image
+    from transfer.export.savedmodel import decode
 
     rgba = np.random.default_rng(0).integers(0, 256, (16, 16, 4), dtype=np.uint8)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
@@ -182,7 +182,7 @@ def test_export_is_verified_on_the_runs_photos_and_reports_it(exported):
     assert exported["size"] == sum(os.path.getsize(f) for f in files)
     metadata = json.load(open(os.path.join(exported["path"], "assets.extra", "metadata.json")))
     record = json.load(open(os.path.join(exported["run"], "config.json")))
-    from transfer.audit import file_digest
+    from transfer.data.audit import file_digest
 
     labels = open(os.path.join(exported["base"], "labels.txt")).read().split()
     assert metadata["labels"] == record["model"]["labels"] == labels
@@ -256,7 +256,7 @@ def test_a_failed_check_leaves_no_export(runs, tmp_path, monkeypatch):
 
     from transfer.errors import RunError
 
-    module = importlib.import_module("transfer.export")  # transfer.export is the function
+    module = importlib.import_module("transfer.export.savedmodel")  # the module whose check reads BYTES_TOP1
     monkeypatch.setattr(module, "BYTES_TOP1", 1.01)  # no export can meet it
     with pytest.raises(RunError, match="serving_default signature .* agrees with transfer predict on only 100.0%"):
         module.export(runs["scratch-tta"], output=str(tmp_path / "s"))

@@ -83,7 +83,7 @@ def test_the_last_inception_block_max_pools_as_in_the_file():
 def test_features_of_real_photos_tell_cats_from_dogs_by_nearest_centroid(members, seed_cache, name):
     """Random or misassigned weights cannot do this: 8 cats and 8 dogs, each nearest its own class's mean."""
     from transfer import backbones
-    from transfer.images import load_image
+    from transfer.data.images import load_image
     from transfer.layers import Preprocess
 
     spec = backbones.get(name)

@@ -61,7 +61,7 @@ def _labels(model, images):
 @pytest.mark.parametrize("quantize", QUANTIZATIONS)
 @pytest.mark.parametrize("name", list(TRAIN))
 def test_export_meets_its_threshold_and_predicts_like_the_run(trained, exported, name, quantize):
-    from transfer.export import THRESHOLDS
+    from transfer.export.verify import THRESHOLDS
 
     info = exported(name, quantize)
     least, most = THRESHOLDS[quantize]
@@ -105,9 +105,9 @@ def test_predict_on_a_damaged_tflite_is_a_clear_error(trained, exported, runner,
 
 
 def test_failed_verification_writes_nothing(trained, runner, tmp_path, monkeypatch):
-    import importlib  # transfer.export, the attribute, is the function of that name
+    import importlib
 
-    monkeypatch.setitem(importlib.import_module("transfer.export").THRESHOLDS, "dynamic", (1.01, None))  # no model can agree better than 100 %
+    monkeypatch.setitem(importlib.import_module("transfer.export.verify").THRESHOLDS, "dynamic", (1.01, None))  # no model can agree better than 100 %
     result = runner.invoke(main, ["export", trained["small"]["run"], "--format", "tflite", "--quantize", "dynamic",
                                   "-o", str(tmp_path / "out")])
     assert result.exit_code == 1
@@ -119,15 +119,15 @@ def test_a_wrong_conversion_is_caught(trained, runner, tmp_path, monkeypatch):
     """A .tflite of other weights (what from_concrete_functions once froze) fails the float32 check."""
     import keras
 
-    import transfer.tflite
+    from transfer.export import tflite
 
-    convert = transfer.tflite.convert
+    convert = tflite.convert
 
     def scrambled(model, *args, **kwargs):
         clone = keras.models.clone_model(model)  # the same network, freshly initialised weights
         return convert(clone, *args, **kwargs)
 
-    monkeypatch.setattr(transfer.tflite, "convert", scrambled)
+    monkeypatch.setattr(tflite, "convert", scrambled)
     result = runner.invoke(main, ["export", trained["small"]["run"], "--format", "tflite", "-o", str(tmp_path)])
     assert result.exit_code == 1 and "the none .tflite disagrees" in result.output
     assert not (tmp_path / "small" / "tflite-none").exists()
@@ -148,11 +148,13 @@ def test_int8_input_is_the_pixels_whatever_the_calibration_photos_range(trained)
     import keras
     import numpy as np
 
-    from transfer import layers, tflite  # noqa: F401  (layers: the model file's custom layers)
+    from transfer import layers  # noqa: F401  (the model file's custom layers)
+    from transfer.export import tflite
+    from transfer.runners import TFLiteRunner
 
     model = keras.saving.load_model(os.path.join(trained["small"]["run"], "model.keras"))
     dark = np.random.default_rng(0).uniform(0, 60, (10, 32, 32, 3)).astype(np.float32)
-    runner = tflite.Runner(tflite.convert(model, "int8", dark))
+    runner = TFLiteRunner(tflite.convert(model, "int8", dark))
     assert np.dtype(runner.input["dtype"]) == np.uint8 and runner.input["quantization"] == (1.0, 0)
 
 

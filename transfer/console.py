@@ -167,3 +167,119 @@ def _time_table(metrics: dict[str, Any]) -> list[str]:
     if features:
         lines.append(f"(of which {sum(features):.1f} s computing the backbone's features)")
     return lines
+
+
+# ---- what the commands print: text only, the CLI echoes it ---------------------------------------------------------
+
+def show(path: str) -> str:
+    """A path that can be printed, even when its name is not valid UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def backbones_table(rows: list[dict]) -> str:
+    """`transfer backbones`: one aligned line per registry entry."""
+    header = ("name", "kind", "size", "params", "preprocessing", "unfreeze", "imagenet weights")
+    table = [header] + [(r["name"], r["kind"], str(r["input_size"]), count(r["params"]),
+                         r["preprocessing"], r["unfreeze"], r["weights"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+
+
+def inspection(r: dict) -> str:
+    """`transfer inspect`: the audit's counts per class and split, then every problem file."""
+    splits = list(r["counts"])
+    width = max(len(c) for c in r["classes"])
+    lines = [f"{r['root']}: {len(r['classes'])} classes, {r['images']} images "
+             f"({'split folders' if r['split_source'] == 'folders' else 'random validation split'})",
+             "  " + "class".ljust(width) + "".join(s.rjust(8) for s in splits)]
+    lines += ["  " + c.ljust(width) + "".join(str(r["counts"][s][c]).rjust(8) for s in splits) for c in r["classes"]]
+    lines.append(f"imbalance (largest/smallest train class): {r['imbalance_ratio']}")
+    if r["sizes"]:
+        lines.append("sizes (w x h): " + ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in r["sizes"].items()))
+    lines.append("formats: " + ", ".join(f"{k} {v}" for k, v in r["formats"].items()))
+    lines.append(f"skipped: {len(r['skipped'])}, outside class folders: {len(r['unused'])}, "
+                 f"ignored: {r['ignored']} non-image and {r['hidden_or_system']} hidden/system files, duplicate "
+                 f"groups: {len(r['duplicates'])} ({len(r['leaks'])} across splits)")
+    lines += [f"  skipped {row['path']}: {row['reason']}" for row in r["skipped"]]
+    lines += [f"  note {row['path']}: {row['note']}" for row in r["notes"]]
+    lines += [f"  not used {path}: outside any class folder" for path in r["unused"]]
+    lines += [f"  leakage: {' = '.join(group)}" for group in r["leaks"]]
+    return "\n".join(lines)
+
+
+def diagnosis(d) -> str:
+    """`transfer doctor`: how many of each finding, and the first few of each."""
+    lines = [f"{d.root}: {d.images} images, {len(d.classes)} classes, features of {d.backbone} ({d.seconds:.0f} s)",
+             f"  label issues      {len(d.label_issues):6d}",
+             f"  near-duplicates   {len(d.near_duplicates):6d} group(s)",
+             f"  outliers          {len(d.outliers):6d}"]
+    lines += [f"  label? {show(issue['path'])}: given {show(issue['given'])}, looks like "
+              f"{show(issue['suggested'])} (score {issue['score']:.2f})" for issue in d.label_issues[:10]]
+    lines += [f"  {group['kind']} ({group['similarity']:.3f}): {' = '.join(map(show, group['paths']))}"
+              for group in d.near_duplicates[:5]]
+    lines += [f"  outlier {show(row['path'])} (similarity {row['similarity']:.2f} to {show(row['nearest'])})"
+              for row in d.outliers[:5]]
+    if d.output:
+        lines.append(f"written: {d.output}")
+    elif d.label_issues or d.near_duplicates or d.outliers:
+        lines.append("(the full lists: --json, or -o FOLDER for CSV files, a contact sheet and report.html)")
+    return "\n".join(lines)
+
+
+def evaluation(m: dict, output: str) -> str:
+    """`transfer evaluate`: accuracy, then precision, recall and f1 per class and averaged."""
+    rows = [(label, r["precision"], r["recall"], r["f1"], r["support"]) for label, r in m["per_class"].items()]
+    rows += [(f"{name} average", m[name]["precision"], m[name]["recall"], m[name]["f1"], m["images"])
+             for name in ("macro", "weighted")]
+    width = max(len(show(row[0])) for row in rows)
+    lines = [f"{m['images']} images: accuracy {m['accuracy']:.4f}, top-{m['top_k']} accuracy "
+             f"{m['top_k_accuracy']:.4f}, log loss {m['log_loss']:.4f}",
+             "  " + "class".ljust(width) + "".join(h.rjust(11) for h in ("precision", "recall", "f1", "support"))]
+    lines += ["  " + show(label).ljust(width) + f"{precision:11.4f}{recall:11.4f}{f1:11.4f}{support:11d}"
+              for label, precision, recall, f1, support in rows]
+    lines += [f"note: {note}" for note in m["notes"]]
+    lines.append(f"written: {output}")
+    return "\n".join(lines)
+
+
+def failures(failed: list[tuple[str, str]]) -> list[str]:
+    """The inputs that could not be read, one ``Error:`` line each (for stderr)."""
+    return [f"Error: {show(path)}: {reason}" for path, reason in failed]
+
+
+def predictions_table(result) -> str:
+    """`transfer predict`: path, label, probability and the other top-k, tab-separated."""
+    lines = []
+    for p in result.predictions:
+        others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top_k[1:])
+        lines.append(f"{show(p.path)}\t{p.label}\t{p.probability:.3f}" + (f"\t{others}" if others else ""))
+    return "\n".join(lines)
+
+
+def predictions_json(result) -> dict:
+    return {"predictions": [{**p.to_dict(), "path": show(p.path)} for p in result.predictions],
+            "errors": [{"path": show(path), "error": reason} for path, reason in result.failures]}
+
+
+def explanations_json(result) -> dict:
+    return {"layer": result.layer, "output_dir": result.output_dir, "contact_sheet": result.contact_sheet,
+            "images": [{**e.to_dict(), "path": show(e.path), "png": show(e.png)} for e in result.explanations],
+            "errors": [{"path": show(p), "error": reason} for p, reason in result.failures]}
+
+
+def explanations(result) -> str:
+    """`transfer explain`: each image's label and heat map, then the contact sheet."""
+    lines = [f"{show(e.path)}\t{e.label}\t{e.probability:.3f}\t{show(e.png)}" for e in result.explanations]
+    if result.contact_sheet:
+        lines.append(f"contact sheet: {result.contact_sheet} (layer {result.layer})")
+    return "\n".join(lines)
+
+
+def visualization(result) -> str:
+    """`transfer visualize`: where the filters and each layer's activation maps went."""
+    return "\n".join([f"filters of {result.filters_layer}: {result.filters}"] +
+                     [f"activations of {name}: {path}" for name, path in result.activations.items()])

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 
 from . import data
-from .audit import default_cache_dir
+from .data.audit import default_cache_dir
 from .backbones import BackboneSpec
 from .config import TrainConfig
 from .console import bar
@@ -405,10 +405,11 @@ class _Engine:
             self.runner = self._convert()
 
     def _convert(self):
-        from . import tflite
+        from .export import tflite
+        from .runners import TFLiteRunner
 
         try:
-            return tflite.Runner(tflite.convert(self.extractor))
+            return TFLiteRunner(tflite.convert(self.extractor))
         except Exception as error:  # a model TFLite cannot convert: Keras computes the same, slower
             self._refuse(f"the frozen part cannot be converted to TFLite ({error})")
             return None
@@ -426,7 +427,7 @@ class _Engine:
             return self.keras(batch)
         got = self.runner(batch)
         if not self.checked:
-            from .tflite import agreement
+            from .export.tflite import agreement
 
             expected = self.keras(batch)
             diff = agreement(expected, got)

@@ -21,11 +21,12 @@ import os
 from collections.abc import Iterable
 from itertools import islice
 
-from . import figures, runs
-from .audit import is_junk
+from .reports import figures
+from . import runs
+from .data.audit import is_junk
 from .data import SPLIT_FOLDERS
 from .errors import RunError
-from .images import is_image_name
+from .data.images import is_image_name
 
 #: entries of a subfolder looked at to decide whether it holds images: a class folder's are nearly all images
 PEEK = 50

@@ -11,7 +11,7 @@ running the SavedModel of ``transfer export`` (whose ``serving_default`` takes
 
 Row requests (``instances``) are answered ``{"predictions": [{"probabilities",
 "classes", "scores"}, ...]}``, columnar ones (``inputs``) ``{"outputs": {...}}``,
-as TF Serving does. Images are decoded by :func:`transfer.images.load_image`,
+as TF Serving does. Images are decoded by :func:`transfer.data.images.load_image`,
 as `transfer predict` decodes files (Pillow, EXIF orientation, the run's resize
 mode), so the labels are the same. A bad request gets a JSON ``{"error": ...}``
 and status 400, 404 for another model's name or version (as TF Serving), and 413
@@ -38,18 +38,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import SERVE_DRAIN_TIMEOUT, SERVE_HOST, SERVE_MAX_BATCH, SERVE_MAX_BODY, SERVE_PORT
 from .errors import ConfigError, ImageError, first_line
-from .images import MAX_PIXELS, load_image
-from .predict import LoadedModel, load_model
+from .data.images import MAX_PIXELS, load_image
+from .runners import LoadedModel, load_model
 
 log = logging.getLogger("transfer")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8501  # TF Serving's REST port
-MAX_BATCH = 64
-MAX_BODY = 32 * 2**20
-#: seconds that requests in flight at Ctrl-C or SIGTERM get to finish (--drain-timeout)
-DRAIN_TIMEOUT = 30
+DEFAULT_HOST, DEFAULT_PORT, MAX_BATCH, MAX_BODY = SERVE_HOST, SERVE_PORT, SERVE_MAX_BATCH, SERVE_MAX_BODY
+DRAIN_TIMEOUT = SERVE_DRAIN_TIMEOUT
 TOP_K = 5
 INPUT = "image_bytes"  # the name of the SavedModel's serving_default input
 INSTALL = "pip install 'transfer[serve]'"

@@ -61,7 +61,7 @@ class PinnedFile:
 
 def weights_folder(cache_dir: str | None) -> str:
     """``<cache dir>/weights``: converted weights of every family (delete it at any time)."""
-    from ..audit import default_cache_dir
+    from ..data.audit import default_cache_dir
 
     return os.path.join(cache_dir or default_cache_dir(), "weights")
 

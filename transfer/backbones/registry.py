@@ -212,7 +212,7 @@ def _verify_checksum(path: str, spec: BackboneSpec) -> None:
     """A file named like Keras' ImageNet download must have Keras' published checksum (corrupt or swapped?)."""
     if os.path.basename(path) != spec.imagenet_file or not spec.imagenet_hash:
         return
-    from ..audit import file_digest
+    from ..data.audit import file_digest
 
     if file_digest(path, "md5" if len(spec.imagenet_hash) == 32 else "sha256") != spec.imagenet_hash:
         raise WeightsError(f"--weights {path!r} does not match the published checksum of {spec.imagenet_file} "

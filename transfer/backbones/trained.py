@@ -40,7 +40,7 @@ def _load_source(model_path: str, unsafe: bool):
     import keras
 
     from .. import layers  # noqa: F401  (a run saved before model.keras was portable refers to its custom layers)
-    from ..predict import refused_code
+    from ..runners import refused_code
 
     try:
         return keras.saving.load_model(model_path, compile=False, safe_mode=not unsafe)
@@ -56,7 +56,7 @@ def _conv_base(model, model_path: str):
     import keras
 
     from ..layers import FusedBatchNormalization
-    from ..portable import preprocessing_mode, with_batch_norm
+    from ..export.portable import preprocessing_mode, with_batch_norm
 
     names = [layer.name for layer in model.layers]
     if BACKBONE_LAYER in names and "preprocess" in names:  # batch norm fused again: it trains faster on a CPU

@@ -79,6 +79,6 @@ def _probabilities(model, config: TrainConfig, dataset: data.Dataset, split: str
 
 
 def plot(history, path) -> None:
-    from ..plots import plot_history
+    from ..reports.plots import plot_history
 
     plot_history(history, path)

@@ -19,9 +19,10 @@ from typing import Any
 
 import keras
 
-from .. import data, devices, features, portable, preflight, runs
+from .. import data, devices, features, preflight, runs
+from ..export import portable
 from ..backbones import BackboneSpec
-from ..evaluation import report_run
+from ..reports.evaluate import report_run
 from ..config import TrainConfig, parse_duration
 from ..errors import ConfigError, Interrupted
 from ..heads import backbone_of, build_model, unfreeze_index
@@ -151,7 +152,7 @@ def _finish(run: runs.RunFolder, model: keras.Model, config: TrainConfig, datase
     portable.save(model, run.path(runs.MODEL_FILE))  # built-in layers only: plain Keras opens it
     runs.write_json(run.path(runs.METRICS_FILE), metrics)
     plot(history, run.path(runs.PLOT_FILE))
-    # per-class metrics into metrics.json, confusion_matrix.png and report.html (transfer/evaluation.py)
+    # per-class metrics into metrics.json, confusion_matrix.png and report.html (transfer/reports/evaluate.py)
     metrics = report_run(run, model, config, dataset, metrics, probabilities)
     run_dir = run.commit()
     log.info("run saved to %s", run_dir)

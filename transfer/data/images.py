@@ -25,8 +25,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from .config import default
-from .errors import ImageError
+from ..config import default
+from ..errors import ImageError
 
 #: extensions looked at when scanning folders (case-insensitive); explicit files are tried whatever their name
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})

@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from . import runs
-from .errors import RunError
+from .. import runs
+from ..errors import RunError
 
 MARKER_FILE = ".transfer-output"
 

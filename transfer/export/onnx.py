@@ -18,17 +18,17 @@ import logging
 import os
 from dataclasses import dataclass
 
-import numpy as np
-
-from . import runs
-from .errors import ConfigError, RunError, first_line
+from .. import runs
+from ..errors import RunError, first_line
+from ..runners import ONNXRunner, quiet, require
+from .folders import check_arguments, destination, provenance, write_folder
+from .verify import VERIFY_IMAGES, check_images, readable, verified_line, verify_onnx
 
 log = logging.getLogger("transfer")
 
 INPUT = "image"
 OUTPUT = "probabilities"
 OPSET = 17  # read by onnx >= 1.12 and onnxruntime >= 1.13
-INSTALL = "pip install 'transfer[onnx]'"
 
 
 @dataclass
@@ -44,43 +44,35 @@ class ONNXResult:
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
-
-def require(module: str):
-    """Import one package of the ``onnx`` extra, or say how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ConfigError(f"ONNX needs the optional packages tf2onnx, onnx and onnxruntime ({first_line(error)}); "
-                          f"install them with: {INSTALL}") from None
+    def summary(self) -> str:
+        return verified_line(self, "onnx")
 
 
-def export_onnx(model_path: str, output: str | None = None, name: str | None = None, data: str | None = None,
-                unsafe: bool = False) -> ONNXResult:
+def export(model_path: str, output: str | None = None, name: str | None = None, data: str | None = None,
+           unsafe: bool = False) -> ONNXResult:
     """Export a run folder (or ``.keras`` file) as ONNX, checked with onnxruntime on real photos before it is kept.
 
     ``data``: a folder of images to check on when the model has no run folder (and so no validation split).
     """
-    from .export import _check_arguments, _destination, _readable, _write_tflite, check_images, VERIFY_IMAGES
-
-    output, name, data = _check_arguments(output, name, None, data)
+    output, name, data = check_arguments(output, name, None, data)
     for module in ("tf2onnx", "onnx", "onnxruntime"):
         require(module)
-    loaded, source, base = _destination(model_path, output, name, data, unsafe)
+    loaded, source, base = destination(model_path, output, name, data, unsafe)
     target = os.path.join(base, runs.ONNX_FOLDER)
     if os.path.lexists(target):
         raise RunError(f"{target!r} already exists; delete it to export again, or choose another --name.")
     run = runs.load_run(source) if runs.is_run_folder(source) else None
     checked_on, candidates = check_images(run, data)
-    checks = _readable(loaded, candidates, VERIFY_IMAGES, "validation")[1]
+    checks = readable(loaded, candidates, VERIFY_IMAGES, "validation")[1]
     what = repr(loaded.source)
     if run is not None:
         what = f"{run.path!r} (backbone {run.record.get('config', {}).get('backbone', '?')})"
     log.info("converting to ONNX (opset %d)", OPSET)
     content = convert(loaded.keras_model, what)
-    top1, diff = verify(loaded, Runner(content, what), checks)
+    top1, diff = verify_onnx(loaded, ONNXRunner(content, what), checks)
     result = ONNXResult(os.path.join(target, runs.ONNX_FILE), loaded.labels, len(checks), top1, diff, len(content),
                         checked_on)
-    _write_tflite(base, target, content, _metadata(loaded, run, result), runs.ONNX_FILE)
+    write_folder(base, target, content, _metadata(loaded, run, result), runs.ONNX_FILE)
     return result
 
 
@@ -88,14 +80,12 @@ def convert(model, what: str = "the model") -> bytes:
     """The ONNX bytes of a Keras image classifier with any batch size; :class:`RunError` naming the ops it lacks."""
     import tensorflow as tf
 
-    from .tflite import _quiet
-
     tf2onnx = require("tf2onnx")
     _, height, width, _ = model.input_shape
     signature = [tf.TensorSpec((None, height, width, 3), tf.float32, name=INPUT)]
     function = tf.function(lambda image: model(image, training=False), input_signature=signature)
     try:
-        with _quiet():  # tf2onnx logs every op it cannot convert, and TensorFlow its graph rewrites
+        with quiet():  # tf2onnx logs every op it cannot convert, and TensorFlow its graph rewrites
             proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=OPSET)
     except Exception as error:
         raise RunError(f"{what} cannot be converted to ONNX by tf2onnx {tf2onnx.__version__}: {first_line(error)}; "
@@ -147,43 +137,8 @@ def _rename_output(proto, name: str) -> None:
     proto.graph.output[0].name = name
 
 
-class Runner:
-    """An onnxruntime session on the CPU using every core: float32 pixels in, probabilities out."""
-
-    def __init__(self, content: bytes, what: str = "the model", threads: int | None = None):
-        ort = require("onnxruntime")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.log_severity_level = 3  # errors only: it warns about every unused initializer
-        try:
-            self.session = ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime's own exception types are not exported
-            raise RunError(f"{what}: onnxruntime {ort.__version__} cannot load the ONNX model: "
-                           f"{first_line(error)}") from None
-        self.input = self.session.get_inputs()[0]
-        self.output = self.session.get_outputs()[0]
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output.name], {self.input.name: np.ascontiguousarray(images, np.float32)})[0]
-
-
-def verify(loaded, runner: Runner, images: np.ndarray) -> tuple[float, float]:
-    """Top-1 agreement and largest |Δp| between onnxruntime and Keras on ``images``; raise below the float32 bar."""
-    from .export import THRESHOLDS, agreement
-
-    top1, diff = agreement(loaded, runner, images)
-    least, most = THRESHOLDS["none"]
-    if not np.isfinite(diff) or top1 < least or diff >= most:
-        raise RunError(f"the ONNX model disagrees with the Keras model on {len(images)} images (top-1 agreement "
-                       f"{top1:.1%}, max |Δp| {diff:.2g}; needed {least:.0%} and below {most:g}); nothing was "
-                       "written. Use --format saved_model or tflite.")
-    return top1, diff
-
-
 def _metadata(loaded, run, result: ONNXResult) -> dict:
     """What a deployer needs beside the .onnx: labels, input and output names, and where it came from."""
-    from .export import provenance
-
     metadata = {"format": "onnx", **provenance(loaded, run), "opset": OPSET,
                 "input": {"name": INPUT, "dtype": "float32", "pixels": "RGB 0-255, shape [batch, height, width, 3]"},
                 "output": {"name": OUTPUT, "dtype": "float32", "values": "probabilities, one per label"},

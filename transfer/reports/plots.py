@@ -97,7 +97,7 @@ def plot_top_losses(rows: list[dict[str, Any]], path, columns: int = 4, thumbnai
                     words: tuple[str, str] = ("true", "predicted")) -> None:
     """A grid of images (``rows``: path, true, predicted, probability, loss; worst first) with true / predicted /
     probability of the prediction under each; ``words`` names the two labels (doctor: given / suggested)."""
-    from .images import thumbnail_array
+    from ..data.images import thumbnail_array
 
     plt = _pyplot()
     columns = max(1, min(columns, len(rows)))

@@ -18,8 +18,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from .console import bar
-from .errors import ConfigError, ImageError
+from ..console import bar
+from ..errors import ConfigError, ImageError
 from .images import MAX_PIXELS, is_image_name, looks_like_image, not_regular, open_rgb
 
 log = logging.getLogger("transfer")

@@ -1,7 +1,7 @@
 """How good a model is on labeled images: `transfer evaluate`, and the metrics and report at the end of a run.
 
 Both go the same way: probabilities for every image, then
-:func:`transfer.metrics.classification_metrics`, the confusion matrix, the
+:func:`transfer.reports.metrics.classification_metrics`, the confusion matrix, the
 images with the highest loss, and ``report.html``.
 """
 
@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from . import data, inputs, outputs, runs
-from .errors import DataError, TransferError
-from .images import MAX_PIXELS
+from .. import data, inputs, outputs, runs
+from ..config import PREDICT_BATCH
+from ..errors import DataError, TransferError
+from ..data.images import MAX_PIXELS
 from .metrics import classification_metrics, losses
 from .report import Report, png_bytes, write as write_report
 
@@ -43,9 +44,9 @@ class Evaluation:
 
 
 def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str | None = None,
-             batch_size: int = 32, max_pixels: int = MAX_PIXELS, cache_dir: str | None = None,
+             batch_size: int = PREDICT_BATCH, max_pixels: int = MAX_PIXELS, cache_dir: str | None = None,
              allow_missing: bool = False, unsafe: bool = False, progress: bool = False) -> Evaluation:
-    """Evaluate ``model`` (anything :func:`transfer.predict.load_model` takes) on the labeled images of ``data_dir``
+    """Evaluate ``model`` (anything :func:`transfer.runners.load_model` takes) on the labeled images of ``data_dir``
     and write evaluation.json, confusion_matrix.png, misclassified.csv, top_losses.png and report.html into
     ``output`` [default: MODEL/evaluations/<data> for a run folder, ./evaluation-<data> otherwise].
 
@@ -53,7 +54,7 @@ def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str
     the folder that the model does not know are an error; so are classes of the
     model that the folder lacks, unless ``allow_missing``.
     """
-    from .predict import load_model
+    from ..runners import load_model
 
     data_dir, split = inputs.path(data_dir, "data_dir"), inputs.name(split, "split", optional=True)
     output, cache_dir = inputs.path(output, "output", optional=True), inputs.path(cache_dir, "cache_dir", optional=True)
@@ -85,7 +86,7 @@ def evaluate(model: str, data_dir: str, *, split: str | None = None, output: str
 
 def _predict(loaded, examples: list[data.Example], index: list[int], root: str, batch_size: int, max_pixels: int):
     """(paths, the model's class numbers, probabilities, unreadable files) of the images that could be decoded."""
-    from .predict import probabilities
+    from ..prediction import probabilities
 
     paths, y_true, rows, unreadable = [], [], [], []
     for example, (path, probs, error) in zip(examples, probabilities(loaded, [e.path for e in examples],
@@ -144,7 +145,7 @@ def gradcam_examples(model, rows: list[dict[str, Any]], size: tuple[int, int], r
     made: the report is still written, with the reason in the log.
     """
     from .explain import heatmaps, overlay
-    from .images import load_image
+    from ..data.images import load_image
 
     rows = rows[:count]
     if model is None or not rows:

@@ -32,29 +32,23 @@ from typing import Any
 
 import numpy as np
 
-from . import data, inputs, runs
-from .config import TrainConfig
-from .errors import ConfigError
-from .images import MAX_PIXELS
-from .outputs import check_output
+from .. import data, inputs, runs
+from ..config import DOCTOR_FOLDS as FOLDS, DUPLICATE_THRESHOLD, TrainConfig
+from ..errors import ConfigError
+from ..data.images import MAX_PIXELS
+from ..outputs import check_output
 
 log = logging.getLogger("transfer")
 
 #: near-duplicates are compared as tiny pictures: each image squashed to 16 x 16 RGB, its mean taken away (so
 #: brightness does not count) and scaled to length 1, and the image's mirror image too
 THUMBNAIL = 16
-#: cosine similarity of two thumbnails above which the images are near-duplicates. Measured on cats vs dogs, blood
-#: cells and monkeys (BENCHMARKS.md): copies cropped by 4 %, scaled to 0.8 and re-encoded as JPEG q70 scored 0.980
-#: or more, the most similar distinct photos 0.924 at most. The backbone's features cannot tell them apart on
-#: blood cells (copies 0.916-0.959, distinct cells up to 0.969), so they are not used for this
-DUPLICATE_THRESHOLD = 0.96
 #: an image is an outlier when its similarity to the nearest class centre is this many robust standard deviations
 #: (1.4826 x the median absolute deviation) below the median of all images. Measured with 5 photos of another
 #: set planted in 1000 (BENCHMARKS.md): at 5, all 5 found in blood cells and monkeys with 10 and 3 other images
 #: flagged; at 3, 63 and 28 flagged. In cats vs dogs the planted blood cells score only 2.9-3.3: unusual cat and
 #: dog photos are as far from both centres, so a short list was chosen over catching those
 OUTLIER_DEVIATIONS = 5.0
-FOLDS = 5
 #: the logistic regressions' inverse regularisation, on standardised features (measured: BENCHMARKS.md)
 INVERSE_REGULARISATION = 0.05
 #: cleanlab's rule: an image is an issue when both the confident joint and the estimated noise rates say so
@@ -149,7 +143,7 @@ def _require_extra() -> None:
 
 def _config(data_dir, backbone, batch_size, max_pixels, cache_dir, seed, val_split) -> TrainConfig:
     """The settings ``train`` would use for this backbone, so the feature cache is shared with it."""
-    from . import backbones
+    from .. import backbones
 
     config = TrainConfig(data_dir=inputs.path(data_dir, "data_dir"), batch_size=batch_size, max_pixels=max_pixels,
                          cache_dir=cache_dir, seed=seed, val_split=val_split,
@@ -180,8 +174,8 @@ def _folds(classes: list[str], labels: np.ndarray, folds: int) -> int:
 def _features(config: TrainConfig, dataset: data.Dataset, examples: list[data.Example]) -> np.ndarray:
     """The backbone's pooled features of each image and its mirror image, ``(images, 2, features)``, from (and
     into) the cache ``train`` reads."""
-    from . import backbones, features
-    from .heads import build_model
+    from .. import backbones, features
+    from ..heads import build_model
 
     spec = backbones.get(config.backbone)
     model = build_model(spec, config, len(dataset.classes))
@@ -224,7 +218,7 @@ def label_issues(probs: np.ndarray, labels: np.ndarray, paths: list[str], classe
 
 def thumbnails(paths: list[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """``(images, 2, 3 * THUMBNAIL**2)``: each image's thumbnail and its mirror image's (see :data:`THUMBNAIL`)."""
-    from .images import load_image
+    from ..data.images import load_image
 
     pictures = np.stack([load_image(p, (THUMBNAIL, THUMBNAIL), max_pixels=max_pixels) for p in paths])
     pictures = np.stack([pictures, pictures[:, :, ::-1]], axis=1).reshape(len(paths), 2, -1).astype(np.float32)

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import runs
-from .audit import FileCheck, audit, default_cache_dir, is_junk
-from .config import check_setting, parse_memory
-from .errors import ConfigError, DataError
+from .. import runs
+from ..config import check_setting, parse_memory
+from ..errors import ConfigError, DataError
+from . import audit
+from .audit import FileCheck, default_cache_dir, is_junk
 from .images import MAX_PIXELS, is_image_name, load_image
 
 log = logging.getLogger("transfer")
@@ -85,7 +86,7 @@ def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: i
          dedupe: bool = False, cache_dir: str | None = None, progress: bool = False, workers=None,
          exclude: tuple[str, ...] = ()) -> Dataset:
     """Find, audit and split the images of ``data_dir``; errors name the folder at fault. ``workers``: a cluster's,
-    which share the audit (:func:`transfer.audit.audit`). ``exclude``: files (relative to ``data_dir``) to leave
+    which share the audit (:func:`transfer.data.audit.audit`). ``exclude``: files (relative to ``data_dir``) to leave
     out, each of which must be one of its images."""
     data_dir = os.fspath(data_dir) if isinstance(data_dir, os.PathLike) else data_dir
     for name, value in (("data_dir", data_dir), ("val_split", val_split), ("seed", seed), ("max_pixels", max_pixels)):
@@ -98,7 +99,7 @@ def scan(data_dir: str, val_split: float = 0.2, seed: int = 42, *, max_pixels: i
                                  for p in _loose_images(folder)], junk=len(junk))
     report.excluded = _exclude(layout, root, exclude)
     candidates = [p for classes in layout.values() for paths in classes.values() for p in paths]
-    report.checks = audit(candidates, root, max_pixels, cache_dir, progress, workers)
+    report.checks = audit.audit(candidates, root, max_pixels, cache_dir, progress, workers)
     usable = _usable(layout, split_dirs, report, dedupe)
     classes = list(usable.get("train", usable.get("all")))
     _check_classes(split_dirs.get("train", root), classes)
@@ -166,7 +167,7 @@ def scan_labeled(data_dir: str, split: str | None = None, *, max_pixels: int = M
         raise DataError(f"{split_dirs[name]!r} has no class folders; put the images in one folder per class.")
     report = AuditReport(unused=_loose_images(split_dirs[name]), junk=len(junk))
     candidates = [p for paths in layout[name].values() for p in paths]
-    report.checks = audit(candidates, root, max_pixels, cache_dir, progress)
+    report.checks = audit.audit(candidates, root, max_pixels, cache_dir, progress)
     usable = _usable(layout, split_dirs, report, dedupe=False)[name]
     classes = list(usable)
     examples = [Example(p, i) for i, c in enumerate(classes) for p in usable[c]]

@@ -17,8 +17,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import runs
-from .images import thumbnail_array
+from .. import runs
+from ..data.images import thumbnail_array
 
 #: thumbnails in the worst-errors table
 THUMBNAIL = 112

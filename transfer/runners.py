@@ -1,29 +1,40 @@
-"""Prediction from any artifact transfer makes: a run folder, a ``.keras`` file, an exported SavedModel, ``.tflite``
-or ``.onnx``.
+"""Loading any artifact transfer makes into one small interface, below both prediction and export.
 
-Labels, input size and resizing come from the artifact itself, never from
-flags. Images go through the same decoder as training; a file that cannot be
-read is reported with its reason while every other file is still predicted.
+A :class:`LoadedModel` answers what every consumer asks: labels, input size,
+resizing, and a :class:`Runner` (float32 RGB pixels 0-255 ``(n, h, w, 3)`` in,
+probabilities ``(n, classes)`` out), whether the artifact is a run folder, a
+``.keras`` file, a SavedModel, a ``.tflite`` (the TFLite interpreter and XNNPACK)
+or an ``.onnx`` (onnxruntime). ``transfer.prediction`` predicts through it, and
+``transfer.export`` checks what it wrote through it, so neither imports the other.
 """
 
 from __future__ import annotations
 
-import glob
+import importlib
 import json
 import logging
-import numbers
 import os
+import warnings
 import zipfile
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from . import inputs as inputs_, runs
-from .errors import ConfigError, ImageError, RunError, first_line
-from .images import MAX_PIXELS, is_image_name, load_image
+from .console import silenced
+from .errors import ConfigError, RunError, first_line
 
 log = logging.getLogger("transfer")
+#: the SavedModel signature that takes pixels (``transfer.export.savedmodel`` writes it under this name)
+PIXELS_SIGNATURE, PIXELS_INPUT = "predict_images", "image"
+INSTALL = "pip install 'transfer[onnx]'"
+
+
+class Runner(Protocol):
+    """What runs a loaded model: float32 RGB pixels 0-255 ``(n, h, w, 3)`` in, probabilities ``(n, classes)`` out."""
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -35,33 +46,8 @@ class LoadedModel:
     labels: list[str]
     image_size: tuple[int, int]
     resize: str
-    predict_batch: Callable[[np.ndarray], np.ndarray]  # float32 (n, h, w, 3) in 0-255 -> (n, classes)
+    predict_batch: Runner
     keras_model: object = None
-
-
-@dataclass
-class Prediction:
-    path: str
-    top_k: list[tuple[str, float]]
-
-    @property
-    def label(self) -> str:
-        return self.top_k[0][0]
-
-    @property
-    def probability(self) -> float:
-        return self.top_k[0][1]
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "label": self.label, "probability": self.probability,
-                "top_k": [{"label": label, "probability": p} for label, p in self.top_k]}
-
-
-@dataclass
-class PredictResult:
-    predictions: list[Prediction] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-
 
 def load_model(path: str, unsafe: bool = False) -> LoadedModel:
     """Load a run folder, a ``.keras`` file, a SavedModel folder, a TF-Serving base folder, a ``.tflite``
@@ -152,8 +138,6 @@ def _saved_model_dir(path: str) -> str | None:
 def _from_saved_model(path: str) -> LoadedModel:
     import tensorflow as tf
 
-    from .savedmodel import PIXELS_SIGNATURE
-
     try:
         loaded = tf.saved_model.load(path)
         serve = loaded.signatures.get(PIXELS_SIGNATURE) or loaded.signatures["serving_default"]  # or an older export's
@@ -175,11 +159,9 @@ def _from_saved_model(path: str) -> LoadedModel:
 
 def _from_tflite(path: str) -> LoadedModel:
     """A ``.tflite`` run by XNNPACK; labels and resizing from the ``metadata.json`` (or ``labels.txt``) beside it."""
-    from .tflite import Runner
-
     try:
         with open(path, "rb") as f:
-            runner = Runner(f.read())
+            runner = TFLiteRunner(f.read())
         _, height, width, _ = runner.input["shape_signature"]
         classes = int(runner.output["shape_signature"][-1])
     except (ValueError, RuntimeError, IndexError) as error:
@@ -191,10 +173,8 @@ def _from_tflite(path: str) -> LoadedModel:
 
 def _from_onnx(path: str) -> LoadedModel:
     """An ``.onnx`` run by onnxruntime; labels and resizing from the ``metadata.json`` (or ``labels.txt``) beside it."""
-    from .onnx_export import Runner
-
     with open(path, "rb") as f:
-        runner = Runner(f.read(), repr(path))
+        runner = ONNXRunner(f.read(), repr(path))
     shape, classes = runner.input.shape, runner.output.shape[-1]
     if len(shape) != 4 or not all(isinstance(n, int) for n in (*shape[1:], classes)) or shape[3] != 3:
         raise RunError(f"{path!r} is not an image classifier of transfer (input {shape}, output "
@@ -247,84 +227,77 @@ def _read_json(path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def collect_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Expand files, folders (recursively: image extensions only) and globs; report what matched nothing."""
-    paths, failures = [], []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
-                           if is_image_name(f) and not f.startswith("."))
-            paths += found
-            if not found:
-                failures.append((item, "folder has no images"))
-        elif os.path.exists(item) or os.path.islink(item):
-            paths.append(item)
-        elif glob.has_magic(item):
-            found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
-            paths += found
-            if not found:
-                failures.append((item, "no files match"))
-        else:
-            failures.append((item, "file not found"))
-    return list(dict.fromkeys(paths)), failures
+def quiet():
+    """The converter lists every captured variable on stdout and MLIR diagnostics on stderr: keep both out (a
+    failure is raised with its reason, and the caller may fall back)."""
+    return silenced((1, 2), replay=False)
+
+class TFLiteRunner:
+    """Batches through a TFLite interpreter using every core; resizes the input only when the batch size changes."""
+
+    STEP = 8
+
+    def __init__(self, content: bytes, threads: int | None = None):
+        import tensorflow as tf
+
+        with warnings.catch_warnings(), quiet():  # it announces its move to ai_edge_litert, and XNNPACK itself
+            warnings.simplefilter("ignore")
+            self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count() or 1)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.batch = None
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Small slices: XNNPACK ran 8-image batches about 1.3 times as fast as 32-image ones (BENCHMARKS.md)."""
+        return np.concatenate([self._invoke(images[i:i + self.STEP]) for i in range(0, len(images), self.STEP)])
+
+    def _invoke(self, images: np.ndarray) -> np.ndarray:
+        if images.shape[0] != self.batch:
+            self.interpreter.resize_tensor_input(self.input["index"], list(images.shape))
+            with quiet():
+                self.interpreter.allocate_tensors()
+            self.batch = images.shape[0]
+        self.interpreter.set_tensor(self.input["index"], _quantized(images, self.input))
+        self.interpreter.invoke()
+        output = self.interpreter.get_tensor(self.output["index"])
+        scale, zero_point = self.output["quantization"]
+        if np.issubdtype(output.dtype, np.integer):
+            return (output.astype(np.float32) - zero_point) * scale
+        return output.copy()
 
 
-def predict(model: str | LoadedModel, inputs: list[str], top_k: int = 3, batch_size: int = 32,
-            max_pixels: int = MAX_PIXELS, unsafe: bool = False) -> PredictResult:
-    """Top-k labels for every image in ``inputs``; unreadable ones go to ``failures`` with their reason.
+def _quantized(images: np.ndarray, detail: dict) -> np.ndarray:
+    """Float images as the input tensor takes them: unchanged for float, ``round(x / scale) + zero_point`` for int."""
+    dtype = detail["dtype"]
+    if not np.issubdtype(dtype, np.integer):
+        return np.ascontiguousarray(images, dtype=dtype)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(images / (scale or 1.0)) + zero_point, info.min, info.max).astype(dtype)
 
-    ``inputs`` is a list of paths; a single path (text or ``os.PathLike``) is one input.
-    """
-    inputs = inputs_.paths(inputs, "inputs")
-    for name, value in (("top_k", top_k), ("batch_size", batch_size), ("max_pixels", max_pixels)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ConfigError(f"{name} must be a whole number of at least 1; got {value!r}.")
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, unsafe)
-    paths, failures = collect_inputs(inputs)
-    result = PredictResult(failures=failures)
-    k = max(1, min(top_k, len(loaded.labels)))
-    for path, probs, error in probabilities(loaded, paths, batch_size, max_pixels):
-        if error:
-            result.failures.append((path, error))
-            continue
-        order = np.argsort(-probs)[:k]
-        result.predictions.append(Prediction(path, [(loaded.labels[j], float(probs[j])) for j in order]))
-    return result
+def require(module: str):
+    """Import one package of the ``onnx`` extra, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ConfigError(f"ONNX needs the optional packages tf2onnx, onnx and onnxruntime ({first_line(error)}); "
+                          f"install them with: {INSTALL}") from None
 
+class ONNXRunner:
+    """An onnxruntime session on the CPU using every core: float32 pixels in, probabilities out."""
 
-def probabilities(loaded: LoadedModel, paths: list[str], batch_size: int = 32, max_pixels: int = MAX_PIXELS):
-    """(path, probabilities of every class, None), or (path, None, reason) for a file that cannot be decoded, for
-    each of ``paths`` in order: the one batch loop that predict and evaluate share."""
-    import tensorflow as tf
-
-    if not paths:
-        return
-    height, width = loaded.image_size
-
-    def decode(path):
+    def __init__(self, content: bytes, what: str = "the model", threads: int | None = None):
+        ort = require("onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.log_severity_level = 3  # errors only: it warns about every unused initializer
         try:
-            return load_image(os.fsdecode(path), (height, width), loaded.resize, max_pixels), b""
-        except ImageError as error:
-            return np.zeros((height, width, 3), np.uint8), str(error).encode()
+            self.session = ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime's own exception types are not exported
+            raise RunError(f"{what}: onnxruntime {ort.__version__} cannot load the ONNX model: "
+                           f"{first_line(error)}") from None
+        self.input = self.session.get_inputs()[0]
+        self.output = self.session.get_outputs()[0]
 
-    def load(path):
-        image, error = tf.numpy_function(decode, [path], (tf.uint8, tf.string), stateful=False)
-        image.set_shape((height, width, 3))
-        return tf.cast(image, tf.float32), error
-
-    names = [os.fsencode(p) for p in paths]  # bytes: any file name the OS accepts, UTF-8 or not
-    ds = (tf.data.Dataset.from_tensor_slices(names).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(min(batch_size, len(paths))).prefetch(tf.data.AUTOTUNE))
-    start = 0
-    for images, errors in ds:
-        batch = loaded.predict_batch(images.numpy())
-        for i, (probs, error) in enumerate(zip(batch, errors.numpy())):
-            path = paths[start + i]
-            if error:
-                yield path, None, error.decode()
-                continue
-            if not np.all(np.isfinite(probs)):
-                raise RunError(f"the model {loaded.source!r} gives NaN or infinite probabilities (for {path!r}): its "
-                               "weights are broken, e.g. by a training run that diverged; train it again.")
-            yield path, probs, None
-        start += len(batch)
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output.name], {self.input.name: np.ascontiguousarray(images, np.float32)})[0]

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import figures, inputs as inputs_, outputs
-from .errors import ConfigError, ImageError, RunError
-from .images import MAX_PIXELS, load_image
-from .predict import LoadedModel, collect_inputs, load_model
+from . import figures
+from .. import inputs as inputs_, outputs
+from ..errors import ConfigError, ImageError, RunError
+from ..data.images import MAX_PIXELS, load_image
+from ..prediction import collect_inputs
+from ..runners import LoadedModel, load_model
 
 SHEET_STEM = "contact_sheet"
 SHEET_MAX = 48  # images on the contact sheet; every image still gets its own PNG
@@ -245,7 +247,7 @@ def _logits(tap: Tap):
 
 
 def keras_model_of(model, unsafe: bool = False) -> LoadedModel:
-    """A run folder or ``.keras`` file, loaded as :func:`transfer.predict.load_model` does; gradients need Keras."""
+    """A run folder or ``.keras`` file, loaded as :func:`transfer.runners.load_model` does; gradients need Keras."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model, unsafe)
     if loaded.keras_model is None:
         raise RunError(f"{loaded.source!r} is an export (SavedModel or .tflite), which gives neither gradients nor "

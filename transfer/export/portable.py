@@ -18,7 +18,7 @@ copy, so ``keras.saving.load_model(path)`` works in safe mode in any notebook
   ``evaluate`` or train on; config.json records how it was trained).
 
 Older run folders, saved with the custom layers, still load through
-:func:`transfer.predict.load_model`, which registers them.
+:func:`transfer.runners.load_model`, which registers them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from .layers import _MODES, MirrorBatch, MirrorMean, Preprocess
+from ..layers import _MODES, MirrorBatch, MirrorMean, Preprocess
 
 #: pixel values that tell every preprocessing mode apart (see :func:`preprocessing_mode`)
 _PROBE = np.array([[[[0.0, 60.0, 255.0], [127.0, 200.0, 31.0]]]], np.float32)

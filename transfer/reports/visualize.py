@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import figures, inputs as inputs_, outputs
-from .errors import ConfigError, RunError
+from . import figures
+from .. import inputs as inputs_, outputs
+from ..errors import ConfigError, RunError
 from .explain import feature_taps, keras_model_of, orientations, read_images, resolve_layer, walk
-from .images import MAX_PIXELS
+from ..data.images import MAX_PIXELS
 
 MAX_FILTERS = 256
 MAX_CHANNELS = 32  # activation maps shown per layer: the most active channels
