@@ -1,4 +1,4 @@
-"""TensorFlow Lite: run a frozen Keras model through the TFLite interpreter and XNNPACK.
+"""TensorFlow Lite: run a frozen Keras model through the TFLite interpreter (LiteRT's, where installed) and XNNPACK.
 
 ``convert`` also writes the deployable ``.tflite`` of ``transfer export --format
 tflite``, float32 or quantized (``QUANTIZATIONS``).
