@@ -15,6 +15,8 @@ from PIL import Image
 from conftest import make_dataset
 from test_resume import SCRATCH, cli, start, stop_after_backup
 
+pytestmark = pytest.mark.slow  # trains through the CLI, killed and resumed once
+
 LITE = ["--backbone", "efficientnet_lite0", "--image-size", "32", "--batch-size", "4"]
 SCALARS = {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
 
