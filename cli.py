@@ -340,6 +340,8 @@ def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as
               "and saving follow), whatever --epochs says; fine-tuning is skipped, and the run says so, when "
               "its first epoch (timed on one batch) would not fit; with --lr-schedule cosine the decay follows the time, "
               "so it ends on schedule on any machine. none: no limit.")
+@click.option("--tensorboard", default=None, metavar="DIR", help="Write each epoch's loss, accuracy and learning "
+              "rate (both phases) and the final confusion matrix for TensorBoard: tensorboard --logdir DIR.")
 @click.option("--validation-freq", type=int, default=default("validation_freq"), show_default=True,
               help="Validate every N epochs and on each phase's last one (validation is skipped in between, "
               "which saves its time; --patience then counts validations).")

@@ -117,6 +117,7 @@ class TrainConfig:
     restore_best: bool = True  # end with the best epoch on validation (from either phase), not the last
     validation_freq: int = 1  # validate every N epochs, and on each phase's last epoch
     time_limit: str | None = None  # stop training after this long (90s, 15m, 1.5h), counted from the start
+    tensorboard: str | None = None  # a folder for TensorBoard: both phases' per-epoch scalars, the confusion matrix
     # speed
     cache_features: str = "auto"  # auto: phase 1 on cached backbone features when it is frozen, --augment none|flip
     cache_memory: str = "25%"  # RAM for each in-memory cache (decoded images, features): bytes (4G, 512M) or % of RAM

@@ -58,6 +58,8 @@ def check(config: TrainConfig, *, open_models: bool = True,
     if writes:
         runs.RunFolder(config.output_dir, config.name, config.overwrite, data_dir=config.data_dir, resume=resume)
         outputs.check_output(config.output_dir, "--output-dir", datasets=[config.data_dir])
+        if config.tensorboard:
+            outputs.check_output(config.tensorboard, "--tensorboard", datasets=[config.data_dir])
     if config.data_dir:  # else a worker's --resume: the chief's run says where (train() reads it)
         data.check_layout(config.data_dir)
         data.check_cache_dir(config.cache_dir, config.data_dir)

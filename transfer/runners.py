@@ -232,17 +232,50 @@ def quiet():
     failure is raised with its reason, and the caller may fall back)."""
     return silenced((1, 2), replay=False)
 
+def _litert():
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter
+
+
+def _tf_lite():
+    import tensorflow as tf
+
+    return tf.lite.Interpreter
+
+
+#: who runs a ``.tflite``, preferred first: LiteRT (``ai-edge-litert``, the ``litert`` extra), then TensorFlow's own
+#: ``tf.lite.Interpreter``, deprecated in its favour (same kernels, same XNNPACK; BENCHMARKS.md times both)
+INTERPRETERS = {"litert": _litert, "tf.lite": _tf_lite}
+
+
+def interpreter(content: bytes, threads: int | None = None, name: str | None = None):
+    """(name, interpreter) of a flatbuffer: the first of :data:`INTERPRETERS` that imports, or the one ``name``d.
+
+    The one place an interpreter is made, so ``predict``, ``export``'s check and the feature engine run the same one.
+    """
+    if name is not None and name not in INTERPRETERS:
+        raise ValueError(f"interpreter must be one of {tuple(INTERPRETERS)}; got {name!r}")
+    names = [name] if name else list(INTERPRETERS)
+    for candidate in names:
+        try:
+            cls = INTERPRETERS[candidate]()
+        except ImportError:
+            if candidate == names[-1]:
+                raise
+            continue
+        with warnings.catch_warnings(), quiet():  # tf.lite announces its move to LiteRT, and XNNPACK itself
+            warnings.simplefilter("ignore")
+            return candidate, cls(model_content=content, num_threads=threads or os.cpu_count() or 1)
+
+
 class TFLiteRunner:
     """Batches through a TFLite interpreter using every core; resizes the input only when the batch size changes."""
 
     STEP = 8
 
-    def __init__(self, content: bytes, threads: int | None = None):
-        import tensorflow as tf
-
-        with warnings.catch_warnings(), quiet():  # it announces its move to ai_edge_litert, and XNNPACK itself
-            warnings.simplefilter("ignore")
-            self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count() or 1)
+    def __init__(self, content: bytes, threads: int | None = None, engine: str | None = None):
+        self.engine, self.interpreter = interpreter(content, threads, engine)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.batch = None

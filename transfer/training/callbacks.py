@@ -34,12 +34,16 @@ class HistoryCSV(keras.callbacks.CSVLogger):
         self.phase, self.started = phase, started
 
     def on_epoch_end(self, epoch, logs=None):
-        learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        logs = {**(logs or {}), "phase": self.phase, "learning_rate": learning_rate,
+        logs = {**(logs or {}), "phase": self.phase, "learning_rate": learning_rate(self.model),
                 "elapsed_seconds": round(time.monotonic() - self.started, 2)}
         if self.keys is None:  # the columns: validation's too, even if the first epoch was not validated
             self.keys = sorted({*logs, *(f"val_{name}" for name in ("loss", "accuracy"))})
         super().on_epoch_end(epoch, logs)
+
+
+def learning_rate(model: keras.Model) -> float:
+    """The optimizer's rate now (a schedule's at its current step)."""
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
 class StopOnNaN(keras.callbacks.Callback):

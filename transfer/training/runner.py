@@ -20,7 +20,8 @@ from ..config import TrainConfig, option_name, parse_duration
 from ..errors import TrainingError
 from ..progress import EpochProgress
 from . import distribute, fasthead, resume
-from .callbacks import Checkpoint, HistoryCSV, StopOnNaN, TimeLimit, Validation, WhenValidated
+from .board import Board
+from .callbacks import Checkpoint, HistoryCSV, StopOnNaN, TimeLimit, Validation, WhenValidated, learning_rate
 from .interrupts import StopAfterBatch, StopRequest
 from .phases import Inputs, Phase, compile_model, deadline_of, make_optimizer
 
@@ -29,7 +30,8 @@ log = logging.getLogger("transfer")
 
 class Runner:
     """Runs phases for one run folder. ``started`` is the ``time.monotonic()`` the run counts from (moved back by
-    the time a resumed run had already spent); ``deadline`` the ``--time-limit`` one, or None."""
+    the time a resumed run had already spent); ``deadline`` the ``--time-limit`` one, or None. ``board`` gets each
+    epoch once it is backed up (``--tensorboard``; written by the process that writes the run)."""
 
     def __init__(self, run: runs.RunFolder, config: TrainConfig, model: keras.Model, state: resume.State,
                  started: float, stop: StopRequest, laps, class_weight: dict[int, float] | None,
@@ -39,6 +41,7 @@ class Runner:
         self.checkpoint = Checkpoint(model, run.path(runs.CHECKPOINT_FILE), monitor=config.monitor,
                                      save_best_only=True, save_weights_only=True)
         self.checkpoint.best = state.best
+        self.board = Board(config.tensorboard if distribute.writes_run(config) else None)
 
     @property
     def deadline(self) -> float | None:
@@ -157,6 +160,7 @@ class Runner:
         history.on_train_begin()
         watch = fasthead.Watch(config.monitor, config.patience, phase.lr,
                                None if config.lr_schedule == "plateau" else phase.epochs)
+        board = []  # (epoch, logs, learning rate): for TensorBoard once the phase is backed up, at its end
         started, end, epoch = time.monotonic(), state.phase_start + phase.epochs, state.epoch - 1
         for epoch in range(state.epoch, end):
             model.optimizer.learning_rate = watch.lr(epoch - state.phase_start)
@@ -164,6 +168,7 @@ class Runner:
             if not all(map(math.isfinite, logs.values())):
                 raise self._diverged(phase, "loss", epoch)
             history.on_epoch_end(epoch, logs)
+            board.append((epoch, logs, learning_rate(model)))
             watch.epoch_end(epoch, logs, model)
             if self.stop.signum is not None:
                 raise KeyboardInterrupt
@@ -175,6 +180,8 @@ class Runner:
                 break
         history.on_train_end()
         self._phase_end(index, phase, inputs, watch, epoch, time.monotonic() - started)
+        for row in board:
+            self.board.epoch(phase.name, *row)
 
     def _phase_end(self, index: int, phase: Phase, inputs: Inputs, watch: "fasthead.Watch", last: int,
                    seconds: float) -> None:
@@ -250,3 +257,4 @@ class _Backup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self.diverged.found:  # a diverged run is never resumed from
             self.runner.epoch_done(self, epoch)
+            self.runner.board.epoch(self.name, epoch, logs or {}, learning_rate(self.model))

@@ -115,7 +115,10 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
         restore_best(model, run.path(runs.CHECKPOINT_FILE))
     seconds = time.perf_counter() - fit_started
     model = distribute.finished(model, cache, boundary)  # what follows evaluates and predicts as on one machine
-    return _finish(run, model, config, dataset, seconds, (cache, boundary), val_ds, state.timed_out, laps)
+    result = _finish(run, model, config, dataset, seconds, (cache, boundary), val_ds, state.timed_out, laps)
+    runner.board.confusion(result.metrics["val"]["confusion_matrix"], result.labels, step=state.epoch - 1)
+    runner.board.close()
+    return result
 
 
 def _seed(config: TrainConfig) -> None:
