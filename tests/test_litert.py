@@ -62,7 +62,8 @@ def test_an_unknown_interpreter_is_refused(small):
 
 
 def test_predict_on_a_tflite_file_runs_litert(small, tmp_path):
-    from transfer.predict import load_model, predict
+    from transfer.prediction import predict
+    from transfer.runners import load_model
 
     model, content, _ = small
     path = tmp_path / "model.tflite"
