@@ -4,7 +4,7 @@ Builds every backbone of ``transfer backbones`` into the classifier `transfer
 train` saves (preprocessing, backbone, head; 3 classes; random weights, since
 conversion does not depend on them, with ``--tta`` as a second variant), converts
 it as the export does and compares onnxruntime with Keras on random images.
-Prints a Markdown table for the README: seconds to convert, file size, max abs Δp,
+Prints a Markdown table for docs/deployment.md: seconds to convert, file size, max abs Δp,
 or why it failed.
 
     python benchmarks/onnx_coverage.py            # every entry at its default size

@@ -1,9 +1,9 @@
-"""A screenshot of a report.html (a run folder's or an evaluation's) in headless Chromium, for the README.
+"""A screenshot of a report.html (a run folder's or an evaluation's) in headless Chromium, for docs/reports.md.
 
     python benchmarks/report_screenshot.py models/lite0-cvd/evaluations/validation docs/report.png
 
 The page is rendered 1280 pixels wide and ``--height`` tall, then scaled down
-with Pillow and saved as an optimised PNG (under 300 KB for the README).
+with Pillow and saved as an optimised PNG (under 300 KB for docs/reports.md).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ pixels composited onto white, bilinear resizing with Pillow's antialiasing
 (``ScaleAndTranslate``, the kernel of ``tf.image.resize(antialias=True)``),
 over the same centred box for ``--resize crop``, rounded to 8 bits as Pillow's
 are. What it cannot do: apply EXIF orientation (the client must rotate first),
-read WebP or TIFF, or composite a transparent GIF; README.md gives the
+read WebP or TIFF, or composite a transparent GIF; BENCHMARKS.md gives the
 measured differences.
 """
 

@@ -162,7 +162,7 @@ def choose(mode: str, gpus: int, environ=os.environ) -> str:
                              "multiworker trains on chief and worker tasks only (list the machines under \"worker\")")
     if mode == "multiworker" and (tasks < 2 or not task):
         raise ConfigError("--distribute multiworker needs TF_CONFIG naming a cluster of two or more tasks and this "
-                          f"process's task, e.g. TF_CONFIG='{_EXAMPLE}'; see the README, \"Several GPUs or machines\".")
+                          f"process's task, e.g. TF_CONFIG='{_EXAMPLE}'; see docs/scale.md, \"Several GPUs or machines\".")
     return mode
 
 
