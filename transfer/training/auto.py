@@ -60,8 +60,8 @@ def choose(config: TrainConfig, dataset: data.Dataset, digests: dict[str, str],
     log.info("--backbone auto: comparing %s by %s", ", ".join(s.name for s in specs), method)
     for spec in specs:
         trial = trials[spec.name]
-        if end is not None and _over(end, trial):
-            continue
+        if end is not None and any(t.accuracy is not None for t in trials.values()) and _over(end, trial):
+            continue  # (the first candidate is always measured: a run needs a backbone)
         _measure(spec, config, dataset, digests, class_weight, kfold, trial)
         gc.collect()
     rows = [*trials.values(), *left_out]
