@@ -107,7 +107,7 @@ def test_auto_measures_the_registry_candidates_keeps_the_best_and_records_why(tm
     assert any(line.endswith("from the cache, 0 computed") for line in messages if line.startswith("feature cache"))
 
 
-def test_without_candidates_every_pretrained_entry_is_compared_and_predict_uses_the_winner(tmp_path, stand_ins):
+def test_without_candidates_every_pretrained_entry_is_compared_and_predict_and_export_use_the_winner(tmp_path, stand_ins):
     from transfer import predict
 
     result = _train(tmp_path, "all")
@@ -117,6 +117,10 @@ def test_without_candidates_every_pretrained_entry_is_compared_and_predict_uses_
     images = sorted(glob.glob(str(tmp_path / "colours" / "*" / "000.png")))
     labels = [p.label for p in predict(result.run_dir, images).predictions]
     assert labels == [os.path.basename(os.path.dirname(i)) for i in images]
+    from transfer.export import export
+
+    exported = export(result.run_dir)  # the SavedModel of the chosen backbone, checked against the run's model
+    assert exported.top1_agreement == 1.0 and exported.bytes_top1_agreement == 1.0
 
 
 def test_the_same_seed_gives_the_same_choice_and_the_same_measurements(tmp_path, stand_ins):
