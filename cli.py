@@ -101,6 +101,11 @@ def _verbose(ctx, param, value):
         console.loud()
 
 
+def _names(ctx, param, value):
+    """``a,b,c`` -> ("a", "b", "c")."""
+    return None if value is None else tuple(part.strip() for part in value.split(",") if part.strip())
+
+
 def _dense_sizes(ctx, param, values):
     """``--dense 1024 --dense 256`` or ``--dense 1024,256``; ``--dense none`` for no hidden layer."""
     if not values:
@@ -266,7 +271,11 @@ def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
               help="Start from a named set of settings (options you give still win); see docs/training.md, "Presets".")
 @click.option("-b", "--backbone", default=default("backbone"), show_default=True,
-              help="Registry name (see `transfer backbones`), or a .keras model or run folder to transfer from.")
+              help="Registry name (see `transfer backbones`), a .keras model or run folder to transfer from, or "
+              "auto: measure the pretrained backbones on this data and keep the best (see docs/auto.md).")
+@click.option("--candidates", default=None, callback=_names,
+              help="With --backbone auto: the backbones compared, e.g. efficientnet_lite0,inceptionv3 [default: "
+              "every pretrained one whose weights need no download by Keras].")
 @click.option("--weights", default=None,
               help="imagenet (default for pretrained backbones), keras (Keras' download), none, or PATH of a no-top "
               "weights file (for inceptionv3 and vgg16 also their pinned archive or its weights file).")

@@ -149,6 +149,22 @@ def test_two_workers_share_the_audit_and_the_features_each_computed_once(tmp_pat
     assert val["accuracy"] >= 0.9 and sum(map(sum, matrix)) == 9 and sum(matrix[i][i] for i in range(3)) >= 8
 
 
+def test_two_workers_take_the_backbone_that_the_chief_chose_with_auto(tmp_path):
+    """--backbone auto on a cluster: every worker measures, all train the chief's choice, and the chief's run
+    records it."""
+    data = make_dataset(tmp_path / "colours", per_class=16)
+    with _processes() as procs:
+        procs += _two_workers(["train", data, "--backbone", "auto", "--candidates", "efficientnet_lite0",
+                               "--image-size", "64", "--epochs", "3", "--fine-tune-epochs", "0", "--feature-engine",
+                               "keras",
+                               "--name", "run"], tmp_path)
+        results = [_finish(p) for p in procs]
+    for status, output in results:
+        assert status == 0 and "--backbone auto chose efficientnet_lite0" in output, output[-3000:]
+    record = json.load(open(tmp_path / "models0" / "run" / runs.CONFIG_FILE))
+    assert record["config"]["backbone"] == record["backbone_choice"]["chosen"] == "efficientnet_lite0"
+
+
 def _epochs(output: str) -> list[str]:
     """The epoch lines of a run's log, without their seconds."""
     return [line.rsplit("  ", 1)[0] for line in output.splitlines() if line.startswith("epoch ")]

@@ -185,3 +185,21 @@ def test_a_backup_or_a_history_row_that_a_kill_cut_short_is_not_used(tmp_path):
         runs.RunFolder(str(tmp_path), "r")
     runs.RunFolder(str(tmp_path), "r", overwrite=True).start()  # --overwrite starts again
     assert run.latest_backup() is None
+
+
+def test_a_run_that_chose_its_backbone_resumes_with_its_choice(root):
+    """--backbone auto chooses once, when the run starts: a resume (even one that repeats --backbone auto) keeps the
+    backbone config.json names and does not measure again."""
+    args = ["train", root / "colours", "--backbone", "auto", "--candidates", "efficientnet_lite0", "--image-size", "32",
+            "--feature-engine", "keras", "--batch-size", "2", "--head-fit", "keras", "--epochs", "2",
+            "--fine-tune-epochs", "3", "-o", root / "models", "--name", "auto", "--cache-dir", root / "cache"]
+    status, _ = stop_after_backup(start(*args), root / "models" / "auto.partial", 3, signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    resumed = cli("train", "-o", root / "models", "--name", "auto", "--backbone", "auto", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed at epoch 4" in resumed.stderr and "--backbone auto chose" not in resumed.stderr
+    run_dir = str(root / "models" / "auto")
+    record = json.load(open(os.path.join(run_dir, runs.CONFIG_FILE)))
+    assert record["config"]["backbone"] == record["backbone_choice"]["chosen"] == "efficientnet_lite0"
+    assert os.path.isfile(os.path.join(run_dir, runs.BACKBONE_CHOICE_FILE))
+    assert history(run_dir) == ([0, 1, 2, 3, 4], ["head"] * 2 + ["fine_tune"] * 3)

@@ -71,7 +71,8 @@ class TrainConfig:
     name: str | None = None
     overwrite: bool = False
     # model
-    backbone: str = "efficientnet_lite0"  # ImageNet weights from pip: works offline
+    backbone: str = "efficientnet_lite0"  # ImageNet weights from pip: works offline; "auto": chosen by measurement
+    candidates: tuple[str, ...] = ()  # what --backbone auto compares; empty: every pretrained entry (transfer/selection.py)
     unsafe: bool = False  # a --backbone .keras that holds Python code (a Lambda layer) may load: it runs that code
     weights: str | None = None
     image_size: int | None = None

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 
-from . import backbones, data, outputs, runs
+from . import backbones, data, outputs, runs, selection
 from .backbones import BackboneSpec
 from .config import TrainConfig, default, option_name, physical_memory
 from .errors import ConfigError, RunError
@@ -48,7 +48,8 @@ def check(config: TrainConfig, *, open_models: bool = True,
     if resume and writes:
         config = resumed(config)
     spec = None
-    if open_models or config.backbone.lower() in backbones.names() or not os.path.exists(config.backbone):
+    selection.check(config)  # --backbone auto: resolved for the backbone train() chooses, and checked then
+    if not selection.requested(config) and (open_models or config.backbone.lower() in backbones.names() or not os.path.exists(config.backbone)):
         spec, config = backbones.resolve(config)
         check_memory(spec, config)
     if config.epochs == 0 and config.fine_tune_epochs == 0:
@@ -78,7 +79,8 @@ def resumed(config: TrainConfig) -> TrainConfig:
     staging = os.path.join(config.output_dir, config.name + runs.STAGING_SUFFIX)
     try:
         with open(os.path.join(staging, runs.CONFIG_FILE), encoding="utf-8") as f:
-            saved = TrainConfig.from_dict(json.load(f)["config"])
+            record = json.load(f)
+        saved = TrainConfig.from_dict(record["config"])
     except FileNotFoundError:
         runs.RunFolder(config.output_dir, config.name, resume=True)  # says why there is nothing to continue
         raise
@@ -91,6 +93,8 @@ def resumed(config: TrainConfig) -> TrainConfig:
                           f"{config.data_dir!r}; give that DATA_DIR.")
     for item in dataclasses.fields(TrainConfig):
         given, was = getattr(config, item.name), getattr(saved, item.name)
+        if item.name in ("backbone", "candidates") and selection.requested(config) and "backbone_choice" in record:
+            continue  # the run chose its backbone when it started: it continues with it
         if item.name not in NOT_TRAINING and given != default(item.name) and given != was:
             raise ConfigError(f"--resume continues the run {config.name!r} with the settings it was started with, "
                               f"and {option_name(item.name)} was {was!r}, not {given!r}; leave "

@@ -39,6 +39,7 @@ SKIPPED_FILE = "skipped.csv"
 PLOT_FILE = "history.png"
 CHECKPOINT_FILE = "best.weights.h5"
 ENVIRONMENT_FILE = "environment.json"  # versions, platform and devices the run ran on
+BACKBONE_CHOICE_FILE = "backbone-choice.json"  # --backbone auto: every candidate measured, and the one chosen
 EXPORT_INFO_FILE = "transfer.json"  # an export's labels, input size and resizing, in its assets.extra/
 TFLITE_FILE = "model.tflite"  # `export --format tflite`: NAME/tflite-<quantize>/ holds it, labels.txt, metadata.json
 TFLITE_INFO_FILE = "metadata.json"

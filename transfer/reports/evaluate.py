@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import data, inputs, outputs, runs
+from .. import data, inputs, outputs, runs, selection
 from ..config import PREDICT_BATCH
 from ..errors import DataError, TransferError
 from ..data.images import MAX_PIXELS
@@ -245,4 +245,4 @@ def _run_page(run: runs.RunFolder, config, dataset: data.Dataset, metrics: dict[
     skipped += [(data.display_path(p, dataset.root), "left out by --exclude") for p in dataset.report.excluded]
     splits = {split: metrics[split] for split in ("val", "test") if split in metrics}
     return Report(f"Run {run.name}", facts, splits, plots, config.to_dict(), dataset.counts(), skipped, worst,
-                  list(gradcam))
+                  list(gradcam), tables=selection.report_table(run.path(runs.BACKBONE_CHOICE_FILE)))

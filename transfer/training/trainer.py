@@ -19,7 +19,7 @@ from typing import Any
 
 import keras
 
-from .. import data, devices, features, preflight, runs
+from .. import data, devices, features, preflight, runs, selection
 from ..export import portable
 from ..backbones import BackboneSpec
 from ..reports.evaluate import report_run
@@ -92,6 +92,15 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
     config = dataclasses.replace(config, data_dir=dataset.root)
     log.info("classes: %s; images: %s", ", ".join(dataset.classes),
              ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()))
+    choice = None
+    if selection.requested(config):  # --backbone auto: measured on this data; config.json then names the winner
+        from .auto import choose
+
+        deadline = parse_duration(config.time_limit)
+        spec, config, choice = choose(config, dataset, {c.path: c.digest for c in dataset.report.used},
+                                      class_weights, deadline and started + deadline, workers)
+        preflight.check_memory(spec, config)
+        laps.lap("backbone_choice")
     _seed(config)
     batched = distribute.global_batch(config, strategy)  # what the pipelines batch; config.json keeps --batch-size
     with strategy.scope():  # the variables, mirrored on every replica
@@ -104,7 +113,7 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
         resume.check_labels(run, dataset.classes)
         resume.restore_run(run, state, model)
     else:
-        _write_inputs(run, config, spec, dataset, class_weights)
+        _write_inputs(run, config, spec, dataset, class_weights, choice)
 
     fit_started = time.perf_counter()
     train_images, val_ds = _images(dataset, batched)
@@ -208,7 +217,7 @@ class _Laps:
 
 
 def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, dataset: data.Dataset,
-                  class_weights: dict[int, float] | None) -> None:
+                  class_weights: dict[int, float] | None, choice: dict | None = None) -> None:
     """Labels, split, skipped files, config and environment first, so even an interrupted run says what it was
     doing, and where."""
     data.write_manifest(dataset, run.path(runs.SPLIT_FILE))
@@ -221,5 +230,9 @@ def _write_inputs(run: runs.RunFolder, config: TrainConfig, spec: BackboneSpec, 
             "audit": {"skipped": len(report.skipped), "ignored": report.ignored + report.junk, "unused": len(report.unused),
                       "duplicate_groups": len(report.duplicates), "leaks": len(report.leaks),
                       "dropped": len(report.dropped), "excluded": len(report.excluded)}}
-    runs.write_json(run.path(runs.CONFIG_FILE), runs.run_record(config, dataset.classes, spec.preprocessing, info))
+    record = runs.run_record(config, dataset.classes, spec.preprocessing, info)
+    if choice is not None:  # --backbone auto: the request and its table; "config" names the backbone chosen
+        record["backbone_choice"] = choice
+        runs.write_json(run.path(runs.BACKBONE_CHOICE_FILE), choice)
+    runs.write_json(run.path(runs.CONFIG_FILE), record)
     runs.write_json(run.path(runs.ENVIRONMENT_FILE), devices.environment())

@@ -1,0 +1,201 @@
+"""``--backbone auto``: measure every candidate backbone on the user's own images and keep the best.
+
+Which backbone transfers best depends on the data (cats sit inside ImageNet,
+blood cells do not), so it is measured, not guessed: each candidate's frozen
+features are computed once into the run's feature cache (the winner's are
+then read back by phase 1, not computed again), a head is fitted on them in
+compiled epochs (:mod:`.fasthead`), and the candidates are compared on
+held-out images: k-fold cross-validation over train and val where the set is
+small, else the val split. The test split is never looked at. Under
+``--time-limit`` a timed probe of each backbone (random weights, a few images)
+estimates its features' cost, and candidates that would not fit in
+:data:`MEASURE_SHARE` of the time left are left out, with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import time
+
+import keras
+import numpy as np
+
+from .. import data, features, selection
+from ..backbones import BackboneSpec, names, resolve
+from ..config import FAST_EPOCHS, FAST_PATIENCE, TrainConfig
+from ..errors import ConfigError, WeightsError, first_line
+from ..heads import build_model
+from . import fasthead
+from .phases import compile_model, deadline_of, make_optimizer
+
+log = logging.getLogger("transfer")
+
+#: part of the time left under --time-limit that measuring the candidates may take (the rest trains the winner)
+MEASURE_SHARE = 0.5
+#: under this many images in train and val, candidates are compared by k-fold cross-validation; else on val
+KFOLD_BELOW = 1000
+FOLDS = 5
+#: images of the timed probe that estimates a candidate's features
+PROBE_IMAGES = 4
+
+
+def choose(config: TrainConfig, dataset: data.Dataset, digests: dict[str, str],
+           class_weight: dict[int, float] | None, deadline: float | None,
+           workers=None) -> tuple[BackboneSpec, TrainConfig, dict]:
+    """The winning backbone's spec, the config resolved for it, and the record of the comparison.
+
+    ``deadline``: the run's, under --time-limit (a ``time.monotonic()``), or None.
+
+    On a cluster every worker measures (each with its own cache) and all take the chief's choice.
+    """
+    specs, left_out = selection.candidates(config)
+    examples = dataset.splits["train"] + dataset.splits["val"]
+    end = deadline_of(deadline, MEASURE_SHARE)  # when measuring must be over
+    specs, trials = _within_budget(specs, config, len(examples), end)
+    kfold = len(examples) < KFOLD_BELOW
+    method = (f"{FOLDS}-fold cross-validation over train and val ({len(examples)} images)" if kfold else
+              f"the val split ({len(dataset.splits['val'])} images; heads trained on train)")
+    log.info("--backbone auto: comparing %s by %s", ", ".join(s.name for s in specs), method)
+    for spec in specs:
+        trial = trials[spec.name]
+        if end is not None and any(t.accuracy is not None for t in trials.values()) and _over(end, trial):
+            continue  # (the first candidate is always measured: a run needs a backbone)
+        _measure(spec, config, dataset, digests, class_weight, kfold, trial)
+        gc.collect()
+    rows = [*trials.values(), *left_out]
+    if not any(t.accuracy is not None for t in rows):
+        raise ConfigError("--backbone auto: no candidate could be measured (" + "; ".join(
+            f"{t.backbone}: {t.note}" for t in rows) + "). Name one --backbone.")
+    winner = _agreed(selection.best(rows).backbone, workers)
+    for trial in rows:
+        trial.chosen = trial.backbone == winner
+    for line in selection.table(rows):
+        log.info("  %s", line)
+    log.info("--backbone auto chose %s", winner)
+    spec, resolved = resolve(dataclasses.replace(config, backbone=winner, candidates=()))  # as if named
+    return spec, resolved, selection.record(rows, method)
+
+
+def _over(deadline: float, trial: selection.Trial) -> bool:
+    """Whether the time for measuring ran out before ``trial`` (its note says so)."""
+    if time.monotonic() < deadline:
+        return False
+    trial.note = "left out: the time for measuring under --time-limit ran out"
+    return True
+
+
+def _within_budget(specs: list[BackboneSpec], config: TrainConfig, images: int,
+                   deadline: float | None) -> tuple[list[BackboneSpec], dict[str, selection.Trial]]:
+    """The candidates whose estimated feature cost fits :data:`MEASURE_SHARE` of the time left, cheapest first
+    (at least the cheapest one), and a trial for every candidate that fits the image size.
+
+    ``deadline`` (a ``time.monotonic()``) is the end of measuring; None: no --time-limit, every candidate."""
+    trials, sized = {}, []
+    for spec in specs:
+        try:
+            _, resolved = resolve(dataclasses.replace(config, backbone=spec.name))
+        except ConfigError as error:  # e.g. an --image-size below its minimum
+            trials[spec.name] = selection.Trial(spec.name, note=f"left out: {first_line(error)}")
+            continue
+        trials[spec.name] = selection.Trial(spec.name, resolved.image_size)
+        sized.append((spec, resolved))
+    if deadline is None:
+        return [spec for spec, _ in sized], trials
+    for spec, resolved in sized:
+        trials[spec.name].estimate_seconds = _estimate(spec, resolved, images)
+    allowed, spent, kept = deadline - time.monotonic(), 0.0, []
+    for spec, _ in sorted(sized, key=lambda pair: trials[pair[0].name].estimate_seconds):
+        trial = trials[spec.name]
+        if kept and spent + trial.estimate_seconds > allowed:
+            trial.note = (f"left out: its features would take about {trial.estimate_seconds:.0f} s, over the "
+                          f"{max(0.0, allowed - spent):.0f} s left for measuring under --time-limit")
+            continue
+        spent += trial.estimate_seconds
+        kept.append(spec)
+    order = names()
+    return sorted(kept, key=lambda spec: order.index(spec.name)), trials
+
+
+def _estimate(spec: BackboneSpec, config: TrainConfig, images: int) -> float:
+    """Seconds to compute the features of ``images`` images: a timed pass of the backbone with random weights
+    (the same cost as the real ones, and nothing to fetch) over :data:`PROBE_IMAGES` images, after a first one."""
+    size = config.image_size
+    base = spec.build((size, size, 3), weights=None)
+    batch = np.random.default_rng(0).uniform(0, 255, (PROBE_IMAGES, size, size, 3)).astype(np.float32)
+    base.predict_on_batch(batch)
+    started = time.perf_counter()
+    base.predict_on_batch(batch)
+    return (time.perf_counter() - started) / PROBE_IMAGES * images * features.views(config)
+
+
+def _measure(spec: BackboneSpec, config: TrainConfig, dataset: data.Dataset, digests: dict[str, str],
+             class_weight: dict[int, float] | None, kfold: bool, trial: selection.Trial) -> None:
+    """Fill ``trial``: the candidate's features (cached for the run) and its heads' held-out accuracy and loss."""
+    _, resolved = resolve(dataclasses.replace(config, backbone=spec.name))
+    examples = dataset.splits["train"] + dataset.splits["val"]
+    try:
+        model = build_model(spec, resolved, len(dataset.classes))  # fetches or converts its weights the first time
+        cache = features.frozen_phase_cache(model, resolved, digests)
+        started = time.monotonic()
+        x = cache.features(examples)
+    except WeightsError as error:
+        trial.note = f"left out: {first_line(error)}"
+        return
+    trial.feature_seconds = round(time.monotonic() - started, 2)
+    if not cache.computed:
+        trial.note = "features from the cache"
+    y = np.array([e.label for e in examples], np.int32)
+    held_out = _folds(y, config.seed) if kfold else [np.arange(len(dataset.splits["train"]), len(examples))]
+    scores = [_fit_head(features.head_top(model), x, y, fold, resolved, class_weight) for fold in held_out]
+    trial.accuracy = round(float(np.average([s[0] for s in scores], weights=[len(f) for f in held_out])), 4)
+    trial.loss = round(float(np.average([s[1] for s in scores], weights=[len(f) for f in held_out])), 4)
+    log.info("  %s: accuracy %.4f, loss %.4f (features %.1f s)", spec.name, trial.accuracy, trial.loss,
+             trial.feature_seconds)
+
+
+def _folds(y: np.ndarray, seed: int) -> list[np.ndarray]:
+    """:data:`FOLDS` held-out index sets, each class spread evenly over them, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), np.int64)
+    for label in np.unique(y):
+        rows = np.flatnonzero(y == label)
+        fold[rng.permutation(rows)] = np.arange(len(rows)) % FOLDS
+    return [np.flatnonzero(fold == k) for k in range(FOLDS) if np.any(fold == k)]
+
+
+def _fit_head(top: keras.Model, x: np.ndarray, y: np.ndarray, held_out: np.ndarray, config: TrainConfig,
+              class_weight: dict[int, float] | None) -> tuple[float, float]:
+    """A fresh head (``top``'s layers, newly initialized with the run's seed) fitted as phase 1 fits it, on every
+    row but ``held_out``; its (accuracy, loss) there at its best epoch on ``config.monitor``."""
+    keras.utils.set_random_seed(config.seed)
+    head = keras.models.clone_model(top)
+    train = np.setdiff1d(np.arange(len(y)), held_out)
+    arrays = fasthead.Arrays(x[train], y[train], x[held_out][:, :1], y[held_out])
+    compile_model(head, make_optimizer(config.optimizer, config.lr, config.weight_decay), config)
+    fit = fasthead.EpochFit(head, arrays, config.batch_size, config.seed, config.augment == "flip", class_weight,
+                            config.label_smoothing)
+    epochs = config.epochs or FAST_EPOCHS
+    watch = fasthead.Watch(config.monitor, config.patience or FAST_PATIENCE, config.lr,
+                           None if config.lr_schedule == "plateau" else epochs)
+    best = {}
+    for epoch in range(epochs):
+        head.optimizer.learning_rate = watch.lr(epoch)
+        logs = fit(epoch)
+        watch.epoch_end(epoch, logs, head)
+        best = logs if watch.best_epoch == epoch else best
+        if watch.stopped:
+            break
+    return best["val_accuracy"], best["val_loss"]
+
+
+def _agreed(name: str, workers) -> str:
+    """On a cluster, the chief's choice (measurements may differ a little between workers); else ``name``."""
+    if workers is None:
+        return name
+    order = names()
+    vote = np.zeros(len(order), np.int32)
+    if workers.rank == 0:
+        vote[order.index(name)] = 1
+    return order[int(np.argmax(workers.total(vote)))]
