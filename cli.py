@@ -269,7 +269,7 @@ def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as
               help="Settings from a JSON or TOML file (a run's config.json too, to train it again); options you "
               "give win over it, and it wins over --preset. It may give data_dir in place of DATA_DIR.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
-              help="Start from a named set of settings (options you give still win); see docs/training.md, "Presets".")
+              help="Start from a named set of settings (options you give still win); see docs/training.md, Presets.")
 @click.option("-b", "--backbone", default=default("backbone"), show_default=True,
               help="Registry name (see `transfer backbones`), a .keras model or run folder to transfer from, or "
               "auto: measure the pretrained backbones on this data and keep the best (see docs/auto.md).")
