@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo clean-demo
+.PHONY: install test test-fast demo clean-demo
 
 install: $(VENV)/.installed
 
@@ -13,8 +13,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Two processes, one test file each at a time: a file's module fixtures (a trained run, a cluster) are made once.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The edit loop: everything but the tests marked slow (those that train models), in under 2 minutes.
+test-fast: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 # Generate a small 3-class dataset, train on it (EfficientNet-Lite0's ImageNet weights, from pip), predict, export.
 demo: install
