@@ -62,3 +62,16 @@ def trained_run(tmp_path_factory):
         "--quiet"])
     assert result.exit_code == 0, result.output
     return {"run": str(root / "models" / "colours"), "data": data, "root": root}
+
+
+#: Fixtures that train a model (or start a process that does) before their tests run: every test that uses one,
+#: directly or through another fixture, is slow, so ``make test-fast`` leaves it out. Tests that train in their own
+#: body carry ``@pytest.mark.slow`` instead.
+TRAINING_FIXTURES = {"trained_run", "from_toml", "trained", "planted", "located", "run", "partial", "evil_run",
+                     "interrupted", "runs", "quiet_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -78,6 +78,7 @@ def test_a_missing_package_names_the_pip_command(monkeypatch, runner, tmp_path):
         lite.weights_file(lite.VARIANTS["efficientnet_lite0"])
 
 
+@pytest.mark.slow
 def test_train_predict_export_with_imagenet_weights(runner, tmp_path):
     """Both phases on the pretrained base (feature and boundary caching), then predict and export the run."""
     data = make_dataset(tmp_path / "data", per_class=8, size=48)
@@ -107,6 +108,7 @@ def test_train_predict_export_with_imagenet_weights(runner, tmp_path):
     assert again.exit_code == 0, again.output  # --backbone PATH takes a Lite run's base like any other
 
 
+@pytest.mark.slow
 def test_a_saved_run_predicts_what_the_trained_model_did(tmp_path):
     from transfer import TrainConfig, train
     from transfer.predict import load_model
