@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# pytest-xdist processes for the suite: one per core of the 2-core machine it is timed on (each holds TensorFlow)
+TEST_WORKERS ?= 2
 
 .PHONY: install test test-fast demo clean-demo
 
@@ -15,11 +17,11 @@ $(VENV)/.installed: pyproject.toml
 
 # Two processes, one test file each at a time: a file's module fixtures (a trained run, a cluster) are made once.
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The edit loop: everything but the tests marked slow (those that train models), in under 2 minutes.
 test-fast: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # Generate a small 3-class dataset, train on it (EfficientNet-Lite0's ImageNet weights, from pip), predict, export.
 demo: install
