@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# pytest-xdist processes for the suite: one per core of the 2-core machine it is timed on (each holds TensorFlow)
+TEST_WORKERS ?= 2
 
-.PHONY: install test demo clean-demo
+.PHONY: install test test-fast demo clean-demo
 
 install: $(VENV)/.installed
 
@@ -13,8 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Two processes, one test file each at a time (a file's module fixtures, such as a trained run, are made once);
+# then, alone, the tests that time things against the wall clock (marked serial in tests/conftest.py).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
+
+# The edit loop: everything but the tests marked slow (those that train models), in under 2 minutes.
+test-fast: install
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # Generate a small 3-class dataset, train on it (EfficientNet-Lite0's ImageNet weights, from pip), predict, export.
 demo: install

@@ -62,3 +62,23 @@ def trained_run(tmp_path_factory):
         "--quiet"])
     assert result.exit_code == 0, result.output
     return {"run": str(root / "models" / "colours"), "data": data, "root": root}
+
+
+#: Fixtures that train a model (or start a process that does) before their tests run: every test that uses one,
+#: directly or through another fixture, is slow, so ``make test-fast`` leaves it out. Tests that train in their own
+#: body carry ``@pytest.mark.slow`` instead.
+TRAINING_FIXTURES = {"trained_run", "from_toml", "trained", "planted", "located", "run", "partial", "evil_run",
+                     "interrupted", "runs", "quiet_run"}
+
+
+#: files whose tests time things against the wall clock (clusters, signals, drains, --time-limit): `make test` runs
+#: them after the rest, on their own, so that a training in the other test process cannot make them miss a deadline
+SERIAL_FILES = {"test_distribute.py", "test_hardening_cluster.py", "test_serve_hardening.py", "test_time_budget.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if item.path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)

@@ -318,6 +318,7 @@ def test_skip_policy(tmp_path):
         data.check_skips(ds, strict=False, max_skip_fraction=0.1)
 
 
+@pytest.mark.slow
 def test_training_on_a_messy_folder_reports_every_skipped_file(tmp_path, runner):
     root = str(tmp_path / "messy")
     a = _base(root)

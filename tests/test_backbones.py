@@ -22,6 +22,7 @@ def _resolved(name, **overrides):
 
 
 @pytest.mark.parametrize("name", ALL)
+@pytest.mark.slow
 def test_entry_builds_and_classifies(name):
     spec, config = _resolved(name)
     model = build_model(spec, config, num_classes=5)

@@ -126,6 +126,7 @@ def test_two_workers_predict_like_one_worker_trained_the_same_way(trained, tmp_p
         assert all(abs(two[path][c] - one[path][c]) < 0.25 for c in two[path]), (path, two[path], one[path])
 
 
+@pytest.mark.slow
 def test_two_workers_share_the_audit_and_the_features_each_computed_once(tmp_path):
     """A frozen pretrained backbone: each worker checks half of the images and computes half of the features (with
     Keras, the engine on a GPU), and gets the other half from the other worker (phase 2's boundary cache is the
@@ -177,6 +178,7 @@ def _one_epoch_done(procs, history) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_chief_and_every_worker_resumes_from_its_last_epoch(tmp_path):
     """kill -9 of a worker: the chief stops with one clear line and keeps its partial run; started again with
     --resume, the other worker gets that run from the chief, and both train on to --time-limit (counted over both
@@ -208,6 +210,7 @@ def test_a_killed_worker_stops_the_chief_and_every_worker_resumes_from_its_last_
     assert not os.path.exists(tmp_path / "models1") and set(os.listdir(tmp_path / "tmp1")) == left
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_one_worker_stops_every_worker_after_the_same_batch(tmp_path):
     data = make_dataset(tmp_path / "colours", per_class=8)
     history = tmp_path / "models0" / ("run" + runs.STAGING_SUFFIX) / runs.HISTORY_FILE
@@ -225,6 +228,7 @@ def test_ctrl_c_on_one_worker_stops_every_worker_after_the_same_batch(tmp_path):
     assert len(rows) == len(_epochs(results[0][1]))  # every finished epoch backed up, none half-done
 
 
+@pytest.mark.slow
 def test_workers_that_see_different_files_stop_with_a_clear_error(tmp_path):
     make_dataset(tmp_path / "one", per_class=4)
     make_dataset(tmp_path / "two", per_class=5)
@@ -240,6 +244,7 @@ def test_workers_that_see_different_files_stop_with_a_clear_error(tmp_path):
     assert not os.path.exists(tmp_path / "models" / "run")
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_cpu_replicas_trains_with_the_batch_size_per_replica(tmp_path):
     data = make_dataset(tmp_path / "colours", per_class=16)
     proc = _start([*TRAIN, data, "--distribute", "mirrored", "--batch-size", "4", "-o", tmp_path / "models"],
@@ -320,6 +325,7 @@ def test_workers_gather_every_blob_in_rank_order():
     assert peers.worker(1).mine(list(range(7))) == [1, 4]
 
 
+@pytest.mark.slow
 def test_workers_compute_each_missing_feature_once_and_send_what_they_hold(tmp_path):
     """Two simulated workers: the chief holds 4 images' features from an earlier run and streams its cache from
     disk (a small --cache-memory); the other holds none. The 4 are sent by the chief, the rest computed once, by

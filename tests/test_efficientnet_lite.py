@@ -25,6 +25,7 @@ def state():
     return load_state_dict(lite.weights_file(LITE0))
 
 
+@pytest.mark.slow
 def test_the_installed_package_converts_with_every_tensor_used_once(state):
     classifier = lite.imagenet_classifier(LITE0)  # assign() raises on any unused tensor or weightless layer
     images = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
@@ -35,6 +36,7 @@ def test_the_installed_package_converts_with_every_tensor_used_once(state):
     np.testing.assert_array_equal(stem, state["_conv_stem.weight"].transpose(2, 3, 1, 0))
 
 
+@pytest.mark.slow
 def test_a_tensor_left_over_or_missing_is_named(state):
     base = lite.build_base(LITE0, (64, 64, 3))
     names = lite.torch_names(LITE0)
@@ -49,6 +51,7 @@ def test_a_tensor_left_over_or_missing_is_named(state):
 
 
 @pytest.mark.skipif(not os.path.isdir(PHOTOS), reason="the shared cats_vs_dogs photos are not beside the checkout")
+@pytest.mark.slow
 def test_zero_shot_imagenet_classes_on_real_photos():
     """A faithful conversion tells cats (ImageNet 281-285) from dogs (151-268) without any training."""
     from transfer.data.images import load_image
@@ -61,6 +64,7 @@ def test_zero_shot_imagenet_classes_on_real_photos():
     assert probabilities[:, list(range(151, 269)) + list(range(281, 286))].sum(1).mean() > 0.5
 
 
+@pytest.mark.slow
 def test_converted_weights_are_cached_by_the_source_file_hash(tmp_path, state):
     base = lite.imagenet_base(LITE0, (64, 64, 3), cache_dir=str(tmp_path))
     cached = glob.glob(str(tmp_path / "weights" / "efficientnet_lite0-v*.weights.h5"))
@@ -78,6 +82,7 @@ def test_a_missing_package_names_the_pip_command(monkeypatch, runner, tmp_path):
         lite.weights_file(lite.VARIANTS["efficientnet_lite0"])
 
 
+@pytest.mark.slow
 def test_train_predict_export_with_imagenet_weights(runner, tmp_path):
     """Both phases on the pretrained base (feature and boundary caching), then predict and export the run."""
     data = make_dataset(tmp_path / "data", per_class=8, size=48)
@@ -107,6 +112,7 @@ def test_train_predict_export_with_imagenet_weights(runner, tmp_path):
     assert again.exit_code == 0, again.output  # --backbone PATH takes a Lite run's base like any other
 
 
+@pytest.mark.slow
 def test_a_saved_run_predicts_what_the_trained_model_did(tmp_path):
     from transfer import TrainConfig, train
     from transfer.runners import load_model

@@ -59,6 +59,7 @@ def accuracy(top: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(top.predict(x, verbose=0), axis=-1) == y))
 
 
+@pytest.mark.slow
 def test_the_compiled_head_reaches_100_percent_on_separable_features():
     means = np.random.default_rng(2).normal(0, 1, (4, 96)).astype(np.float32)  # ~14 apart, spread over every feature
     train_x, train_y = gaussians(400, means, 0.5, seed=0)
@@ -69,6 +70,7 @@ def test_the_compiled_head_reaches_100_percent_on_separable_features():
     assert watch.best_epoch >= 0 and logs["accuracy"] == 1.0
 
 
+@pytest.mark.slow
 def test_the_compiled_head_finds_what_keras_fit_finds_on_overlapping_classes():
     """Classes that overlap, with a known best accuracy (the nearest mean, as the spread is the same in every
     direction): Keras' fit and the compiled epochs both come within noise of it, and of each other."""
@@ -115,6 +117,7 @@ def root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_run_on_cached_features_converges_in_compiled_epochs_and_exports(root):
     """The default run on a pretrained backbone: at most FAST_EPOCHS epochs, stopped by validation, each in
     history.csv; config.json records the maximum; the run's model is saved, predicts and exports."""
@@ -134,6 +137,7 @@ def test_a_run_on_cached_features_converges_in_compiled_epochs_and_exports(root)
     assert glob.glob(str(root / "export" / "**" / "*.tflite"), recursive=True)
 
 
+@pytest.mark.slow
 def test_head_fit_keras_keeps_ten_epochs_of_fit(root):
     result = cli("train", root / "colours", *LITE, "--head-fit", "keras", "-o", root / "models", "--name", "keras",
                  "--cache-dir", root / "cache", "--patience", "100")
@@ -142,6 +146,7 @@ def test_head_fit_keras_keeps_ten_epochs_of_fit(root):
     assert json.load(open(root / "models" / "keras" / runs.CONFIG_FILE))["config"]["epochs"] == 10
 
 
+@pytest.mark.slow
 def test_a_kill_after_the_compiled_phase_resumes_in_fine_tuning(root):
     """Phase 1 is backed up once, at its end; a kill in phase 2 resumes there, every epoch once."""
     args = ["train", root / "colours", *LITE, "--epochs", "6", "--patience", "100", "--fine-tune-epochs", "3",

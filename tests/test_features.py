@@ -105,6 +105,7 @@ def test_the_cache_is_reused_by_the_next_run_and_invalidated_by_a_changed_image(
     assert _cache_run(config, caplog) == (17, 1)
 
 
+@pytest.mark.slow
 def test_the_cache_key_changes_with_backbone_weights_size_and_resize(tmp_path):
     import keras
 
@@ -120,6 +121,7 @@ def test_the_cache_key_changes_with_backbone_weights_size_and_resize(tmp_path):
     assert len({base, *others}) == 1 + len(others)
 
 
+@pytest.mark.slow
 def test_cache_files_are_complete_and_no_temporary_file_is_left(tmp_path):
     import keras
 
@@ -229,6 +231,7 @@ def test_cache_memory_sizes():
     assert parse_memory("25%", total=1000) == 250
 
 
+@pytest.mark.slow
 def test_boundary_caching_needs_a_clean_cut(tmp_path, caplog):
     import dataclasses
 

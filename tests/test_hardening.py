@@ -298,6 +298,7 @@ def test_special_files_are_skipped_not_opened(tmp_path, data, make, kind, name):
         "skipped"]
 
 
+@pytest.mark.slow
 def test_training_with_a_fifo_in_a_class_folder_finishes(tmp_path, data):
     _fifo(os.path.join(data, "red", "pipe"))
     with untouched(tmp_path / "photos"):
@@ -355,6 +356,7 @@ def test_layouts_that_read_two_ways_are_errors(tmp_path, splits, fragments):
         failed(cli("inspect", data, "--cache-dir", tmp_path / "c"), *fragments)
 
 
+@pytest.mark.slow
 def test_a_validation_folder_without_a_class_is_a_warning(tmp_path):
     data = make_dataset(tmp_path / "photos", splits={"train": 3, "val": 2})
     shutil.rmtree(os.path.join(data, "val", "red"))

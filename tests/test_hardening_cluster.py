@@ -57,6 +57,7 @@ def colours(tmp_path):
     return make_dataset(tmp_path / "colours", per_class=4)
 
 
+@pytest.mark.slow
 def test_a_missing_worker_is_named_every_few_seconds_until_cluster_timeout(colours, tmp_path):
     tf_config = distribute.local_cluster(2)[0]
     missing = tf_config["cluster"]["worker"][1]
@@ -74,6 +75,7 @@ def test_a_missing_worker_is_named_every_few_seconds_until_cluster_timeout(colou
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_a_signal_during_the_wait_ends_it_within_seconds(colours, tmp_path, signum, status):
     tf_config = distribute.local_cluster(2)[1]  # worker 1 waits for the chief
     chief = tf_config["cluster"]["worker"][0]
@@ -94,6 +96,7 @@ def test_a_signal_during_the_wait_ends_it_within_seconds(colours, tmp_path, sign
     assert not os.path.exists(tmp_path / "models")
 
 
+@pytest.mark.slow
 def test_a_worker_started_late_joins_and_both_train(colours, tmp_path):
     """The chief waits (and says so) while worker 1 is not started; started later, worker 1 joins and both train."""
     configs = distribute.local_cluster(2)
@@ -165,6 +168,7 @@ def test_a_string_index_of_digits_and_a_chief_are_read_as_tensorflow_reads_them(
     assert distribute.rank(environ) == (1, 2) and not distribute.is_chief(environ)
 
 
+@pytest.mark.slow
 def test_a_port_this_machine_cannot_listen_on_is_a_clear_error(colours, tmp_path):
     import socket
 
@@ -186,6 +190,7 @@ def test_cluster_timeout_must_be_a_duration(colours, tmp_path):
                                               "(or none); got 'soon'.")
 
 
+@pytest.mark.slow
 def test_a_port_held_by_another_program_is_not_taken_for_a_worker(colours, tmp_path):
     """Worker 1's address answers, but as an HTTP/1 server, not as TensorFlow's gRPC: the wait goes on and names it
     (rather than leaving TensorFlow to wait for it, silently, for an hour)."""

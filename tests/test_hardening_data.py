@@ -332,6 +332,7 @@ def test_a_crafted_pth_cannot_fill_the_memory(tmp_path):
         load_state_dict(str(bomb))
 
 
+@pytest.mark.slow
 def test_backbone_with_a_lambda_layer_advises_unsafe(tmp_path):
     from test_safe_loading import _lambda_model
 

@@ -83,6 +83,7 @@ def test_onnx_agrees_with_keras_on_real_photos(exported, trained_run, tmp_path):
 
 
 @needs_photos
+@pytest.mark.slow
 def test_a_pretrained_lite0_keras_file_exports_checked_on_real_photos(tmp_path, runner):
     """EfficientNet-Lite0 with its ImageNet weights (what people deploy), as a lone .keras checked on --data."""
     from transfer.backbones import registry

@@ -25,6 +25,7 @@ def test_explicit_settings_win_over_the_preset():
         apply_preset("nope", {})
 
 
+@pytest.mark.slow
 def test_cli_preset_with_an_override_and_the_cosine_schedule(runner, tmp_path):
     data = make_dataset(tmp_path / "d", per_class=6)
     result = runner.invoke(main, ["train", data, "--preset", "small-data-scratch", "--epochs", "2",

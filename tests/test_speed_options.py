@@ -37,6 +37,7 @@ def test_policy_is_restored_when_training_fails(tmp_path):
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_with_a_float32_softmax(tmp_path):
     result = _train(tmp_path, mixed_precision="on")
     assert keras.mixed_precision.global_policy().name == "float32"
@@ -50,12 +51,14 @@ def test_mixed_precision_trains_with_a_float32_softmax(tmp_path):
         assert json.load(f)["config"]["mixed_precision"] == "on"
 
 
+@pytest.mark.slow
 def test_config_json_records_the_precision_auto_chose(tmp_path):
     result = _train(tmp_path, mixed_precision="auto", epochs=1)
     with open(os.path.join(result.run_dir, "config.json")) as f:
         assert json.load(f)["config"]["mixed_precision"] == "off"  # no GPU here; "auto" would say nothing
 
 
+@pytest.mark.slow
 def test_jit_compiles_training_with_xla(tmp_path, monkeypatch):
     compiled = []
     original = keras.Model.compile

@@ -6,6 +6,7 @@ import json
 
 import keras
 import numpy as np
+import pytest
 
 from conftest import make_dataset
 from test_resume import cli, history
@@ -14,6 +15,7 @@ from transfer.config import TrainConfig
 from transfer.training import fasthead
 
 
+@pytest.mark.slow
 def test_a_tiny_budget_skips_fine_tuning_and_says_so(tmp_path):
     make_dataset(tmp_path / "colours", per_class=10)
     result = cli("train", tmp_path / "colours", "--backbone", "efficientnet_lite0", "--image-size", "32",

@@ -38,6 +38,7 @@ def _train(tmp_path, weights, **overrides):
     return train(TrainConfig(**options))
 
 
+@pytest.mark.slow
 def test_weights_path_loads_the_file_and_phase1_never_changes_the_backbone(tmp_path, base_weights):
     path, saved, _ = base_weights
     result = _train(tmp_path, path, epochs=2, fine_tune_epochs=0)
@@ -49,6 +50,7 @@ def test_weights_path_loads_the_file_and_phase1_never_changes_the_backbone(tmp_p
     assert np.abs(head_kernel).sum() > 0
 
 
+@pytest.mark.slow
 def test_phase2_trains_only_the_unfrozen_top_and_keeps_batchnorm_statistics(tmp_path, base_weights):
     import keras
 
@@ -68,6 +70,7 @@ def test_phase2_trains_only_the_unfrozen_top_and_keeps_batchnorm_statistics(tmp_
     assert result.metrics["epochs"] == {"head": 1, "fine_tune": 2}
 
 
+@pytest.mark.slow
 def test_scratch_nets_train_their_base_in_phase1(tmp_path):
     import keras
 
@@ -79,6 +82,7 @@ def test_scratch_nets_train_their_base_in_phase1(tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(fresh.get_weights(), backbone_of(result.model).get_weights()))
 
 
+@pytest.mark.slow
 def test_weight_decay_reaches_the_optimizer_and_shrinks_the_weights(tmp_path):
     import keras
 
@@ -94,6 +98,7 @@ def test_weight_decay_reaches_the_optimizer_and_shrinks_the_weights(tmp_path):
     assert norms[2.0] < 0.9 * norms[None]
 
 
+@pytest.mark.slow
 def test_weights_file_of_another_architecture_is_refused(tmp_path, base_weights):
     path, _, _ = base_weights
     with pytest.raises(WeightsError, match="does not fit efficientnetb0"):
@@ -125,6 +130,7 @@ def test_a_file_named_like_the_keras_download_must_match_its_checksum(tmp_path):
         _train(tmp_path, str(fake), backbone="resnet50", image_size=32, epochs=1, fine_tune_epochs=0)
 
 
+@pytest.mark.slow
 def test_legacy_h5_weights_file_like_the_keras_downloads(tmp_path, base_weights):
     """Keras' ImageNet files are legacy .h5 (not .weights.h5): that format must load too."""
     import h5py
@@ -139,6 +145,7 @@ def test_legacy_h5_weights_file_like_the_keras_downloads(tmp_path, base_weights)
         np.testing.assert_array_equal(before, after)
 
 
+@pytest.mark.slow
 def test_label_smoothing_trains_with_the_smoothed_loss_and_the_run_reloads(tmp_path):
     from transfer.layers import SparseSmoothedCrossentropy
     from transfer.runners import load_model

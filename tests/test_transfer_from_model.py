@@ -77,6 +77,7 @@ def test_train_from_a_run_folder_through_the_cli(trained_run, runner, tmp_path):
     assert record["config"]["weights"] == "model" and record["model"]["preprocessing"] == "unit"
 
 
+@pytest.mark.slow
 def test_a_scratch_net_learns_an_easy_task(tmp_path):
     """Guards against silent breakage of training: >= 90% on a generated 3-class set in a few epochs."""
     from transfer.training import train

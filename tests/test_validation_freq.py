@@ -18,6 +18,7 @@ def _train(tmp_path, **overrides):
     return train(TrainConfig(**{**options, **overrides}))
 
 
+@pytest.mark.slow
 def test_validates_every_n_epochs_and_on_each_phases_last(tmp_path, recwarn):
     result = _train(tmp_path, epochs=4, fine_tune_epochs=2, validation_freq=3, restore_best=True)
     validated = [int(row["epoch"]) for row in result.history if not math.isnan(row["val_loss"])]
@@ -40,6 +41,7 @@ def test_validates_every_n_epochs_and_on_each_phases_last(tmp_path, recwarn):
     assert os.path.getsize(os.path.join(result.run_dir, "history.png")) > 0
 
 
+@pytest.mark.slow
 def test_default_validates_every_epoch(tmp_path):
     result = _train(tmp_path, epochs=3, fine_tune_epochs=0)
     assert all(not math.isnan(row["val_loss"]) for row in result.history)
@@ -93,6 +95,7 @@ def test_time_limit_decays_over_the_steps_when_they_run_out_first():
     assert seen == pytest.approx(_cosine(0, 0.25, 0.5, 0.75))
 
 
+@pytest.mark.slow
 def test_time_limit_ends_the_run_early_and_validates_its_last_epoch(tmp_path):
     result = _train(tmp_path, epochs=400, fine_tune_epochs=0, validation_freq=1000, time_limit="6s",
                     lr_schedule="cosine")
