@@ -271,3 +271,21 @@ def test_flip_and_tta_are_cached_as_two_views_that_reproduce_the_image_model(tmp
     mirror = [np.abs(x[0, 0] - rows[0, 1]).max() < np.abs(x[0, 0] - rows[0, 0]).max()
               for _ in range(40) for x, _ in epochs.as_numpy_iterator()]
     assert 5 < sum(mirror) < 35  # the mirror view is drawn about half the time, anew each epoch
+
+
+@pytest.mark.parametrize("mode, passes, converted", [("auto", features.TFLITE_MIN_PASSES - 1, False),
+                                                      ("auto", features.TFLITE_MIN_PASSES, True),
+                                                      ("tflite", 1, True), ("keras", 10**6, False)])
+def test_auto_converts_to_tflite_only_where_the_conversion_pays(mode, passes, converted):
+    """A few hundred images cost less with Keras than converting the backbone; --feature-engine tflite insists."""
+    import types
+
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    tiny = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs)))
+    cache = types.SimpleNamespace(_run=None, config=types.SimpleNamespace(feature_engine=mode), extractor=tiny)
+    engine = features.FeatureCache._engine(cache, passes)
+    assert (engine.runner is not None) is converted
+    images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(engine(images), tiny.predict_on_batch(images), rtol=1e-4, atol=1e-4)
