@@ -54,7 +54,7 @@ class Board:
         import tensorflow as tf
         from PIL import Image
 
-        from ..plots import plot_confusion
+        from ..reports.plots import plot_confusion
 
         png = io.BytesIO()
         plot_confusion(matrix, labels, png)
