@@ -124,7 +124,7 @@ def test_a_class_missing_from_the_folder_is_an_error_unless_allowed(trained_run,
     assert green["support"] == 0 and green["recall"] == 0.0
 
 
-def test_cli_process_with_a_corrupt_file_and_an_unknown_class(trained_run, labeled, tmp_path):
+def test_cli_with_a_corrupt_file_and_an_unknown_class(trained_run, labeled, tmp_path):
     data = tmp_path / "photos"
     shutil.copytree(labeled, data)
     proc = succeeded(cli("evaluate", trained_run["run"], data, "-o", tmp_path / "out"))

@@ -24,18 +24,22 @@ import zipfile
 
 import pytest
 
-from conftest import COLOURS, make_dataset, write_image
+from conftest import COLOURS, invoke, make_dataset, write_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone", "smallcnn", "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "0", "--augment", "none",
         "--batch-size", "8"]
 
 
-def cli(*args, cwd=ROOT, timeout=180, umask=None):
-    """``transfer ARGS`` in a fresh process, from this checkout, offline and quiet about TensorFlow's start-up."""
+def cli(*args, cwd=ROOT, timeout=None, umask=None):
+    """``transfer ARGS``, offline, from this checkout: in this process, or in a fresh one where the test needs what
+    only a process gives: a umask, or a deadline (a FIFO or a file that never answers must not hang the suite)."""
+    if umask is None and timeout is None:
+        return invoke(*args, cwd=cwd)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
     return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=None if umask is None else lambda: os.umask(umask))
+                          text=True, timeout=timeout or 180,
+                          preexec_fn=None if umask is None else lambda: os.umask(umask))
 
 
 def train(data, out, *args, **kwargs):

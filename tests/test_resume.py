@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import make_dataset
+from conftest import invoke, make_dataset
 from transfer import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,9 +30,9 @@ FINISHED = {runs.MODEL_FILE, runs.CONFIG_FILE, runs.LABELS_FILE, runs.HISTORY_FI
             runs.REPORT_FILE, runs.CONFUSION_FILE}
 
 
-def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+def cli(*args):
+    """``transfer ARGS`` run to its end in this process (the kills are in processes of their own: :func:`start`)."""
+    return invoke(*args)
 
 
 def start(*args):
