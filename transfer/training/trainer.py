@@ -182,7 +182,7 @@ def _caches(model: keras.Model, spec: BackboneSpec, config: TrainConfig, digests
     if not features.use_cache(spec, config):
         return None, None
     cache = features.frozen_phase_cache(model, config, digests, workers)
-    return cache, features.boundary_cache(model, config, digests, workers) if config.fine_tune_epochs else None
+    return cache, features.boundary_cache(model, config, digests, workers) if config.fine_tunes else None
 
 
 def _interrupted(config: TrainConfig, status: int, workers: distribute.Workers | None) -> Interrupted:
