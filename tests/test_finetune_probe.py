@@ -18,10 +18,10 @@ from transfer.errors import ConfigError
 from transfer.training import probe
 
 
-def _train(data, tmp_path, name, **settings):
+def _train(data, tmp_path, name, epochs=8, **settings):
     from transfer.training import train
 
-    config = TrainConfig(data_dir=data, backbone="efficientnet_lite0", weights="none", image_size=32, epochs=8,
+    config = TrainConfig(data_dir=data, backbone="efficientnet_lite0", weights="none", image_size=32, epochs=epochs,
                          fine_tune_epochs=4, fine_tune_optimizer="sgd", fine_tune_lr=1e-2, patience=50,
                          output_dir=str(tmp_path / "models"), name=name, cache_dir=str(tmp_path / "cache"), verbose=0,
                          **settings)
@@ -42,8 +42,9 @@ def _predictions(result, data):
 
 
 @pytest.mark.slow  # two runs of Lite0 at 32 px (20-40 s on 2 busy cores)
-def test_a_probe_that_does_not_pay_leaves_the_head_only_model(tmp_path):
-    data = make_dataset(tmp_path / "colours", per_class=10)  # the head separates the colours: nothing left to gain
+def test_a_probe_that_does_not_pay_leaves_the_head_only_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(probe, "ROOM", -1.0)  # probe even a perfect head
+    data = make_dataset(tmp_path / "colours", per_class=10)
     head_only = _train(data, tmp_path, "off", fine_tune="off")
     probed = _train(data, tmp_path, "auto", fine_tune="auto")
     record = _record(probed.run_dir)
@@ -60,6 +61,7 @@ def test_a_probe_that_does_not_pay_leaves_the_head_only_model(tmp_path):
 @pytest.mark.slow
 def test_a_probe_that_pays_fine_tunes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(probe, "margin", lambda accuracy, images: -1.0)  # any result pays
+    monkeypatch.setattr(probe, "ROOM", -1.0)
     data = make_dataset(tmp_path / "colours", per_class=10)
     result = _train(data, tmp_path, "auto", fine_tune="auto")
     record = _record(result.run_dir)
@@ -75,6 +77,18 @@ def test_a_tiny_budget_skips_the_probe_and_says_so(tmp_path, caplog):
     assert record["decision"] == probe.SKIPPED and "--time-limit" in record["note"]
     assert "skipped phase fine_tune" in caplog.text and "--fine-tune auto: skipped" in caplog.text
     assert "fine_tune" not in history(result.run_dir)[1]
+
+
+def test_a_head_without_errors_to_fix_is_not_probed(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(probe, "ROOM", 1.0)  # whatever the head scores, it leaves too few errors
+    data = make_dataset(tmp_path / "colours", per_class=10)
+    with caplog.at_level(logging.INFO, logger="transfer"):
+        result = _train(data, tmp_path, "perfect", fine_tune="auto")
+    record = _record(result.run_dir)
+    assert record["decision"] == probe.SKIPPED and record["head_accuracy"] is not None
+    assert "of errors to fix" in record["note"] and record["note"] in caplog.text
+    assert "fine_tune" not in history(result.run_dir)[1]
+    assert result.metrics["seconds"]["features"][1] == 0  # the boundary pass never ran
 
 
 def test_the_margin_is_one_standard_error_and_at_least_one_image():

@@ -35,6 +35,9 @@ log = logging.getLogger("transfer")
 #: epochs of phase 2 that decide: on blood cells (Adam 1e-4) validation accuracy rose above the noise from the
 #: third epoch on, not before (BENCHMARKS.md)
 PROBE_EPOCHS = 3
+#: fine-tuning is not probed where the head leaves fewer validation errors than this: on cats vs dogs (0.987) and
+#: monkeys (0.991) it never paid, and a probe there costs more than the head's whole run (BENCHMARKS.md)
+ROOM = 0.02
 PROBING, FINE_TUNE, HEAD_ONLY, SKIPPED = "probing", "fine-tune", "head only", "skipped"
 HEADER = ["model", "unfreeze", "epochs", "val accuracy", "seconds", "chosen", "note"]
 
@@ -145,9 +148,18 @@ def settle(probe: Probe, run: runs.RunFolder, whole: keras.Model, checkpoint, mo
     show(record)
 
 
-def skipped(run: runs.RunFolder, config: TrainConfig, why: str) -> None:
-    """A probe that the time budget left out: recorded like a decision."""
-    record = Record(config.unfreeze, decision=SKIPPED, note=f"skipped under --time-limit: {why}")
+def head_accuracy(history: list[dict[str, Any]], monitor: str) -> float | None:
+    """Phase 1's validation accuracy at its best epoch on ``monitor`` (None: it validated no epoch)."""
+    rows = [row for row in history if row["phase"] == "head" and not math.isnan(row[monitor])]
+    if not rows:
+        return None
+    best = (min if monitor.endswith("loss") else max)(rows, key=lambda row: row[monitor])
+    return float(best["val_accuracy"])
+
+
+def skipped(run: runs.RunFolder, config: TrainConfig, why: str, accuracy: float | None = None) -> None:
+    """A probe left out (by the time budget, or for want of errors to fix): recorded like a decision."""
+    record = Record(config.unfreeze, decision=SKIPPED, head_accuracy=accuracy, note=why)
     save(run, record)
     show(record)
 
@@ -165,6 +177,12 @@ def save(run: runs.RunFolder, record: Record) -> None:
     with open(run.path(runs.CONFIG_FILE), encoding="utf-8") as f:
         settings = json.load(f)
     runs.write_json(run.path(runs.CONFIG_FILE), {**settings, "fine_tune_probe": saved})
+
+
+def kept_head(run: runs.RunFolder) -> bool:
+    """Whether a probe ended with the head's weights (its phase 2, if any, was undone)."""
+    record = load(run.path(runs.FINE_TUNE_PROBE_FILE))
+    return record is not None and record.decision in (HEAD_ONLY, SKIPPED)
 
 
 def load(path: str) -> Record | None:
