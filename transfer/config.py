@@ -109,10 +109,12 @@ class TrainConfig:
     weight_decay: float | None = None  # decoupled, both phases; None: the optimizer's default (AdamW 0.004)
     label_smoothing: float = 0.0  # targets 1 - s + s/n and s/n instead of 1 and 0
     # phase 2: fine-tuning the top of the backbone
-    fine_tune: str | None = None  # auto: a probe after phase 1 decides (training/probe.py); on; off. None: the backbone's
+    # auto: a probe after phase 1 decides (training/probe.py); on; off. None: the backbone's, or on where
+    # fine_tune_epochs is given
+    fine_tune: str | None = None
     fine_tune_epochs: int | None = None  # a maximum (early stopping); None: the backbone's
     fine_tune_lr: float = 1e-4
-    fine_tune_optimizer: str = "sgd"
+    fine_tune_optimizer: str | None = None  # None: the backbone's (sgd; adam for EfficientNet-Lite)
     unfreeze: str | None = None
     # callbacks
     patience: int | None = None  # None: FAST_PATIENCE where phase 1 runs on cached features, else 5
