@@ -101,9 +101,11 @@ class Probe(keras.callbacks.Callback):
         record.probe_accuracy = max(record.probe_accuracy or 0.0, float(logs["val_accuracy"]))
         record.probe_seconds = round(record.probe_seconds + time.monotonic() - self.started, 1)
         self.started = time.monotonic()
-        if record.probe_epochs >= PROBE_EPOCHS:
-            self.decide()
-            self.model.stop_training = record.decision != FINE_TUNE
+        if record.probe_epochs < PROBE_EPOCHS:
+            save(self.run, record)  # before the epoch's backup: a resumed probe counts this epoch's accuracy
+            return
+        self.decide()
+        self.model.stop_training = record.decision != FINE_TUNE
 
     def decide(self) -> None:
         """Fine-tune on when the probe's best beats the head by more than the margin; record and show why."""
