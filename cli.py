@@ -335,8 +335,8 @@ def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as
               "on validation, else keeps the head [default: the backbone's: auto for EfficientNet-Lite, else on; "
               "on where --fine-tune-epochs is given].")
 @click.option("--fine-tune-epochs", type=int, default=None,
-              help="Phase 2's maximum of epochs [default: the backbone's: 10 for pretrained ones, 0 for "
-              "from-scratch nets].")
+              help="Phase 2's maximum of epochs [default: the backbone's: 10 for most pretrained ones, 0 for "
+              "InceptionV3, VGG16 and from-scratch nets].")
 @click.option("--fine-tune-lr", type=float, default=default("fine_tune_lr"), show_default=True)
 @click.option("--fine-tune-optimizer", type=click.Choice(OPTIMIZERS), default=None,
               help="[default: the backbone's: adam for EfficientNet-Lite, else sgd].")
