@@ -161,7 +161,8 @@ def head_accuracy(history: list[dict[str, Any]], monitor: str) -> float | None:
 
 def skipped(run: runs.RunFolder, config: TrainConfig, why: str, accuracy: float | None = None) -> None:
     """A probe left out (by the time budget, or for want of errors to fix): recorded like a decision."""
-    record = Record(config.unfreeze, decision=SKIPPED, head_accuracy=accuracy, note=why)
+    record = Record(config.unfreeze, decision=SKIPPED, head_accuracy=None if accuracy is None else round(accuracy, 4),
+                    note=why)
     save(run, record)
     show(record)
 
