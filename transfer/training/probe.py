@@ -98,7 +98,7 @@ class Probe(keras.callbacks.Callback):
         if record.decision != PROBING or "val_accuracy" not in (logs or {}):
             return
         record.probe_epochs = epoch + 1 - self.first_epoch
-        record.probe_accuracy = max(record.probe_accuracy or 0.0, float(logs["val_accuracy"]))
+        record.probe_accuracy = round(max(record.probe_accuracy or 0.0, float(logs["val_accuracy"])), 4)
         record.probe_seconds = round(record.probe_seconds + time.monotonic() - self.started, 1)
         self.started = time.monotonic()
         if record.probe_epochs < PROBE_EPOCHS:
