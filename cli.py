@@ -20,8 +20,8 @@ from click.core import ParameterSource
 
 from transfer import config, console, runs
 from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, DISTRIBUTE, FEATURE_ENGINES, LR_SCHEDULES,
-                             FAST_EPOCHS, FAST_PATIENCE, HEAD_FITS, MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS,
-                             RESIZE_MODES, default)
+                             FAST_EPOCHS, FAST_PATIENCE, FINE_TUNE_MODES, HEAD_FITS, MIXED_PRECISION, MONITORS,
+                             OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
 from transfer.errors import TransferError
 from transfer.export import FORMATS, QUANTIZATIONS
 from transfer.presets import PRESETS
@@ -330,11 +330,16 @@ def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as
               "0.004 for adamw, none for the others].")
 @click.option("--label-smoothing", type=float, default=default("label_smoothing"), show_default=True,
               help="Train towards 1 - s + s/n for the true class and s/n for the others instead of 1 and 0.")
+@click.option("--fine-tune", type=click.Choice(FINE_TUNE_MODES), default=None,
+              help="Phase 2: on; off; auto: a short probe after phase 1 fine-tunes only where it beats the head "
+              "on validation, else keeps the head [default: the backbone's: auto for EfficientNet-Lite, else on; "
+              "on where --fine-tune-epochs is given].")
 @click.option("--fine-tune-epochs", type=int, default=None,
-              help="Phase 2 epochs [default: 10 for pretrained backbones, 0 for from-scratch nets].")
+              help="Phase 2's maximum of epochs [default: the backbone's: 10 for most pretrained ones, 0 for "
+              "InceptionV3, VGG16 and from-scratch nets].")
 @click.option("--fine-tune-lr", type=float, default=default("fine_tune_lr"), show_default=True)
-@click.option("--fine-tune-optimizer", type=click.Choice(OPTIMIZERS), default=default("fine_tune_optimizer"),
-              show_default=True)
+@click.option("--fine-tune-optimizer", type=click.Choice(OPTIMIZERS), default=None,
+              help="[default: the backbone's: adam for EfficientNet-Lite, else sgd].")
 @click.option("--unfreeze", default=None,
               help="Where fine-tuning starts: all, N (top N layers), LAYER or after:LAYER [default: the backbone's].")
 @click.option("--patience", type=int, default=None,

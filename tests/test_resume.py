@@ -203,3 +203,22 @@ def test_a_run_that_chose_its_backbone_resumes_with_its_choice(root):
     assert record["config"]["backbone"] == record["backbone_choice"]["chosen"] == "efficientnet_lite0"
     assert os.path.isfile(os.path.join(run_dir, runs.BACKBONE_CHOICE_FILE))
     assert history(run_dir) == ([0, 1, 2, 3, 4], ["head"] * 2 + ["fine_tune"] * 3)
+
+
+@pytest.mark.slow
+def test_a_kill_inside_the_fine_tuning_probe_resumes_the_probe(root):
+    """--fine-tune auto, killed after the probe's first epoch: the resumed run finds the head's measurement and
+    weights in its partial folder, decides after the probe's last epoch, and leaves no probe files behind."""
+    args = ["train", root / "colours", "--backbone", "efficientnet_lite0", "--weights", "none", "--image-size", "32",
+            "--batch-size", "2", "--head-fit", "keras", "--epochs", "3", "--fine-tune", "auto", "--fine-tune-epochs",
+            "5", "-o", root / "models", "--name", "probe", "--cache-dir", root / "cache"]
+    status, _ = stop_after_backup(start(*args), root / "models" / "probe.partial", 4, signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    resumed = cli("train", "-o", root / "models", "--name", "probe", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_dir = str(root / "models" / "probe")
+    record = json.load(open(os.path.join(run_dir, runs.CONFIG_FILE)))["fine_tune_probe"]
+    assert record["decision"] in ("fine-tune", "head only") and record["probe_epochs"] == 3
+    tuned = 5 if record["decision"] == "fine-tune" else 3
+    assert history(run_dir) == (list(range(3 + tuned)), ["head"] * 3 + ["fine_tune"] * tuned)
+    assert not os.path.exists(os.path.join(run_dir, runs.HEAD_WEIGHTS_FILE))

@@ -32,6 +32,7 @@ CACHE_FEATURES = ("auto", "on", "off")
 MIXED_PRECISION = ("auto", "on", "off")
 FEATURE_ENGINES = ("auto", "tflite", "keras")
 HEAD_FITS = ("auto", "fast", "keras")  # see transfer/training/fasthead.py
+FINE_TUNE_MODES = ("auto", "on", "off")  # see transfer/training/probe.py
 DISTRIBUTE = ("auto", "none", "mirrored", "multiworker")  # see transfer/training/distribute.py
 
 
@@ -108,9 +109,12 @@ class TrainConfig:
     weight_decay: float | None = None  # decoupled, both phases; None: the optimizer's default (AdamW 0.004)
     label_smoothing: float = 0.0  # targets 1 - s + s/n and s/n instead of 1 and 0
     # phase 2: fine-tuning the top of the backbone
-    fine_tune_epochs: int | None = None
+    # auto: a probe after phase 1 decides (training/probe.py); on; off. None: the backbone's, or on where
+    # fine_tune_epochs is given
+    fine_tune: str | None = None
+    fine_tune_epochs: int | None = None  # a maximum (early stopping); None: the backbone's
     fine_tune_lr: float = 1e-4
-    fine_tune_optimizer: str = "sgd"
+    fine_tune_optimizer: str | None = None  # None: the backbone's (sgd; adam for EfficientNet-Lite)
     unfreeze: str | None = None
     # callbacks
     patience: int | None = None  # None: FAST_PATIENCE where phase 1 runs on cached features, else 5
@@ -138,6 +142,11 @@ class TrainConfig:
                 setattr(self, item.name, os.fspath(value))
             elif isinstance(value, list):
                 setattr(self, item.name, tuple(value))
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether phase 2 is planned (under --fine-tune auto, a probe then decides whether it runs on)."""
+        return bool(self.fine_tune_epochs) and self.fine_tune != "off"
 
     def validate(self, need_data: bool = True) -> "TrainConfig":
         """Check every value before any work starts (types, ranges, choices); return self for chaining.
@@ -231,7 +240,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "fine_tune_optimizer": OPTIMIZERS, "pooling": POOLINGS, "augment": AUGMENT_PRESETS,
     "resize": RESIZE_MODES, "monitor": MONITORS, "class_weight": CLASS_WEIGHTS, "lr_schedule": LR_SCHEDULES,
     "cache_features": CACHE_FEATURES, "mixed_precision": MIXED_PRECISION, "feature_engine": FEATURE_ENGINES,
-    "distribute": DISTRIBUTE, "head_fit": HEAD_FITS,
+    "distribute": DISTRIBUTE, "head_fit": HEAD_FITS, "fine_tune": FINE_TUNE_MODES,
 }
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
           type(None): "none"}

@@ -98,8 +98,13 @@ def _cells(trial: Trial) -> list[str]:
 
 def table(trials: list[Trial]) -> list[str]:
     """The comparison as aligned lines of text, for the terminal."""
-    rows = [[title for title, _, _ in COLUMNS], *map(_cells, trials)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
+    return aligned([title for title, _, _ in COLUMNS], list(map(_cells, trials)))
+
+
+def aligned(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A header and rows of text cells as aligned lines (the last column, a note, is left ragged)."""
+    rows = [header, *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip() for row in rows]
 
 

@@ -71,6 +71,8 @@ class BackboneSpec:
     keras_download: "BackboneSpec | None" = None
     source_files: tuple[str, ...] = ()
     augment: str | None = None  # the default --augment when not the kind's (flip for pretrained, light for scratch)
+    fine_tune: str = "on"  # the default --fine-tune: on (fine_tune_epochs of phase 2), auto (a probe decides) or off
+    fine_tune_optimizer: str = "sgd"  # the default --fine-tune-optimizer
 
     @property
     def pretrained(self) -> bool:
@@ -151,6 +153,9 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
         pooling=config.pooling or spec.head.pooling,
         dense=tuple(config.dense) if config.dense is not None else spec.head.dense,
         dropout=config.dropout if config.dropout is not None else spec.head.dropout,
+        # --fine-tune-epochs N alone asks for N epochs of fine-tuning, whatever the backbone's --fine-tune
+        fine_tune=config.fine_tune or ("on" if config.fine_tune_epochs is not None else spec.fine_tune),
+        fine_tune_optimizer=config.fine_tune_optimizer or spec.fine_tune_optimizer,
         fine_tune_epochs=config.fine_tune_epochs if config.fine_tune_epochs is not None else spec.fine_tune_epochs,
         unfreeze=config.unfreeze or spec.unfreeze,
     )

@@ -234,7 +234,9 @@ def report_run(run: runs.RunFolder, model, config, dataset: data.Dataset, metric
 def _run_page(run: runs.RunFolder, config, dataset: data.Dataset, metrics: dict[str, Any],
               worst: list[dict[str, Any]], gradcam) -> Report:
     """What a run's report.html shows: the run, its metrics, learning curves, confusion matrix, worst errors,
-    dataset and settings."""
+    dataset and settings, and the measured choices (backbone, fine-tuning) with their tables."""
+    from ..training import probe
+
     facts = [("run", run.final), ("backbone", config.backbone), ("data", dataset.root),
              ("best epoch", f"{metrics['best_epoch']} ({metrics['best_phase']})"),
              ("training time", f"{metrics['train_seconds']:.0f} s")]
@@ -245,4 +247,5 @@ def _run_page(run: runs.RunFolder, config, dataset: data.Dataset, metrics: dict[
     skipped += [(data.display_path(p, dataset.root), "left out by --exclude") for p in dataset.report.excluded]
     splits = {split: metrics[split] for split in ("val", "test") if split in metrics}
     return Report(f"Run {run.name}", facts, splits, plots, config.to_dict(), dataset.counts(), skipped, worst,
-                  list(gradcam), tables=selection.report_table(run.path(runs.BACKBONE_CHOICE_FILE)))
+                  list(gradcam), tables=selection.report_table(run.path(runs.BACKBONE_CHOICE_FILE))
+                  + probe.report_table(run.path(runs.FINE_TUNE_PROBE_FILE)))

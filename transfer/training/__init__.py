@@ -5,6 +5,7 @@ Where to look:
     trainer.py     train(): scan, build the model, plan the phases, run them, evaluate, save the run folder
     phases.py      one object per phase: what it trains, on which inputs, its optimizer and schedule
     runner.py      executes the phases in order: compile, callbacks, fit; a diverged loss; Ctrl-C
+    probe.py       --fine-tune auto: a few epochs of phase 2 against the head decide whether it goes on
     callbacks.py   the Keras callbacks of every phase (validation, time limit, history, checkpoint)
     resume.py      --resume: the state backed up after every epoch, and putting it back
     interrupts.py  Ctrl-C and SIGTERM: stop after the current batch, keep the run resumable

@@ -58,6 +58,7 @@ class Phase:
     lr_option: str  # the setting behind ``lr``, for messages
     setup: Callable[[], Inputs]
     share: float = 1.0
+    estimate: Callable[[], float] = lambda: 0.0  # seconds its setup takes, guessed before it (for --time-limit)
 
 
 @dataclass
@@ -76,13 +77,21 @@ class Sources:
 def plan(config: TrainConfig, sources: Sources) -> list[Phase]:
     """The phases this run trains, in order (a phase of 0 epochs is left out)."""
     phases = []
+    fine_tune_epochs = config.fine_tune_epochs if config.fine_tunes else 0
     if config.epochs:
         phases.append(Phase("head", config.epochs, config.optimizer, config.lr, "lr", lambda: _head(config, sources),
-                            share=config.epochs / (config.epochs + config.fine_tune_epochs)))
-    if config.fine_tune_epochs:
-        phases.append(Phase("fine_tune", config.fine_tune_epochs, config.fine_tune_optimizer, config.fine_tune_lr,
-                            "fine_tune_lr", lambda: _fine_tune(config, sources)))
+                            share=config.epochs / (config.epochs + fine_tune_epochs)))
+    if fine_tune_epochs:
+        phases.append(Phase("fine_tune", fine_tune_epochs, config.fine_tune_optimizer, config.fine_tune_lr,
+                            "fine_tune_lr", lambda: _fine_tune(config, sources),
+                            estimate=lambda: _boundary_cost(sources)))
     return phases
+
+
+def _boundary_cost(sources: Sources) -> float:
+    """The boundary pass, guessed from phase 1's pass over the same images (through the whole backbone, so
+    more); 0 where phase 1 read its features from the cache or ran on images."""
+    return sources.cache.seconds if sources.boundary is not None and sources.cache is not None else 0.0
 
 
 def _head(config: TrainConfig, sources: Sources) -> Inputs:

@@ -68,10 +68,10 @@ def evaluate(model, config: TrainConfig, dataset: data.Dataset, history: list[di
 def _probabilities(model, config: TrainConfig, dataset: data.Dataset, split: str, val_ds,
                    cache: features.FeatureCache | None) -> np.ndarray:
     """The trained model's probabilities on a split. Validation reuses its pipeline (decoded images already in
-    memory); with cached features and no fine-tuning (the backbone never changed), the head runs on the features
+    memory); given the cache (the caller's promise that the backbone never changed), the head runs on the features
     (with ``--tta``, on the mirror images' too): the same model, without another pass of the backbone."""
     examples = dataset.splits[split]
-    if cache is not None and cache.ready and not config.fine_tune_epochs:
+    if cache is not None and cache.ready:
         return cache.top.predict(cache.dataset(examples, pick="all" if config.tta else "first"), verbose=0)
     images = val_ds if split == "val" else data.make_tf_dataset(
         examples, config.image_size, config.batch_size, resize=config.resize, cache=False, max_pixels=config.max_pixels)

@@ -19,11 +19,12 @@ from .. import runs
 from ..config import TrainConfig, option_name, parse_duration
 from ..errors import TrainingError
 from ..progress import EpochProgress
-from . import distribute, fasthead, resume
+from . import distribute, fasthead, probe, resume
 from .board import Board
 from .callbacks import Checkpoint, HistoryCSV, StopOnNaN, TimeLimit, Validation, WhenValidated, learning_rate
 from .interrupts import StopAfterBatch, StopRequest
 from .phases import Inputs, Phase, compile_model, deadline_of, make_optimizer
+from .results import read_history
 
 log = logging.getLogger("transfer")
 
@@ -52,7 +53,7 @@ class Runner:
         for index, phase in enumerate(phases):
             if index < self.state.phase:
                 continue  # finished before the run was resumed
-            if index and self._skipped(index, phase, None):
+            if index and (self._skipped(index, phase, None) or self._no_room(index, phase)):
                 continue
             inputs = phase.setup()
             if index and self._skipped(index, phase, inputs):
@@ -64,24 +65,53 @@ class Runner:
             self.laps.lap(phase.name)
 
     def _skipped(self, index: int, phase: Phase, inputs: Inputs | None) -> bool:
-        """Whether the time left under --time-limit/--time-budget cannot hold a later phase's first epoch: then the
-        phase is skipped (it trains no epoch) and the run says so. Before its setup (``inputs`` None) only a
-        passed deadline counts; after it, a measured probe (one batch, gradients not applied) times an epoch."""
+        """Whether the time left under --time-limit/--time-budget cannot hold a later phase's first epoch (under
+        --fine-tune auto, the probe's epochs): then the phase is skipped (it trains no epoch) and the run says so.
+        Before its setup (``inputs`` None) the setup's estimate counts; after it, a measured probe (one batch,
+        gradients not applied) times an epoch."""
         if self.deadline is None or (self.state.phase == index and self.state.mid_phase):
             return False
         left = self.deadline - time.monotonic()
-        need = 0.0 if inputs is None else fasthead.probe_epoch(inputs.model, inputs.train_ds, self.config)
-        late = left <= need
-        if self.workers is not None:  # every worker decides the same, or one would wait forever in the next phase
-            late = bool(self.workers.total(np.array([int(late)], np.int32))[0] > 0)
-        if not late:
+        epochs = probe.PROBE_EPOCHS if self._probing(phase) else 1  # a probe cut short cannot decide
+        need = phase.estimate() if inputs is None else \
+            epochs * fasthead.probe_epoch(inputs.model, inputs.train_ds, self.config)
+        if not self._agreed(left <= need):
             return False
-        why = "no time is left" if inputs is None else f"{left:.0f} s are left and one epoch takes about {need:.0f} s"
+        what = "the features it trains on take" if inputs is None else f"{epochs} epoch(s) take"
+        why = "no time is left" if left <= 0 else f"{left:.0f} s are left and {what} about {need:.0f} s"
         log.warning("--time-limit: skipped phase %s (%d epoch(s)): %s", phase.name, phase.epochs, why)
-        state = self.state
-        state.phase, state.phase_start = index + 1, state.epoch
-        state.timed_out.append(phase.name)
+        if self._probing(phase):
+            probe.skipped(self.run, self.config, f"skipped under --time-limit: {why}")
+        self.state.timed_out.append(phase.name)
+        return self._skip(index)
+
+    def _no_room(self, index: int, phase: Phase) -> bool:
+        """Under --fine-tune auto, whether the head left too few validation errors for fine-tuning to fix
+        (:data:`.probe.ROOM`): then phase 2 is skipped before its boundary pass, and the run says so."""
+        if not self._probing(phase) or (self.state.phase == index and self.state.mid_phase):
+            return False
+        accuracy = probe.head_accuracy(read_history(self.run.path(runs.HISTORY_FILE)), self.config.monitor)
+        if not self._agreed(accuracy is not None and accuracy >= 1 - probe.ROOM):
+            return False
+        probe.skipped(self.run, self.config, f"skipped: the head scores {accuracy:.4f} on validation, leaving "
+                      f"under {probe.ROOM:.0%} of errors to fix", accuracy)
+        return self._skip(index)
+
+    def _agreed(self, skip: bool) -> bool:
+        """On a cluster, whether any worker skips (every worker decides the same, or one would wait forever in
+        the next phase); else ``skip``."""
+        if self.workers is None:
+            return skip
+        return bool(self.workers.total(np.array([int(skip)], np.int32))[0] > 0)
+
+    def _skip(self, index: int) -> bool:
+        """Move the state past phase ``index``, which trains no epoch."""
+        self.state.phase, self.state.phase_start = index + 1, self.state.epoch
         return True
+
+    def _probing(self, phase: Phase) -> bool:
+        """Whether a probe decides if ``phase`` pays (--fine-tune auto, phase 2)."""
+        return phase.name == "fine_tune" and self.config.fine_tune == "auto"
 
     def _fast(self, model: keras.Model) -> bool:
         """Whether phase 1 fits in compiled epochs (:mod:`.fasthead`): with --head-fit auto or fast, on one device."""
@@ -111,10 +141,13 @@ class Runner:
             if inputs.full_model is not None:  # compiled with the same optimizer: it is saved like one on images
                 compile_model(inputs.full_model, model.optimizer, config)
         diverged = StopOnNaN()
+        probing = probe.start(self.run, config, model, inputs.whole, inputs.val_ds, state.phase_start, resumed) \
+            if self._probing(phase) else None
         callbacks = [timer] if timer else []
         callbacks += [
             Validation(inputs.val_ds, config.validation_freq, first_epoch=state.phase_start, last_epoch=end - 1),
             diverged,
+            *filter(None, [probing]),  # before the backup: a probe that does not pay ends the phase
             *(WhenValidated(watcher, config.monitor) for watcher in [*watchers, self.checkpoint]),
             HistoryCSV(self.run.path(runs.HISTORY_FILE), phase.name, self.started),
             _Backup(self, index, phase.name, end, inputs.whole, watchers, timer, diverged, resumed),
@@ -130,6 +163,10 @@ class Runner:
             self.stop.fitting = False
         if diverged.found:
             raise self._diverged(phase, *diverged.found)
+        if probing is not None:
+            probe.settle(probing, self.run, inputs.whole, self.checkpoint, config.monitor)
+            state.best = self.checkpoint.best
+            resume.save(self.run, state, inputs.whole, None)  # a run resumed from here keeps the settled weights
 
     def _diverged(self, phase: Phase, what: str, epoch: int) -> TrainingError:
         return TrainingError(f"the {what} became NaN or infinite at epoch {epoch + 1} of phase {phase.name}, so "

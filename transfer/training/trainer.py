@@ -26,7 +26,7 @@ from ..reports.evaluate import report_run
 from ..config import TrainConfig, parse_duration
 from ..errors import ConfigError, Interrupted
 from ..heads import backbone_of, build_model, unfreeze_index
-from . import distribute, interrupts, resume
+from . import distribute, interrupts, probe, resume
 from .results import evaluate, plot, read_history, restore_best
 from .phases import Sources, plan
 from .precision import dtype_policy, is_mixed
@@ -157,7 +157,8 @@ def _finish(run: runs.RunFolder, model: keras.Model, config: TrainConfig, datase
             laps: "_Laps") -> TrainResult:
     """The end of training: evaluate, save the model, metrics.json and the plot, and move the run into place."""
     history = read_history(run.path(runs.HISTORY_FILE))
-    metrics, probabilities = evaluate(model, config, dataset, history, seconds, caches[0], val_ds)
+    tuned = any(row["phase"] == "fine_tune" for row in history) and not probe.kept_head(run)
+    metrics, probabilities = evaluate(model, config, dataset, history, seconds, None if tuned else caches[0], val_ds)
     metrics["time_limit_stopped"] = timed_out
     laps.lap("evaluate")
     metrics["seconds"] = laps.record(*caches)
@@ -182,7 +183,7 @@ def _caches(model: keras.Model, spec: BackboneSpec, config: TrainConfig, digests
     if not features.use_cache(spec, config):
         return None, None
     cache = features.frozen_phase_cache(model, config, digests, workers)
-    return cache, features.boundary_cache(model, config, digests, workers) if config.fine_tune_epochs else None
+    return cache, features.boundary_cache(model, config, digests, workers) if config.fine_tunes else None
 
 
 def _interrupted(config: TrainConfig, status: int, workers: distribute.Workers | None) -> Interrupted:

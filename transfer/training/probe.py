@@ -1,0 +1,202 @@
+"""``--fine-tune auto``: a short probe after phase 1 decides, on this run's own validation images, whether
+fine-tuning pays.
+
+Whether training the top of the backbone helps depends on the data (BENCHMARKS.md, "Fine-tuning when it
+pays"), so it is measured, not assumed. The head's validation accuracy is taken first, on the same
+validation inputs that phase 2 uses, and its weights are saved. The first :data:`PROBE_EPOCHS` epochs of phase 2
+are the probe: when the best of them beats the head by more than the noise margin (:func:`margin`), phase 2
+goes on to ``--fine-tune-epochs`` (a maximum: early stopping ends it) and nothing of the probe is lost.
+Otherwise phase 2 stops there and the head's weights come back, as the model and as the best checkpoint: the
+run ends as a head-only run would. The decision and its table are printed, saved in the run folder
+(``fine-tune-probe.json`` and config.json's ``fine_tune_probe``) and shown in report.html.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from .. import runs
+from ..config import TrainConfig
+from ..selection import aligned
+from .results import restore_best
+
+log = logging.getLogger("transfer")
+
+#: epochs of phase 2 that decide: on blood cells (Adam 1e-4) validation accuracy rose above the noise from the
+#: third epoch on, not before (BENCHMARKS.md)
+PROBE_EPOCHS = 3
+#: fine-tuning is not probed where the head leaves fewer validation errors than this: on cats vs dogs (0.987) and
+#: monkeys (0.991) it never paid, and a probe there costs more than the head's whole run (BENCHMARKS.md)
+ROOM = 0.02
+PROBING, FINE_TUNE, HEAD_ONLY, SKIPPED = "probing", "fine-tune", "head only", "skipped"
+HEADER = ["model", "unfreeze", "epochs", "val accuracy", "seconds", "chosen", "note"]
+
+
+@dataclass
+class Record:
+    """The head's validation accuracy, the probe's best, and what was decided (``note`` says why)."""
+
+    unfreeze: str
+    decision: str = PROBING
+    head_accuracy: float | None = None
+    head_loss: float | None = None
+    images: int = 0  # validation images both were measured on
+    margin: float | None = None
+    probe_epochs: int = 0
+    probe_accuracy: float | None = None
+    probe_seconds: float = 0.0
+    note: str = ""
+
+    def rows(self) -> list[list[str]]:
+        """The table: the head alone, and fine-tuning from ``unfreeze`` as far as the probe went."""
+        head = ["head only", "-", "-", _number(self.head_accuracy), "-", "yes" if self.decision != FINE_TUNE else "", ""]
+        probe = ["fine-tuned", self.unfreeze, str(self.probe_epochs), _number(self.probe_accuracy),
+                 f"{self.probe_seconds:.1f}", "yes" if self.decision == FINE_TUNE else "", self.note]
+        return [head, probe]
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def margin(accuracy: float, images: int) -> float:
+    """The gain that counts as real: one standard error of an accuracy measured on ``images`` images, and at
+    least one image. Both models are measured on the same images, so a smaller gain is within the noise."""
+    return max(1 / images, math.sqrt(accuracy * (1 - accuracy) / images))
+
+
+def evaluate(model: keras.Model, val_ds) -> tuple[float, float, int]:
+    """(accuracy, cross-entropy, images) of ``model`` on ``val_ds``, without compiling it."""
+    hits, loss, count = 0, 0.0, 0
+    for x, y in val_ds:
+        probabilities, y = np.asarray(model(x, training=False), np.float64), np.asarray(y)
+        hits += int(np.sum(probabilities.argmax(-1) == y))
+        loss -= float(np.sum(np.log(np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0))))
+        count += len(y)
+    return hits / count, loss / count, count
+
+
+class Probe(keras.callbacks.Callback):
+    """Phase 2's first :data:`PROBE_EPOCHS` epochs against the head: stops the phase when they do not pay."""
+
+    def __init__(self, run: runs.RunFolder, record: Record, first_epoch: int):
+        super().__init__()
+        self.run, self.record, self.first_epoch, self.started = run, record, first_epoch, time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = self.record
+        if record.decision != PROBING or "val_accuracy" not in (logs or {}):
+            return
+        record.probe_epochs = epoch + 1 - self.first_epoch
+        record.probe_accuracy = round(max(record.probe_accuracy or 0.0, float(logs["val_accuracy"])), 4)
+        record.probe_seconds = round(record.probe_seconds + time.monotonic() - self.started, 1)
+        self.started = time.monotonic()
+        if record.probe_epochs < PROBE_EPOCHS:
+            save(self.run, record)  # before the epoch's backup: a resumed probe counts this epoch's accuracy
+            return
+        self.decide()
+        self.model.stop_training = record.decision != FINE_TUNE
+
+    def decide(self) -> None:
+        """Fine-tune on when the probe's best beats the head by more than the margin; record and show why."""
+        record = self.record
+        if record.decision != PROBING:
+            return
+        gain = (record.probe_accuracy or 0.0) - record.head_accuracy
+        pays = record.probe_accuracy is not None and gain > record.margin
+        record.decision = FINE_TUNE if pays else HEAD_ONLY
+        record.note = (f"{'pays' if pays else 'does not pay'}: {gain:+.4f} against a margin of {record.margin:.4f} "
+                       f"({record.images} validation images)" + ("" if pays else "; the head's weights are kept"))
+        save(self.run, record)
+
+
+def start(run: runs.RunFolder, config: TrainConfig, model: keras.Model, whole: keras.Model, val_ds,
+          first_epoch: int, resumed: bool) -> Probe | None:
+    """The probe of a phase 2 that starts now: the head measured and its weights saved. A resumed phase continues
+    the probe it was in (None once it was decided)."""
+    if resumed:
+        record = load(run.path(runs.FINE_TUNE_PROBE_FILE))
+        return Probe(run, record, first_epoch) if record and record.decision == PROBING else None
+    accuracy, loss, images = evaluate(model, val_ds)
+    record = Record(config.unfreeze, head_accuracy=round(accuracy, 4), head_loss=round(loss, 4), images=images,
+                    margin=round(margin(accuracy, images), 4))
+    whole.save_weights(run.path(runs.HEAD_WEIGHTS_FILE))
+    save(run, record)
+    log.info("--fine-tune auto: the head scores %.4f on validation; probing %d epoch(s) of fine-tuning from %s",
+             accuracy, PROBE_EPOCHS, config.unfreeze)
+    return Probe(run, record, first_epoch)
+
+
+def settle(probe: Probe, run: runs.RunFolder, whole: keras.Model, checkpoint, monitor: str) -> None:
+    """After phase 2: decide if the phase ended inside the probe; put the head's weights back, as the model and
+    the best checkpoint, unless fine-tuning paid; show the table."""
+    probe.decide()
+    record, saved = probe.record, run.path(runs.HEAD_WEIGHTS_FILE)
+    if record.decision != FINE_TUNE:
+        restore_best(whole, saved)
+        shutil.copyfile(saved, checkpoint.filepath)
+        checkpoint.best = record.head_accuracy if "accuracy" in monitor else record.head_loss
+    os.remove(saved)
+    show(record)
+
+
+def head_accuracy(history: list[dict[str, Any]], monitor: str) -> float | None:
+    """Phase 1's validation accuracy at its best epoch on ``monitor`` (None: it validated no epoch)."""
+    rows = [row for row in history if row["phase"] == "head" and not math.isnan(row[monitor])]
+    if not rows:
+        return None
+    best = (min if monitor.endswith("loss") else max)(rows, key=lambda row: row[monitor])
+    return float(best["val_accuracy"])
+
+
+def skipped(run: runs.RunFolder, config: TrainConfig, why: str, accuracy: float | None = None) -> None:
+    """A probe left out (by the time budget, or for want of errors to fix): recorded like a decision."""
+    record = Record(config.unfreeze, decision=SKIPPED, head_accuracy=None if accuracy is None else round(accuracy, 4),
+                    note=why)
+    save(run, record)
+    show(record)
+
+
+def show(record: Record) -> None:
+    for line in aligned(HEADER, record.rows()):
+        log.info("  %s", line)
+    log.info("--fine-tune auto: %s", record.decision)
+
+
+def save(run: runs.RunFolder, record: Record) -> None:
+    """fine-tune-probe.json, and config.json's ``fine_tune_probe`` (the run's settings say what was decided)."""
+    saved = asdict(record)
+    runs.write_json(run.path(runs.FINE_TUNE_PROBE_FILE), saved)
+    with open(run.path(runs.CONFIG_FILE), encoding="utf-8") as f:
+        settings = json.load(f)
+    runs.write_json(run.path(runs.CONFIG_FILE), {**settings, "fine_tune_probe": saved})
+
+
+def kept_head(run: runs.RunFolder) -> bool:
+    """Whether a probe ended with the head's weights (its phase 2, if any, was undone)."""
+    record = load(run.path(runs.FINE_TUNE_PROBE_FILE))
+    return record is not None and record.decision in (HEAD_ONLY, SKIPPED)
+
+
+def load(path: str) -> Record | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return Record(**json.load(f))
+    except FileNotFoundError:
+        return None
+
+
+def report_table(path: str) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """report.html's table of the decision saved at ``path`` (none without --fine-tune auto)."""
+    record = load(path)
+    return [] if record is None else [(f"Fine-tuning (--fine-tune auto: {record.decision})", HEADER, record.rows())]
