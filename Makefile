@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# pytest-xdist processes for the suite: one per core of the 2-core machine it is timed on (each holds TensorFlow)
-TEST_WORKERS ?= 2
+# pytest-xdist processes for the suite: three on the 2-core machine it is timed on, as many tests wait on a server,
+# a cluster or a subprocess while the others compute
+TEST_WORKERS ?= 3
 
 .PHONY: install test test-fast demo clean-demo
 
@@ -15,8 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Two processes, one test file each at a time (a file's module fixtures, such as a trained run, are made once);
-# then, alone, the tests that time things against the wall clock (marked serial in tests/conftest.py).
+# $(TEST_WORKERS) processes, one test file each at a time (a file's module fixtures, such as a trained run, are made once);
+# then, alone, the two cluster tests timed against the wall clock (marked serial in tests/test_distribute.py).
 test: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial"
 	$(BIN)/python -m pytest -q -m serial

@@ -104,16 +104,7 @@ TRAINING_FIXTURES = {"trained_run", "from_toml", "trained", "planted", "located"
                      "interrupted", "runs", "quiet_run"}
 
 
-#: files whose tests time things against the wall clock tightly: a two-worker cluster that must train more than two
-#: epochs within --time-limit across a kill and a resume. `make test` runs them after the rest, on their own, so that
-#: a training in the other test process cannot eat that budget. (The cluster-timeout, drain and --time-budget tests
-#: have bounds wide enough to share the machine; they passed beside the rest on three workers under load 5-6.)
-SERIAL_FILES = {"test_distribute.py"}
-
-
 def pytest_collection_modifyitems(items):
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        if item.path.name in SERIAL_FILES:
-            item.add_marker(pytest.mark.serial)

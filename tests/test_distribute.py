@@ -179,6 +179,7 @@ def _one_epoch_done(procs, history) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a 2-worker cluster timed against --time-limit / a signal: alone on the machine
 def test_a_killed_worker_stops_the_chief_and_every_worker_resumes_from_its_last_epoch(tmp_path):
     """kill -9 of a worker: the chief stops with one clear line and keeps its partial run; started again with
     --resume, the other worker gets that run from the chief, and both train on to --time-limit (counted over both
@@ -211,6 +212,7 @@ def test_a_killed_worker_stops_the_chief_and_every_worker_resumes_from_its_last_
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a 2-worker cluster timed against --time-limit / a signal: alone on the machine
 def test_ctrl_c_on_one_worker_stops_every_worker_after_the_same_batch(tmp_path):
     data = make_dataset(tmp_path / "colours", per_class=8)
     history = tmp_path / "models0" / ("run" + runs.STAGING_SUFFIX) / runs.HISTORY_FILE
