@@ -191,7 +191,7 @@ def test_a_run_that_chose_its_backbone_resumes_with_its_choice(root):
     """--backbone auto chooses once, when the run starts: a resume (even one that repeats --backbone auto) keeps the
     backbone config.json names and does not measure again."""
     args = ["train", root / "colours", "--backbone", "auto", "--candidates", "efficientnet_lite0", "--image-size", "32",
-            "--feature-engine", "keras", "--batch-size", "2", "--head-fit", "keras", "--epochs", "2",
+            "--feature-engine", "keras", "--batch-size", "8", "--head-fit", "keras", "--epochs", "2",
             "--fine-tune-epochs", "3", "-o", root / "models", "--name", "auto", "--cache-dir", root / "cache"]
     status, _ = stop_after_backup(start(*args), root / "models" / "auto.partial", 3, signal.SIGKILL)
     assert status == -signal.SIGKILL
@@ -210,7 +210,7 @@ def test_a_kill_inside_the_fine_tuning_probe_resumes_the_probe(root):
     """--fine-tune auto, killed after the probe's first epoch: the resumed run finds the head's measurement and
     weights in its partial folder, decides after the probe's last epoch, and leaves no probe files behind."""
     args = ["train", root / "colours", "--backbone", "efficientnet_lite0", "--weights", "none", "--image-size", "32",
-            "--batch-size", "2", "--head-fit", "keras", "--epochs", "3", "--fine-tune", "auto", "--fine-tune-epochs",
+            "--batch-size", "8", "--head-fit", "keras", "--epochs", "3", "--fine-tune", "auto", "--fine-tune-epochs",
             "5", "-o", root / "models", "--name", "probe", "--cache-dir", root / "cache"]
     status, _ = stop_after_backup(start(*args), root / "models" / "probe.partial", 4, signal.SIGKILL)
     assert status == -signal.SIGKILL

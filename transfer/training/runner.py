@@ -151,9 +151,10 @@ class Runner:
             *(WhenValidated(watcher, config.monitor) for watcher in [*watchers, self.checkpoint]),
             HistoryCSV(self.run.path(runs.HISTORY_FILE), phase.name, self.started),
             _Backup(self, index, phase.name, end, inputs.whole, watchers, timer, diverged, resumed),
+            # not Keras' bar; before the stop below, so that every epoch in history.csv has its line in the log
+            EpochProgress(phase.name, first=state.phase_start, epochs=phase.epochs, verbose=config.verbose),
             *filter(None, [distribute.agreement(self.workers, self.stop, timer)]),  # on a cluster: one decision
             StopAfterBatch(self.stop),
-            EpochProgress(phase.name, first=state.phase_start, epochs=phase.epochs, verbose=config.verbose),  # not Keras' bar
         ]
         self.stop.fitting = True
         try:
