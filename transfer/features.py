@@ -49,6 +49,7 @@ POOL_LAYER = "pool"
 ENGINE_TOLERANCE = 1e-3
 #: under ``--feature-engine auto``, fewer backbone passes than this are computed with Keras: converting Lite0 to
 #: TFLite took 8.2 s and saved 8.0 ms a pass at 224 px (2.2 ms at 96 px), so it pays from about 1000 passes
+#: (benchmarks/bench_feature_engine.py, BENCHMARKS.md)
 TFLITE_MIN_PASSES = 1000
 
 
