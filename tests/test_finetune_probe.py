@@ -103,3 +103,8 @@ def test_a_bad_fine_tune_value_is_one_clear_error(runner, colours_dir):
     assert result.exit_code == 2 and "Error: Invalid value for '--fine-tune'" in result.output
     with pytest.raises(ConfigError, match="--fine-tune"):
         TrainConfig(data_dir=colours_dir, fine_tune="sometimes").validate()
+    # a backbone without fine-tuning epochs by default: asking for fine-tuning must not silently train none
+    result = runner.invoke(main, ["train", colours_dir, "--backbone", "smallcnn", "--fine-tune", "auto"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: --fine-tune auto: smallcnn has no fine-tuning epochs by default; add --fine-tune-epochs N" \
+        in result.output

@@ -143,6 +143,9 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
     if size < spec.min_size:
         raise ConfigError(f"--image-size {size} is too small for {spec.name}; use at least {spec.min_size}.")
     augment = config.augment or spec.augment or ("flip" if spec.pretrained else "light")
+    if config.fine_tune in ("auto", "on") and config.fine_tune_epochs is None and not spec.fine_tune_epochs:
+        raise ConfigError(f"--fine-tune {config.fine_tune}: {spec.name} has no fine-tuning epochs by default; add "
+                          "--fine-tune-epochs N (with auto, a maximum).")
     resolved = dataclasses.replace(
         config,
         backbone=spec.name,
