@@ -16,15 +16,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# $(TEST_WORKERS) processes, one test file each at a time (a file's module fixtures, such as a trained run, are made once);
-# then, alone, the two cluster tests timed against the wall clock (marked serial in tests/test_distribute.py).
+# $(TEST_WORKERS) processes, one test file each at a time (a file's module fixtures, such as a trained run, are made once),
+# the slowest files first (tests/conftest.py's SLOWEST_FILES); then, alone, the two cluster tests timed against the
+# wall clock (marked serial in tests/test_distribute.py).
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not serial"
 	$(BIN)/python -m pytest -q -m serial
 
 # The edit loop: everything but the tests marked slow (those that train models), in under 2 minutes.
 test-fast: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow"
 
 # Generate a small 3-class dataset, train on it (EfficientNet-Lite0's ImageNet weights, from pip), predict, export.
 demo: install

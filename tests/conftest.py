@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import traceback
 from dataclasses import dataclass
 
@@ -84,17 +86,41 @@ def colours_dir(tmp_path):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A scratch net trained (both phases) on colours through the CLI; shared by predict/export tests."""
+    """A scratch net trained (both phases) on colours through the CLI; shared by predict/export tests.
+
+    Trained once for the whole suite: under pytest-xdist the first worker to need it trains it in the folder that
+    all workers share, under a lock, and the others wait for it. Tests only read it (each process checks at its
+    end that the run and its data are as they were): a test that wrote there could break another's."""
     from cli import main
 
-    root = tmp_path_factory.mktemp("trained")
-    data = make_dataset(root / "colours", per_class=16)
-    result = CliRunner().invoke(main, [
-        "train", data, "--backbone", "smallcnn", "--image-size", "32", "--epochs", "8", "--fine-tune-epochs", "1",
-        "--augment", "none", "--batch-size", "8", "--lr", "0.003", "-o", str(root / "models"), "--name", "colours",
-        "--quiet"])
-    assert result.exit_code == 0, result.output
-    return {"run": str(root / "models" / "colours"), "data": data, "root": root}
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # pytest-of-USER/pytest-N: every worker's basetemp is one folder below it
+    root = shared / "trained_run"
+    found = {"run": str(root / "models" / "colours"), "data": str(root / "colours"), "root": root}
+    with open(shared / "trained_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes: after the run is complete
+        if not os.path.isdir(found["run"]):
+            shutil.rmtree(root, ignore_errors=True)  # a worker that failed here left a half-trained run
+            data = make_dataset(root / "colours", per_class=16)
+            result = CliRunner().invoke(main, [
+                "train", data, "--backbone", "smallcnn", "--image-size", "32", "--epochs", "8",
+                "--fine-tune-epochs", "1", "--augment", "none", "--batch-size", "8", "--lr", "0.003",
+                "-o", str(root / "models"), "--name", "colours", "--quiet"])
+            assert result.exit_code == 0, result.output
+    before = _tree(root)
+    yield found
+    assert _tree(root) == before, "a test wrote into the shared trained_run (its run folder or its data)"
+
+
+def _tree(root) -> dict[str, tuple[int, int]]:
+    """{path: (size, mtime)} of everything under ``root``, folders too (an added or removed file changes theirs)."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for path in [folder, *(os.path.join(folder, f) for f in files)]:
+            info = os.stat(path)
+            found[path] = (info.st_size, info.st_mtime_ns)
+    return found
 
 
 #: Fixtures that train a model (or start a process that does) before their tests run: every test that uses one,
@@ -104,7 +130,19 @@ TRAINING_FIXTURES = {"trained_run", "from_toml", "trained", "planted", "located"
                      "interrupted", "runs", "quiet_run"}
 
 
+#: The test files that take longest, slowest first (seconds on one of three pytest-xdist processes, 2026-12-04).
+#: ``make test`` hands files to its processes in this order, the rest after them in their usual order, so that no
+#: long file starts last and keeps one process busy while the others idle; re-measure with ``--durations=0``.
+SLOWEST_FILES = ("test_distribute", "test_tflite_export", "test_resume", "test_saved_model", "test_features",
+                 "test_efficientnet_lite", "test_hardening_cluster", "test_seed_backbones", "test_fast_head",
+                 "test_hardening", "test_auto", "test_explain", "test_serve_hardening", "test_finetune_probe",
+                 "test_hardening_data", "test_backbones", "test_end_to_end", "test_training", "test_serve",
+                 "test_tensorboard", "test_terminal", "test_determinism")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest keep their order

@@ -40,16 +40,14 @@ def start(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def stop_after_backup(proc, staging, epochs, signum, timeout=240, pause=0.0):
-    """Send ``signum`` once the backup after ``epochs`` epochs is complete (the process is then in a later epoch),
-    or ``pause`` seconds later."""
+def stop_after_backup(proc, staging, epochs, signum, timeout=240):
+    """Send ``signum`` once the backup after ``epochs`` epochs is complete (the process is then in a later epoch)."""
     state = os.path.join(staging, runs.BACKUP_FOLDER, f"epoch-{epochs:06d}", runs.STATE_FILE)
     deadline = time.monotonic() + timeout
     while not os.path.exists(state):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "no backup appeared"
         time.sleep(0.02)
-    time.sleep(pause)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, err

@@ -8,12 +8,14 @@ import glob
 import io
 import os
 import signal
+import time
 
 import pytest
 from PIL import Image
 
 from conftest import make_dataset
-from test_resume import SCRATCH, cli, start, stop_after_backup
+from test_resume import SCRATCH, cli, start
+from transfer import runs
 
 pytestmark = pytest.mark.slow  # trains through the CLI, killed and resumed once
 
@@ -38,6 +40,36 @@ def events(folder):
 
 def steps(folder, tag):
     return events(folder)[tag, "scalars"]
+
+
+def kill_between_epochs(proc, staging, board, first, last, timeout=240):
+    """SIGKILL once from ``first`` to ``last - 1`` epochs are backed up and written for TensorBoard, the run not
+    finished. The process is paused (SIGSTOP) while both are read, so that no epoch ends between check and kill."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no backed-up epoch was written for TensorBoard in time"
+        proc.send_signal(signal.SIGSTOP)
+        backed_up = max([int(path.split("epoch-")[1][:6]) for path in
+                         glob.glob(os.path.join(staging, runs.BACKUP_FOLDER, "epoch-*", runs.STATE_FILE))], default=0)
+        assert backed_up < last, "the run ended before an epoch was both backed up and written for TensorBoard"
+        if backed_up >= first and _written(board) == backed_up:
+            proc.kill()
+            proc.communicate(timeout=120)
+            return proc.returncode
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+
+
+def _written(board) -> int:
+    """How many epochs TensorBoard's files under ``board`` hold (-1 while a record is half-written)."""
+    import tensorflow as tf
+
+    try:
+        found = [step for phase in ("head", "fine_tune") for step in steps(board / phase, "loss")]
+    except tf.errors.DataLossError:
+        return -1
+    return max(found, default=-1) + 1
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +135,11 @@ def test_a_folder_inside_the_dataset_is_refused_before_any_work(root):
 def test_a_resumed_run_continues_each_curve_without_repeating_a_step(root):
     """Killed in phase 2 (after its first epoch's backup), resumed: every epoch of the run once, in its phase.
 
-    The kill waits a moment after the backup: an epoch is written for TensorBoard just after it (a kill in
-    between would lose that one step, never repeat it)."""
+    An epoch is written for TensorBoard just after its backup (a kill in between would lose that one step, never
+    repeat it), so the kill comes once both are done: see :func:`kill_between_epochs`."""
     args = ["train", root / "colours", *SCRATCH, "-o", root / "models", "--name", "killed", "--tensorboard",
             root / "tb-resumed", "-q"]
-    status, _ = stop_after_backup(start(*args), root / "models" / "killed.partial", 4, signal.SIGKILL, pause=0.2)
+    status = kill_between_epochs(start(*args), root / "models" / "killed.partial", root / "tb-resumed", 4, 7)
     assert status == -signal.SIGKILL
     resumed = cli(*args[:2], "-o", root / "models", "--name", "killed", "--resume")  # the run knows its DIR
     assert resumed.returncode == 0, resumed.stderr[-3000:]
