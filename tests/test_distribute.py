@@ -151,19 +151,25 @@ def test_two_workers_share_the_audit_and_the_features_each_computed_once(tmp_pat
 
 
 def test_two_workers_take_the_backbone_that_the_chief_chose_with_auto(tmp_path):
-    """--backbone auto on a cluster: every worker measures, all train the chief's choice, and the chief's run
-    records it."""
-    data = make_dataset(tmp_path / "colours", per_class=16)
+    """--backbone auto and --fine-tune auto on a cluster: every worker measures, all train the chief's choice and
+    take the same fine-tuning decision (classes no model can tell apart: the head leaves errors, so the probe runs),
+    and the chief's run records both."""
+    grey = {name: (128, 128, 128) for name in ("a", "b", "c")}
+    data = make_dataset(tmp_path / "greys", per_class=10, colours=grey)
     with _processes() as procs:
         procs += _two_workers(["train", data, "--backbone", "auto", "--candidates", "efficientnet_lite0",
-                               "--image-size", "64", "--epochs", "3", "--fine-tune-epochs", "0", "--feature-engine",
-                               "keras",
-                               "--name", "run"], tmp_path)
+                               "--image-size", "64", "--epochs", "3", "--fine-tune", "auto", "--fine-tune-epochs",
+                               "3", "--feature-engine", "keras", "--name", "run"], tmp_path)
         results = [_finish(p) for p in procs]
     for status, output in results:
         assert status == 0 and "--backbone auto chose efficientnet_lite0" in output, output[-3000:]
+    decisions = [[line for line in output.splitlines() if line.startswith("--fine-tune auto: ")][-1]
+                 for _, output in results]
     record = json.load(open(tmp_path / "models0" / "run" / runs.CONFIG_FILE))
     assert record["config"]["backbone"] == record["backbone_choice"]["chosen"] == "efficientnet_lite0"
+    probed = record["fine_tune_probe"]
+    assert probed["probe_epochs"] == 3 and decisions == [f"--fine-tune auto: {probed['decision']}"] * 2, decisions
+    assert _epochs(results[0][1]) == _epochs(results[1][1])
 
 
 def _epochs(output: str) -> list[str]:

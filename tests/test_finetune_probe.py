@@ -96,6 +96,23 @@ def test_the_margin_is_one_standard_error_and_at_least_one_image():
     assert probe.margin(1.0, 50) == pytest.approx(0.02)
 
 
+def test_on_a_cluster_fine_tuning_goes_on_only_if_no_worker_finds_that_it_does_not_pay(monkeypatch):
+    """Each worker measures the same, but they must not part ways: one worker's "does not pay" stops them all
+    (``anyone`` is the all-reduce of the runner; the 2-worker run: test_distribute.py)."""
+    monkeypatch.setattr(probe, "save", lambda run, record: None)
+    said = []
+
+    def another_worker_disagrees(mine):
+        said.append(mine)
+        return True
+
+    for anyone, expected in [(lambda mine: mine, probe.FINE_TUNE), (another_worker_disagrees, probe.HEAD_ONLY)]:
+        record = probe.Record("all", head_accuracy=0.5, margin=0.05, probe_accuracy=0.9, probe_epochs=3)
+        probe.Probe(None, record, 0, anyone).decide()
+        assert record.decision == expected
+    assert said == [False]  # this worker found that it pays
+
+
 def test_a_bad_fine_tune_value_is_one_clear_error(runner, colours_dir):
     from cli import main
 

@@ -28,6 +28,7 @@ import numpy as np
 from .. import runs
 from ..config import TrainConfig
 from ..selection import aligned
+from . import distribute
 from .results import restore_best
 
 log = logging.getLogger("transfer")
@@ -89,9 +90,10 @@ def evaluate(model: keras.Model, val_ds) -> tuple[float, float, int]:
 class Probe(keras.callbacks.Callback):
     """Phase 2's first :data:`PROBE_EPOCHS` epochs against the head: stops the phase when they do not pay."""
 
-    def __init__(self, run: runs.RunFolder, record: Record, first_epoch: int):
+    def __init__(self, run: runs.RunFolder, record: Record, first_epoch: int, anyone=lambda said: said):
         super().__init__()
         self.run, self.record, self.first_epoch, self.started = run, record, first_epoch, time.monotonic()
+        self.anyone = anyone
 
     def on_epoch_end(self, epoch, logs=None):
         record = self.record
@@ -108,12 +110,15 @@ class Probe(keras.callbacks.Callback):
         self.model.stop_training = record.decision != FINE_TUNE
 
     def decide(self) -> None:
-        """Fine-tune on when the probe's best beats the head by more than the margin; record and show why."""
+        """Fine-tune on when the probe's best beats the head by more than the margin; record and show why.
+
+        On a cluster every worker measures the same numbers (validation runs on one device over the whole set), but
+        the workers must not part ways on it: fine-tuning goes on only if no worker finds that it does not pay."""
         record = self.record
         if record.decision != PROBING:
             return
         gain = (record.probe_accuracy or 0.0) - record.head_accuracy
-        pays = record.probe_accuracy is not None and gain > record.margin
+        pays = not self.anyone(not (record.probe_accuracy is not None and gain > record.margin))
         record.decision = FINE_TUNE if pays else HEAD_ONLY
         record.note = (f"{'pays' if pays else 'does not pay'}: {gain:+.4f} against a margin of {record.margin:.4f} "
                        f"({record.images} validation images)" + ("" if pays else "; the head's weights are kept"))
@@ -121,20 +126,20 @@ class Probe(keras.callbacks.Callback):
 
 
 def start(run: runs.RunFolder, config: TrainConfig, model: keras.Model, whole: keras.Model, val_ds,
-          first_epoch: int, resumed: bool) -> Probe | None:
+          first_epoch: int, resumed: bool, anyone=lambda said: said) -> Probe | None:
     """The probe of a phase 2 that starts now: the head measured and its weights saved. A resumed phase continues
-    the probe it was in (None once it was decided)."""
+    the probe it was in (None once it was decided). ``anyone(said)``: whether any worker of the cluster said so."""
     if resumed:
         record = load(run.path(runs.FINE_TUNE_PROBE_FILE))
-        return Probe(run, record, first_epoch) if record and record.decision == PROBING else None
-    accuracy, loss, images = evaluate(model, val_ds)
+        return Probe(run, record, first_epoch, anyone) if record and record.decision == PROBING else None
+    accuracy, loss, images = evaluate(distribute.local(model), val_ds)  # the whole set, as validation sees it
     record = Record(config.unfreeze, head_accuracy=round(accuracy, 4), head_loss=round(loss, 4), images=images,
                     margin=round(margin(accuracy, images), 4))
     whole.save_weights(run.path(runs.HEAD_WEIGHTS_FILE))
     save(run, record)
     log.info("--fine-tune auto: the head scores %.4f on validation; probing %d epoch(s) of fine-tuning from %s",
              accuracy, PROBE_EPOCHS, config.unfreeze)
-    return Probe(run, record, first_epoch)
+    return Probe(run, record, first_epoch, anyone)
 
 
 def settle(probe: Probe, run: runs.RunFolder, whole: keras.Model, checkpoint, monitor: str) -> None:

@@ -97,12 +97,12 @@ class Runner:
                       f"under {probe.ROOM:.0%} of errors to fix", accuracy)
         return self._skip(index)
 
-    def _agreed(self, skip: bool) -> bool:
-        """On a cluster, whether any worker skips (every worker decides the same, or one would wait forever in
-        the next phase); else ``skip``."""
+    def _agreed(self, said: bool) -> bool:
+        """On a cluster, whether any worker says so (every worker decides the same, or one would wait forever in
+        the next phase, or train on alone); else ``said``."""
         if self.workers is None:
-            return skip
-        return bool(self.workers.total(np.array([int(skip)], np.int32))[0] > 0)
+            return said
+        return bool(self.workers.total(np.array([int(said)], np.int32))[0] > 0)
 
     def _skip(self, index: int) -> bool:
         """Move the state past phase ``index``, which trains no epoch."""
@@ -141,8 +141,8 @@ class Runner:
             if inputs.full_model is not None:  # compiled with the same optimizer: it is saved like one on images
                 compile_model(inputs.full_model, model.optimizer, config)
         diverged = StopOnNaN()
-        probing = probe.start(self.run, config, model, inputs.whole, inputs.val_ds, state.phase_start, resumed) \
-            if self._probing(phase) else None
+        probing = probe.start(self.run, config, model, inputs.whole, inputs.val_ds, state.phase_start, resumed,
+                              self._agreed) if self._probing(phase) else None
         callbacks = [timer] if timer else []
         callbacks += [
             Validation(inputs.val_ds, config.validation_freq, first_epoch=state.phase_start, last_epoch=end - 1),
