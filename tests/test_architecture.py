@@ -164,3 +164,19 @@ def test_every_package_has_an_init_so_that_it_is_installed():
     from the wheel."""
     folders = {os.path.dirname(path) for path, _ in _modules().values()}
     assert not [f for f in folders if not os.path.isfile(os.path.join(f, "__init__.py"))]
+
+
+def test_every_test_marked_serial_is_in_a_file_that_make_test_runs_alone():
+    """``make test`` deselects the serial tests from its parallel run and then collects only SERIAL_FILES: a serial
+    test anywhere else would never run."""
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        serial_files = next(line.split(":=")[1].split() for line in f if line.startswith("SERIAL_FILES :="))
+    marked = set()
+    for name in os.listdir(os.path.join(ROOT, "tests")):
+        if name.endswith(".py"):
+            with open(os.path.join(ROOT, "tests", name)) as f:
+                tree = ast.parse(f.read())
+            if any(isinstance(node, ast.Attribute) and node.attr == "serial" and ast.unparse(node) == "pytest.mark.serial"
+                   for node in ast.walk(tree)):
+                marked.add(f"tests/{name}")
+    assert marked and marked <= set(serial_files), (marked, serial_files)
