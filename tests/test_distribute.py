@@ -158,7 +158,7 @@ def test_two_workers_take_the_backbone_that_the_chief_chose_with_auto(tmp_path):
     data = make_dataset(tmp_path / "greys", per_class=10, colours=grey)
     with _processes() as procs:
         procs += _two_workers(["train", data, "--backbone", "auto", "--candidates", "efficientnet_lite0",
-                               "--image-size", "64", "--epochs", "3", "--fine-tune", "auto", "--fine-tune-epochs",
+                               "--image-size", "32", "--epochs", "3", "--fine-tune", "auto", "--fine-tune-epochs",
                                "3", "--feature-engine", "keras", "--name", "run"], tmp_path)
         results = [_finish(p) for p in procs]
     for status, output in results:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import data, inputs, outputs, runs, selection
+from .. import data, inputs, outputs, probe_record, runs, selection
 from ..config import PREDICT_BATCH
 from ..errors import DataError, TransferError
 from ..data.images import MAX_PIXELS
@@ -235,8 +235,6 @@ def _run_page(run: runs.RunFolder, config, dataset: data.Dataset, metrics: dict[
               worst: list[dict[str, Any]], gradcam) -> Report:
     """What a run's report.html shows: the run, its metrics, learning curves, confusion matrix, worst errors,
     dataset and settings, and the measured choices (backbone, fine-tuning) with their tables."""
-    from ..training import probe
-
     facts = [("run", run.final), ("backbone", config.backbone), ("data", dataset.root),
              ("best epoch", f"{metrics['best_epoch']} ({metrics['best_phase']})"),
              ("training time", f"{metrics['train_seconds']:.0f} s")]
@@ -248,4 +246,4 @@ def _run_page(run: runs.RunFolder, config, dataset: data.Dataset, metrics: dict[
     splits = {split: metrics[split] for split in ("val", "test") if split in metrics}
     return Report(f"Run {run.name}", facts, splits, plots, config.to_dict(), dataset.counts(), skipped, worst,
                   list(gradcam), tables=selection.report_table(run.path(runs.BACKBONE_CHOICE_FILE))
-                  + probe.report_table(run.path(runs.FINE_TUNE_PROBE_FILE)))
+                  + probe_record.report_table(run.path(runs.FINE_TUNE_PROBE_FILE)))

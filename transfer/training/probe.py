@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import keras
@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import runs
 from ..config import TrainConfig
+from ..probe_record import FINE_TUNE, HEAD_ONLY, HEADER, PROBING, SKIPPED, Record, load
 from ..selection import aligned
 from . import distribute
 from .results import restore_best
@@ -39,35 +40,6 @@ PROBE_EPOCHS = 3
 #: fine-tuning is not probed where the head leaves fewer validation errors than this: on cats vs dogs (0.987) and
 #: monkeys (0.991) it never paid, and a probe there costs more than the head's whole run (BENCHMARKS.md)
 ROOM = 0.02
-PROBING, FINE_TUNE, HEAD_ONLY, SKIPPED = "probing", "fine-tune", "head only", "skipped"
-HEADER = ["model", "unfreeze", "epochs", "val accuracy", "seconds", "chosen", "note"]
-
-
-@dataclass
-class Record:
-    """The head's validation accuracy, the probe's best, and what was decided (``note`` says why)."""
-
-    unfreeze: str
-    decision: str = PROBING
-    head_accuracy: float | None = None
-    head_loss: float | None = None
-    images: int = 0  # validation images both were measured on
-    margin: float | None = None
-    probe_epochs: int = 0
-    probe_accuracy: float | None = None
-    probe_seconds: float = 0.0
-    note: str = ""
-
-    def rows(self) -> list[list[str]]:
-        """The table: the head alone, and fine-tuning from ``unfreeze`` as far as the probe went."""
-        head = ["head only", "-", "-", _number(self.head_accuracy), "-", "yes" if self.decision != FINE_TUNE else "", ""]
-        probe = ["fine-tuned", self.unfreeze, str(self.probe_epochs), _number(self.probe_accuracy),
-                 f"{self.probe_seconds:.1f}", "yes" if self.decision == FINE_TUNE else "", self.note]
-        return [head, probe]
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def margin(accuracy: float, images: int) -> float:
@@ -191,17 +163,3 @@ def kept_head(run: runs.RunFolder) -> bool:
     """Whether a probe ended with the head's weights (its phase 2, if any, was undone)."""
     record = load(run.path(runs.FINE_TUNE_PROBE_FILE))
     return record is not None and record.decision in (HEAD_ONLY, SKIPPED)
-
-
-def load(path: str) -> Record | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return Record(**json.load(f))
-    except FileNotFoundError:
-        return None
-
-
-def report_table(path: str) -> list[tuple[str, list[str], list[list[Any]]]]:
-    """report.html's table of the decision saved at ``path`` (none without --fine-tune auto)."""
-    record = load(path)
-    return [] if record is None else [(f"Fine-tuning (--fine-tune auto: {record.decision})", HEADER, record.rows())]
