@@ -75,6 +75,17 @@ def _isolated_keras_home(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def never_serves(monkeypatch):
+    """In-process serve commands must fail before serving: a server that started would fail the test, not hang it."""
+    from transfer.serve import Server
+
+    def run(self):
+        raise AssertionError(f"the server started on {self.url}")
+
+    monkeypatch.setattr(Server, "run", run)
+
+
+@pytest.fixture
 def runner():
     return CliRunner()
 

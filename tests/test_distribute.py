@@ -24,7 +24,6 @@ import pytest
 from cli import main
 from conftest import make_dataset
 from transfer import TrainConfig, runs
-from transfer.errors import ConfigError
 from transfer.data.images import load_image
 from transfer.prediction import predict
 from transfer.training import distribute

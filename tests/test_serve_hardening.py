@@ -114,21 +114,35 @@ def test_a_second_signal_stops_the_drain_at_once(trained_run, tmp_path):
     assert "1 request(s) still in flight were cut off (a second signal)" in log.read_text()
 
 
-def test_the_decoded_path_and_the_user_agent_are_logged_escaped(trained_run, tmp_path):
+@pytest.fixture(scope="module")
+def limited(trained_run, tmp_path_factory):
+    """One server for the tests that need no signal: --max-pixels 1000, its stderr in ``log``."""
+    log = tmp_path_factory.mktemp("limited") / "stderr.log"
+    proc, url = start(trained_run["run"], "--max-pixels", 1000, log=log)
+    yield {"url": url, "log": log}
+    stop(proc)
+
+
+def _logged(log, fragment: str, timeout=10) -> list[str]:
+    """The lines of ``log`` that hold ``fragment``, once there is one (a request is logged after its answer)."""
+    deadline = time.monotonic() + timeout
+    while not (lines := [line for line in log.read_text().splitlines() if fragment in line]):
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    return lines
+
+
+def test_the_decoded_path_and_the_user_agent_are_logged_escaped(limited):
     """Through waitress: the decoded path (CR LF, ESC, NUL, DEL, C1, a line separator, a bidirectional override,
     quotes) and a user agent of C1 controls (bytes 0x80-0x9f are legal in a header) stay one printable line."""
-    log = tmp_path / "stderr.log"
-    proc, url = start(trained_run["run"], log=log)
+    url, log = limited["url"], limited["log"]
     path = "/v1/x%0d%0aforged%20200%1b[31m%00%7f%c2%85%e2%80%a8%e2%80%ae%22%5c"
-    try:
-        sock = socket.create_connection(_address(url), timeout=30)
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: agent\x9b2J\x85\tend\r\n"
-                     "Connection: close\r\n\r\n".encode("latin-1"))
-        assert _answer(sock)[0] == 400
-        assert call(url + "/v1/models/colours")[0] == 200  # still serving
-    finally:
-        stop(proc)
-    lines = [line for line in log.read_text().splitlines() if "/v1/x" in line]
+    sock = socket.create_connection(_address(url), timeout=30)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: agent\x9b2J\x85\tend\r\n"
+                 "Connection: close\r\n\r\n".encode("latin-1"))
+    assert _answer(sock)[0] == 400
+    assert call(url + "/v1/models/colours")[0] == 200  # still serving
+    lines = _logged(log, "/v1/x")
     assert len(lines) == 1, log.read_text()
     assert lines[0] == (r'127.0.0.1 "GET /v1/x\x0d\x0aforged 200\x1b[31m\x00\x7f\x85\u2028\u202e\x22\x5c" 400 '
                         + lines[0].split(" 400 ")[1].split()[0] + r' "agent\x9b2J\x85\x09end"'), lines[0]
@@ -161,17 +175,6 @@ def test_printable_escapes_every_control_character():
     assert printable(None) == "None"
 
 
-@pytest.fixture
-def never_serves(monkeypatch):
-    """In-process serve commands must fail before serving: a server that started would fail the test, not hang it."""
-    from transfer.serve import Server
-
-    def run(self):
-        raise AssertionError(f"the server started on {self.url}")
-
-    monkeypatch.setattr(Server, "run", run)
-
-
 @pytest.mark.parametrize("host", ["bad", "", "999.1.1.1", "exa mple"])
 def test_a_bad_host_is_one_error_line(trained_run, never_serves, host):
     result = invoke("serve", trained_run["run"], "--host", host, "--port", "0")
@@ -199,13 +202,8 @@ def test_make_server_refuses_bad_arguments_with_a_clear_error(trained_run, case,
     assert str(raised.value).startswith(expected), (str(raised.value), expected)
 
 
-def test_max_pixels_is_an_option_of_serve_and_its_error_names_it(trained_run, tmp_path):
-    log = tmp_path / "stderr.log"
-    proc, url = start(trained_run["run"], "--max-pixels", 1000, log=log)
-    try:
-        small = call(url + "/v1/models/colours:predict", {"instances": [b64(_png(16))]})
-        large = call(url + "/v1/models/colours:predict", {"instances": [b64(_png(32))]})
-    finally:
-        stop(proc)
+def test_max_pixels_is_an_option_of_serve_and_its_error_names_it(limited):
+    small = call(limited["url"] + "/v1/models/colours:predict", {"instances": [b64(_png(16))]})
+    large = call(limited["url"] + "/v1/models/colours:predict", {"instances": [b64(_png(32))]})
     assert small[0] == 200
     assert large[0] == 400 and "over the limit of 1000 (--max-pixels)" in large[1]["error"], large
