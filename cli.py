@@ -20,8 +20,8 @@ from click.core import ParameterSource
 
 from transfer import config, console, runs
 from transfer.config import (AUGMENT_PRESETS, CACHE_FEATURES, CLASS_WEIGHTS, DISTRIBUTE, FEATURE_ENGINES, LR_SCHEDULES,
-                             FAST_EPOCHS, FAST_PATIENCE, FINE_TUNE_MODES, HEAD_FITS, MIXED_PRECISION, MONITORS,
-                             OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
+                             FAST_EPOCHS, FAST_PATIENCE, FINE_TUNE_MODES, FIT_EPOCHS, FIT_PATIENCE, HEAD_FITS,
+                             MIXED_PRECISION, MONITORS, OPTIMIZERS, POOLINGS, RESIZE_MODES, default)
 from transfer.errors import TransferError
 from transfer.export import FORMATS, QUANTIZATIONS
 from transfer.presets import PRESETS
@@ -317,7 +317,7 @@ def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as
               help="Stop if more than this fraction of image files cannot be used.")
 @click.option("--epochs", type=int, default=None,
               help="Phase 1's most epochs (head only, backbone frozen; early stopping may end it sooner) "
-              f"[default: {FAST_EPOCHS} on cached features, else 10].")
+              f"[default: {FAST_EPOCHS} on cached features, else {FIT_EPOCHS}].")
 @click.option("--head-fit", type=click.Choice(HEAD_FITS), default=default("head_fit"), show_default=True,
               help="Phase 1 on cached features in RAM: auto/fast run each epoch as one compiled step "
               "(milliseconds; one device), keras runs Keras' fit.")
@@ -344,7 +344,7 @@ def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as
               help="Where fine-tuning starts: all, N (top N layers), LAYER or after:LAYER [default: the backbone's].")
 @click.option("--patience", type=int, default=None,
               help="Early-stopping patience in epochs (in validations with --validation-freq) "
-              f"[default: {FAST_PATIENCE} where phase 1 runs on cached features, else 5].")
+              f"[default: {FAST_PATIENCE} where phase 1 runs on cached features, else {FIT_PATIENCE}].")
 @click.option("--monitor", type=click.Choice(MONITORS), default=default("monitor"), show_default=True,
               help="Validation metric for checkpoints, early stopping and LR reduction.")
 @click.option("--restore-best/--keep-last", default=default("restore_best"),

@@ -120,10 +120,12 @@ def root(tmp_path_factory):
 @pytest.mark.slow
 def test_a_run_on_cached_features_converges_in_compiled_epochs_and_exports(root):
     """The default run on a pretrained backbone: at most FAST_EPOCHS epochs, stopped by validation, each in
-    history.csv; config.json records the maximum; the run's model is saved, predicts and exports."""
+    history.csv (every one validated, whatever --validation-freq says, and the run says so); config.json records
+    the maximum; the run's model is saved, predicts and exports."""
     result = cli("train", root / "colours", *LITE, "-o", root / "models", "--name", "fast", "--cache-dir",
-                 root / "cache")
+                 root / "cache", "--validation-freq", "2")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "--validation-freq 2: phase head validates every epoch all the same" in result.stderr  # said, not ignored
     run_dir = str(root / "models" / "fast")
     config = json.load(open(os.path.join(run_dir, runs.CONFIG_FILE)))["config"]
     assert config["epochs"] == FAST_EPOCHS and config["head_fit"] == "auto"

@@ -101,7 +101,7 @@ class TrainConfig:
     cache_dir: str | None = None
     exclude: tuple[str, ...] = ()  # files left out, relative to DATA_DIR (train --exclude FILE: doctor's CSV files)
     # phase 1: head only, backbone frozen
-    epochs: int | None = None  # a maximum (early stopping); None: FAST_EPOCHS on cached features, else 10
+    epochs: int | None = None  # a maximum (early stopping); None: FAST_EPOCHS on cached features, else FIT_EPOCHS
     head_fit: str = "auto"  # auto/fast: phase 1 on cached features in RAM in compiled epochs; keras: Keras' fit
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -189,14 +189,16 @@ class TrainConfig:
 
 #: phase 1's default maximum of epochs, and --patience, where its epochs take milliseconds (BENCHMARKS.md)
 FAST_EPOCHS, FAST_PATIENCE = 200, 20
+#: the same where phase 1 runs Keras' fit (on images, or --head-fit keras): its epochs take seconds, not milliseconds
+FIT_EPOCHS, FIT_PATIENCE = 10, 5
 
 
 def fast_defaults(pretrained: bool, augment: str, config: "TrainConfig") -> dict[str, int]:
     """--epochs and --patience when not given: :data:`FAST_EPOCHS` and :data:`FAST_PATIENCE` where phase 1 can
     run on cached features (a frozen pretrained backbone, --augment none or flip), early stopping ending it;
-    else 10 and 5."""
+    else :data:`FIT_EPOCHS` and :data:`FIT_PATIENCE`."""
     fast = pretrained and augment in ("none", "flip") and config.cache_features != "off" and config.head_fit != "keras"
-    defaults = {"epochs": FAST_EPOCHS if fast else 10, "patience": FAST_PATIENCE if fast else 5}
+    defaults = {"epochs": FAST_EPOCHS if fast else FIT_EPOCHS, "patience": FAST_PATIENCE if fast else FIT_PATIENCE}
     return {name: value if getattr(config, name) is None else getattr(config, name) for name, value in defaults.items()}
 
 

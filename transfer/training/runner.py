@@ -183,6 +183,10 @@ class Runner:
         that ``fit`` made, at its epoch): the phase takes seconds.
         """
         config, state = self.config, self.state
+        if config.validation_freq > 1:
+            log.info("--validation-freq %d: phase %s validates every epoch all the same (on cached features it "
+                     "takes milliseconds); the setting applies to the phases that run Keras' fit",
+                     config.validation_freq, phase.name)
         if not (state.phase == index and state.mid_phase):
             state.phase, state.phase_start = index, state.epoch
             deadline = deadline_of(self.deadline, phase.share)
