@@ -8,7 +8,9 @@ set it computes each candidate's cached features exactly as ``--backbone
 auto`` does (same cache, same views), fits the run's default head on each
 candidate and on every pair's concatenated features with the same compiled
 fit, and scores all of them by the same 5-fold cross-validation over train and
-val (the test split is never read). Prints one table per set, then the best
+val (the test split is never read). A pair with a candidate cached without
+the mirror view (its default is not ``--augment flip``) is fitted on the image
+view alone. Prints one table per set, then the best
 single candidate against the best pair, and against the pair of the two best
 singles (what ``auto`` would build), in points.
 
@@ -87,7 +89,10 @@ def measure(data_dir: str, cache_dir: str, names: list[str]) -> dict[str, float]
         results[name] = score(top, x, y, folds, resolved, class_weight)
     for a, b in itertools.combinations(names, 2):
         (xa, top, resolved), (xb, _, _) = found[a], found[b]
-        x = np.concatenate([xa, xb], axis=-1)
+        views = min(xa.shape[1], xb.shape[1])  # a backbone cached without the mirror view: the image alone
+        x = np.concatenate([xa[:, :views], xb[:, :views]], axis=-1)
+        if views == 1:  # no mirror view to draw
+            resolved = dataclasses.replace(resolved, augment="none")
         results[f"{a} + {b}"] = score(concatenated_top(top, x.shape[-1]), x, y, folds, resolved, class_weight)
     for key, (accuracy, loss) in sorted(results.items(), key=lambda item: -item[1][0]):
         print(f"    {key:45s} accuracy {accuracy:.4f}  loss {loss:.4f}", flush=True)

@@ -23,12 +23,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: name -> (--unfreeze, optimizer, learning rate); None: head only. b5 is Lite0's default depth (blocks 6-7).
+#: name -> (--unfreeze, optimizer, learning rate[, --lr-schedule]); None: head only. b5 is Lite0's default depth
+#: (blocks 6-7). A schedule applies to both phases, as the option does.
 CONFIGS = {
     "head": None,
     "b5-sgd": ("after:block5c_add", "sgd", 1e-4),
     "b5-adam": ("after:block5c_add", "adam", 1e-4),
     "b5-adam3e-5": ("after:block5c_add", "adam", 3e-5),
+    "b5-adam3e-4": ("after:block5c_add", "adam", 3e-4),
+    "b5-adam-cosine": ("after:block5c_add", "adam", 1e-4, "cosine"),
     "b4-adam": ("after:block4c_add", "adam", 1e-4),
     "b6-adam": ("after:block6d_add", "adam", 1e-4),
 }
@@ -38,9 +41,10 @@ def train(data: str, work: str, name: str, config, epochs: int, cache: str) -> d
     """One `transfer train` in its own process; its metrics, seconds and per-epoch validation accuracy."""
     command = [sys.executable, "-m", "cli", "train", data, "--name", name, "--output-dir", work, "--cache-dir", cache,
                "-q", "--json", "--fine-tune-epochs", str(epochs if config else 0)]
-    if config:
-        unfreeze, optimizer, lr = config
-        command += ["--unfreeze", unfreeze, "--fine-tune-optimizer", optimizer, "--fine-tune-lr", str(lr)]
+    if config:  # --fine-tune on: every configuration fine-tunes, whatever the probe of the default would decide
+        unfreeze, optimizer, lr, *schedule = config
+        command += ["--fine-tune", "on", "--unfreeze", unfreeze, "--fine-tune-optimizer", optimizer,
+                    "--fine-tune-lr", str(lr), *(["--lr-schedule", *schedule] if schedule else [])]
     started = time.monotonic()
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     wall = time.monotonic() - started

@@ -52,6 +52,37 @@ def stand_ins(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", {spec.name: spec for spec in entries})
 
 
+def _channel(name: str, channel: int) -> BackboneSpec:
+    """A stand-in whose features are one colour channel of the image: blind to the other two."""
+    def build(input_shape, weights=None, **_):
+        import keras
+        import numpy as np
+
+        inputs = keras.Input(input_shape)
+        conv = keras.layers.Conv2D(4, 1, use_bias=False, name=f"{name}_conv")
+        model = keras.Model(inputs, conv(inputs), name=name)
+        kernel = np.zeros((1, 1, input_shape[-1], 4), np.float32)
+        kernel[0, 0, channel, :] = 1.0
+        conv.set_weights([kernel])
+        return model
+
+    return BackboneSpec(name=name, build=build, preprocessing="unit", default_size=16, min_size=8, unfreeze="all",
+                        params=12, kind="pretrained", head=HeadDefaults(), fine_tune_epochs=0,
+                        description="a test stand-in")
+
+
+#: each class differs from another in one channel only: red alone cannot tell yellow from magenta, green alone
+#: cannot tell yellow from cyan; both together tell all three apart
+MIXED = {"cyan": (40, 210, 210), "magenta": (210, 40, 210), "yellow": (210, 210, 40)}
+
+
+@pytest.fixture
+def channels(monkeypatch):
+    """A registry of two stand-ins that each see one colour channel."""
+    entries = [_channel("reds", 0), _channel("greens", 1)]
+    monkeypatch.setattr(registry, "_REGISTRY", {spec.name: spec for spec in entries})
+
+
 @pytest.fixture
 def messages():
     """The lines the library logs (to stderr through the CLI)."""
@@ -67,11 +98,11 @@ def messages():
     logger.setLevel(level)
 
 
-def _train(tmp_path, name, **options):
+def _train(tmp_path, name, data=None, **options):
     from transfer.training import train
 
-    data = tmp_path / "colours"
-    if not data.exists():
+    data = data or tmp_path / "colours"
+    if not os.path.exists(data):
         make_dataset(data, per_class=12)
     config = TrainConfig(data_dir=str(data), backbone="auto", output_dir=str(tmp_path / "models"), name=name,
                          cache_dir=str(tmp_path / "cache"), feature_engine="keras", fine_tune_epochs=0, lr=0.03, verbose=0,
@@ -112,7 +143,9 @@ def test_without_candidates_every_pretrained_entry_is_compared_and_predict_and_e
 
     result = _train(tmp_path, "all")
     rows = {row["backbone"]: row for row in _record(result.run_dir)["backbone_choice"]["candidates"]}
-    assert set(rows) == {"flat", "colours", "costly", "resnet50"}  # smallcnn is trained from scratch: not a candidate
+    # smallcnn is trained from scratch: not a candidate; the two best do not pair (their preprocessing differs)
+    assert set(rows) == {"flat", "colours", "costly", "resnet50", "colours+costly"}
+    assert rows["colours+costly"]["note"].startswith("left out: their preprocessing differs (tf, unit)")
     assert rows["costly"]["accuracy"] is not None  # no --time-limit: nothing is left out for its cost
     images = sorted(glob.glob(str(tmp_path / "colours" / "*" / "000.png")))
     labels = [p.label for p in predict(result.run_dir, images).predictions]
@@ -121,6 +154,37 @@ def test_without_candidates_every_pretrained_entry_is_compared_and_predict_and_e
 
     exported = export(result.run_dir)  # the SavedModel of the chosen backbone, checked against the run's model
     assert exported.top1_agreement == 1.0 and exported.bytes_top1_agreement == 1.0
+
+
+def test_the_two_best_concatenated_are_measured_and_kept_where_they_beat_each_alone(tmp_path, channels, messages):
+    from transfer import predict
+    from transfer.export import export
+
+    data = make_dataset(tmp_path / "mixed", per_class=12, colours=MIXED)
+    result = _train(tmp_path, "pair", data=data)
+    record = _record(result.run_dir)
+    rows = {row["backbone"]: row for row in record["backbone_choice"]["candidates"]}
+    assert rows["reds"]["accuracy"] < 0.8 and rows["greens"]["accuracy"] < 0.8
+    assert rows["reds+greens"]["accuracy"] == 1.0 and rows["reds+greens"]["chosen"]
+    assert record["config"]["backbone"] == "reds+greens" == record["backbone_choice"]["chosen"]
+    assert "--backbone auto chose reds+greens" in messages
+    assert any(line.endswith("from the cache, 0 computed") for line in messages if line.startswith("feature cache"))
+    images = sorted(glob.glob(os.path.join(data, "*", "000.png")))
+    assert [p.label for p in predict(result.run_dir, images).predictions] == ["cyan", "magenta", "yellow"]
+    exported = export(result.run_dir)  # the pair inside a SavedModel, checked against the run's model
+    assert exported.top1_agreement == 1.0 and exported.bytes_top1_agreement == 1.0
+
+
+def test_a_pair_is_kept_only_where_it_beats_the_best_single_candidate_by_more_than_one_standard_error():
+    from transfer.selection import Trial
+    from transfer.training.auto import _winner
+
+    rows = [Trial("a", accuracy=0.90, loss=0.3), Trial("b", accuracy=0.89, loss=0.3),
+            Trial("a+b", accuracy=0.91, loss=0.2)]
+    assert _winner(rows, 400).backbone == "a"  # +0.01 on 400 images: one standard error is 0.015
+    assert rows[2].note == "not kept: +0.0100 over a is within one standard error (0.0150)"
+    rows[2].accuracy = 0.92
+    assert _winner(rows, 400).backbone == "a+b"
 
 
 def test_the_same_seed_gives_the_same_choice_and_the_same_measurements(tmp_path, stand_ins):

@@ -145,3 +145,35 @@ def test_too_deep_for_the_image_size_is_a_clear_error():
     spec, config = _resolved("lenet5", depth=6)
     with pytest.raises(ConfigError, match="too small for lenet5"):
         build_model(spec, config, 2)
+
+
+def test_a_pair_concatenates_both_maps_and_fine_tuning_it_keeps_every_batch_norm_frozen():
+    from transfer.heads import unfreeze_top
+
+    spec, config = _resolved("efficientnet_lite0+efficientnet_lite1", image_size=64)
+    assert (spec.default_size, spec.preprocessing, config.fine_tune) == (240, "lite", "off")  # the larger member's
+    model = build_model(spec, config, 3)
+    base = backbone_of(model)
+    assert base.output_shape == (None, 2, 2, 2560) and base.count_params() == spec.params
+    assert unfreeze_top(model, "all") == 2  # both members train
+    inner = [layer for member in base.layers[1:3] for layer in member.layers]
+    assert any(layer.trainable for layer in inner if isinstance(layer, keras.layers.Conv2D))
+    assert not any(layer.trainable for layer in inner if isinstance(layer, keras.layers.BatchNormalization))
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    saved = portable(model)  # what model.keras holds: built-in layers only, the same predictions
+    assert not [layer for layer in all_layers(saved) if type(layer).__module__.startswith("transfer")]
+    np.testing.assert_allclose(saved.predict_on_batch(images), model.predict_on_batch(images), atol=1e-6)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("efficientnet_lite0+efficientnet_lite0", "both are efficientnet_lite0"),
+    ("efficientnet_lite0+inceptionv3", "their preprocessing differs (lite, inception)"),
+    ("efficientnet_lite0+smallcnn", "only pretrained registry entries pair"),
+    ("efficientnet_lite0+efficientnet_lite1+efficientnet_lite2", "a pair is two backbone names joined by '+'"),
+    ("efficientnet_lite0+nope", "unknown backbone 'nope'"),
+])
+def test_what_cannot_pair_is_one_clear_error(runner, colours_dir, tmp_path, name, message):
+    from cli import main
+
+    result = runner.invoke(main, ["train", colours_dir, "-o", str(tmp_path / "m"), "--backbone", name])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and message in result.output, result.output

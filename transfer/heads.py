@@ -101,9 +101,17 @@ def unfreeze_top(model: keras.Model, unfreeze: str, keep_batchnorm_frozen: bool 
     backbone.trainable = True
     for i, layer in enumerate(backbone.layers):
         layer.trainable = i >= start
-        if keep_batchnorm_frozen and isinstance(layer, layers.BatchNormalization):
-            layer.trainable = False
+        for inner in _nested(layer) if keep_batchnorm_frozen else ():
+            if isinstance(inner, layers.BatchNormalization):
+                inner.trainable = False
     return sum(1 for layer in backbone.layers[start:] if layer.trainable and layer.weights)
+
+
+def _nested(layer: keras.layers.Layer):
+    """``layer`` and, for a model inside the backbone (each member of a ``--backbone A+B`` pair), its layers."""
+    yield layer
+    for inner in getattr(layer, "layers", ()):
+        yield from _nested(inner)
 
 
 def unfreeze_index(backbone: keras.Model, unfreeze: str) -> int:

@@ -6,7 +6,10 @@ features are computed once into the run's feature cache (the winner's are
 then read back by phase 1, not computed again), a head is fitted on them in
 compiled epochs (:mod:`.fasthead`), and the candidates are compared on
 held-out images: k-fold cross-validation over train and val where the set is
-small, else the val split. The test split is never looked at. Under
+small, else the val split. The test split is never looked at. The two best
+candidates' features concatenated (``A+B``, :mod:`transfer.backbones.pair`)
+are measured too, and kept where they beat the best single candidate by more
+than one standard error. Under
 ``--time-limit`` a timed probe of each backbone (random weights, a few images)
 estimates its features' cost, and candidates that would not fit in
 :data:`MEASURE_SHARE` of the time left are left out, with the reason.
@@ -23,12 +26,13 @@ import keras
 import numpy as np
 
 from .. import data, features, selection
-from ..backbones import BackboneSpec, names, resolve
+from ..backbones import BackboneSpec, get, names, pair as pairing, resolve
 from ..config import FAST_EPOCHS, FAST_PATIENCE, TrainConfig
 from ..errors import ConfigError, WeightsError, first_line
 from ..heads import build_model
 from . import fasthead
 from .phases import compile_model, deadline_of, make_optimizer
+from .probe import margin
 
 log = logging.getLogger("transfer")
 
@@ -64,11 +68,13 @@ def choose(config: TrainConfig, dataset: data.Dataset, digests: dict[str, str],
             continue  # (the first candidate is always measured: a run needs a backbone)
         _measure(spec, config, dataset, digests, class_weight, kfold, trial)
         gc.collect()
+    _try_pair(trials, config, dataset, digests, class_weight, kfold, end)
     rows = [*trials.values(), *left_out]
     if not any(t.accuracy is not None for t in rows):
         raise ConfigError("--backbone auto: no candidate could be measured (" + "; ".join(
             f"{t.backbone}: {t.note}" for t in rows) + "). Name one --backbone.")
-    winner = _agreed(selection.best(rows).backbone, workers)
+    held_out = len(examples) if kfold else len(dataset.splits["val"])
+    winner = _agreed(_winner(rows, held_out).backbone, [t.backbone for t in rows], workers)
     for trial in rows:
         trial.chosen = trial.backbone == winner
     for line in selection.table(rows):
@@ -76,6 +82,57 @@ def choose(config: TrainConfig, dataset: data.Dataset, digests: dict[str, str],
     log.info("--backbone auto chose %s", winner)
     spec, resolved = resolve(dataclasses.replace(config, backbone=winner, candidates=()))  # as if named
     return spec, resolved, selection.record(rows, method)
+
+
+def _try_pair(trials: dict[str, selection.Trial], config: TrainConfig, dataset: data.Dataset,
+              digests: dict[str, str], class_weight: dict[int, float] | None, kfold: bool,
+              deadline: float | None) -> None:
+    """Measure the two best candidates' features concatenated (``A+B``) as one more trial, where they can pair.
+
+    Its features are computed anew (both networks at the pair's size), so under --time-limit it is left out
+    when the two members' estimates do not fit the time left for measuring."""
+    measured = [t for t in trials.values() if t.accuracy is not None and pairing.SEPARATOR not in t.backbone]
+    if len(measured) < 2:
+        return
+    first = selection.best(measured)
+    second = selection.best([t for t in measured if t is not first])
+    order = names()
+    members = sorted((first.backbone, second.backbone), key=order.index)
+    name = pairing.SEPARATOR.join(members)
+    if name in trials:  # named in --candidates: measured already
+        return
+    why = pairing.unpairable(*(get(member) for member in members))
+    trial = trials[name] = selection.Trial(name, note=f"left out: {why}" if why else "")
+    if why or (deadline is not None and _over(deadline, trial)):
+        return
+    try:
+        spec, resolved = resolve(dataclasses.replace(config, backbone=name))
+    except ConfigError as error:
+        trial.note = f"left out: {first_line(error)}"
+        return
+    trial.image_size = resolved.image_size
+    estimates = [trials[member].estimate_seconds for member in members]
+    if deadline is not None and None not in estimates and time.monotonic() + sum(estimates) > deadline:
+        trial.note = (f"left out: its features would take about {sum(estimates):.0f} s, over the "
+                      f"{max(0.0, deadline - time.monotonic()):.0f} s left for measuring under --time-limit")
+        return
+    _measure(spec, config, dataset, digests, class_weight, kfold, trial)
+    gc.collect()
+
+
+def _winner(rows: list[selection.Trial], held_out: int) -> selection.Trial:
+    """The best trial; a pair only where it beats the best single backbone by more than one standard error
+    (it costs both networks' time at every prediction)."""
+    best = selection.best(rows)
+    singles = [t for t in rows if pairing.SEPARATOR not in t.backbone and t.accuracy is not None]
+    if pairing.SEPARATOR not in best.backbone or not singles:
+        return best
+    single = selection.best(singles)
+    if best.accuracy - single.accuracy > margin(single.accuracy, held_out):
+        return best
+    best.note = (f"not kept: {best.accuracy - single.accuracy:+.4f} over {single.backbone} is within one "
+                 f"standard error ({margin(single.accuracy, held_out):.4f})")
+    return single
 
 
 def _over(deadline: float, trial: selection.Trial) -> bool:
@@ -113,9 +170,8 @@ def _within_budget(specs: list[BackboneSpec], config: TrainConfig, images: int,
                           f"{max(0.0, allowed - spent):.0f} s left for measuring under --time-limit")
             continue
         spent += trial.estimate_seconds
-        kept.append(spec)
-    order = names()
-    return sorted(kept, key=lambda spec: order.index(spec.name)), trials
+        kept.append(spec.name)
+    return [spec for spec, _ in sized if spec.name in kept], trials  # in the candidates' order
 
 
 def _estimate(spec: BackboneSpec, config: TrainConfig, images: int) -> float:
@@ -190,11 +246,11 @@ def _fit_head(top: keras.Model, x: np.ndarray, y: np.ndarray, held_out: np.ndarr
     return best["val_accuracy"], best["val_loss"]
 
 
-def _agreed(name: str, workers) -> str:
-    """On a cluster, the chief's choice (measurements may differ a little between workers); else ``name``."""
+def _agreed(name: str, order: list[str], workers) -> str:
+    """On a cluster, the chief's choice among ``order`` (every worker's rows, in the same order: measurements may
+    differ a little between workers); else ``name``."""
     if workers is None:
         return name
-    order = names()
     vote = np.zeros(len(order), np.int32)
     if workers.rank == 0:
         vote[order.index(name)] = 1
