@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import itertools
 import logging
 import time
 
@@ -74,7 +75,7 @@ def choose(config: TrainConfig, dataset: data.Dataset, digests: dict[str, str],
         raise ConfigError("--backbone auto: no candidate could be measured (" + "; ".join(
             f"{t.backbone}: {t.note}" for t in rows) + "). Name one --backbone.")
     held_out = len(examples) if kfold else len(dataset.splits["val"])
-    winner = _agreed(_winner(rows, held_out).backbone, [t.backbone for t in rows], workers)
+    winner = _agreed(_winner(rows, held_out).backbone, workers)
     for trial in rows:
         trial.chosen = trial.backbone == winner
     for line in selection.table(rows):
@@ -246,11 +247,13 @@ def _fit_head(top: keras.Model, x: np.ndarray, y: np.ndarray, held_out: np.ndarr
     return best["val_accuracy"], best["val_loss"]
 
 
-def _agreed(name: str, order: list[str], workers) -> str:
-    """On a cluster, the chief's choice among ``order`` (every worker's rows, in the same order: measurements may
-    differ a little between workers); else ``name``."""
+def _agreed(name: str, workers) -> str:
+    """On a cluster, the chief's choice (measurements may differ a little between workers, and so may the pair
+    each measured): a vote over every registry name and every pair of them, the same list on every worker."""
     if workers is None:
         return name
+    order = names()
+    order += [pairing.SEPARATOR.join(two) for two in itertools.combinations(order, 2)]
     vote = np.zeros(len(order), np.int32)
     if workers.rank == 0:
         vote[order.index(name)] = 1
