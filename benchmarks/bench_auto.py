@@ -7,16 +7,20 @@ are then in the cache when auto measures that backbone, so auto's seconds are
 for a cache that already holds the default backbone's features; the features
 column of its table says which candidates were computed cold and how long they
 took. Prints one line per set and run, auto's comparison table, then the means
-and the ratio of auto to the default.
+and the ratio of auto to the default. ``--variant LABEL=OPTIONS`` (repeatable)
+compares other commands with the default instead, e.g. a pair of backbones.
 
     python benchmarks/bench_auto.py ../shared/data/monkey_species ../shared/data/blood_cells_pbc \\
         ../shared/data/cats_vs_dogs --cache-dir /tmp/auto-cache
+    python benchmarks/bench_auto.py ../shared/data/blood_cells_pbc \\
+        --variant 'pair=--backbone efficientnet_lite0+efficientnet_lite1'
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -39,6 +43,17 @@ def train(data: str, work: str, name: str, cache_dir: str, extra: list[str]) -> 
     return json.loads(done.stdout), seconds
 
 
+def variants(args) -> list[tuple[str, list[str]]]:
+    """The runs of each set after the default: ``--variant LABEL=OPTIONS`` each, or ``--backbone auto``."""
+    if not args.variant:
+        return [("auto", ["--backbone", "auto", *args.auto_option])]
+    runs = []
+    for text in args.variant:
+        label, _, options = text.partition("=")
+        runs.append((label, shlex.split(options)))
+    return runs
+
+
 def main() -> None:
     import argparse
 
@@ -47,13 +62,17 @@ def main() -> None:
     p.add_argument("--cache-dir", default=None, help="feature cache shared by every run [default: a temporary one]")
     p.add_argument("--auto-option", action="append", default=[],
                    help="an extra option for the auto runs, e.g. --auto-option=--time-limit=10m (repeatable)")
+    p.add_argument("--variant", action="append", default=[],
+                   help="LABEL=OPTIONS, a run to compare with the default instead of --backbone auto, e.g. "
+                        "'pair=--backbone efficientnet_lite0+efficientnet_lite1' (repeatable)")
     args = p.parse_args()
     work = tempfile.mkdtemp(prefix="bench-auto-")
     cache_dir = args.cache_dir or os.path.join(work, "cache")
-    results = {"default": [], "auto": []}
+    runs = [("default", []), *variants(args)]
+    results = {kind: [] for kind, _ in runs}
     for data in args.sets:
         name = os.path.basename(os.path.normpath(data))
-        for kind, extra in (("default", []), ("auto", ["--backbone", "auto", *args.auto_option])):
+        for kind, extra in runs:
             summary, seconds = train(data, work, f"{kind}-{name}", cache_dir, extra)
             accuracy = summary["metrics"]["val"]["accuracy"]
             results[kind].append((accuracy, seconds))
@@ -61,7 +80,7 @@ def main() -> None:
                 record = json.load(f)
             print(f"{name:18s} {kind:8s} {record['config']['backbone']:20s} val accuracy {accuracy:.4f} "
                   f"in {seconds:6.1f} s", flush=True)
-            if kind == "auto":
+            if record.get("backbone_choice"):
                 from transfer.selection import Trial, table
 
                 choice = record["backbone_choice"]
@@ -71,8 +90,9 @@ def main() -> None:
     means = {kind: [sum(v[i] for v in rows) / len(rows) for i in (0, 1)] for kind, rows in results.items()}
     for kind, (accuracy, seconds) in means.items():
         print(f"mean {kind:8s} val accuracy {accuracy:.4f}, {seconds:.1f} s a set")
-    print(f"auto / default: accuracy {means['auto'][0] - means['default'][0]:+.4f}, "
-          f"time x{means['auto'][1] / means['default'][1]:.2f}")
+    for kind, _ in runs[1:]:
+        print(f"{kind} / default: accuracy {means[kind][0] - means['default'][0]:+.4f}, "
+              f"time x{means[kind][1] / means['default'][1]:.2f}")
 
 
 if __name__ == "__main__":

@@ -179,12 +179,32 @@ def test_a_pair_is_kept_only_where_it_beats_the_best_single_candidate_by_more_th
     from transfer.selection import Trial
     from transfer.training.auto import _winner
 
-    rows = [Trial("a", accuracy=0.90, loss=0.3), Trial("b", accuracy=0.89, loss=0.3),
-            Trial("a+b", accuracy=0.91, loss=0.2)]
-    assert _winner(rows, 400).backbone == "a"  # +0.01 on 400 images: one standard error is 0.015
-    assert rows[2].note == "not kept: +0.0100 over a is within one standard error (0.0150)"
+    head_only = TrainConfig(data_dir="unused", fine_tune_epochs=0)
+    rows = [Trial("efficientnet_lite0", accuracy=0.90, loss=0.3), Trial("efficientnet_lite1", accuracy=0.89, loss=0.3),
+            Trial("efficientnet_lite0+efficientnet_lite1", accuracy=0.91, loss=0.2)]
+    assert _winner(rows, 400, head_only).backbone == "efficientnet_lite0"  # +0.01 on 400: one standard error is 0.015
+    assert rows[2].note == "not kept: +0.0100 over efficientnet_lite0 is within one standard error (0.0150)"
     rows[2].accuracy = 0.92
-    assert _winner(rows, 400).backbone == "a+b"
+    assert _winner(rows, 400, head_only).backbone == "efficientnet_lite0+efficientnet_lite1"
+
+
+@pytest.mark.parametrize("fine_tune, single, kept", [
+    ("auto", 0.90, False),  # Lite0's default: its head leaves room, so the probe decides and may fine-tune it
+    ("on", 0.90, False),
+    ("off", 0.90, True),
+    ("auto", 0.985, True),  # under ROOM errors the probe is skipped: head against head
+])
+def test_a_pair_is_not_kept_over_a_single_backbone_that_will_be_fine_tuned(fine_tune, single, kept):
+    """End to end on blood cells Lite0 fine-tuned (0.935) beat the pair's head (0.915): heads alone mislead."""
+    from transfer.selection import Trial
+    from transfer.training.auto import _winner
+
+    config = TrainConfig(data_dir="unused", fine_tune=fine_tune)
+    rows = [Trial("efficientnet_lite0", accuracy=single, loss=0.3),
+            Trial("efficientnet_lite0+efficientnet_lite1", accuracy=1.0, loss=0.1)]
+    chosen = _winner(rows, 1000, config).backbone
+    assert chosen == ("efficientnet_lite0+efficientnet_lite1" if kept else "efficientnet_lite0")
+    assert kept or rows[1].note.startswith("not kept: efficientnet_lite0 leaves room and will be ")
 
 
 def test_the_same_seed_gives_the_same_choice_and_the_same_measurements(tmp_path, stand_ins):

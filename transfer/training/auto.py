@@ -9,7 +9,7 @@ held-out images: k-fold cross-validation over train and val where the set is
 small, else the val split. The test split is never looked at. The two best
 candidates' features concatenated (``A+B``, :mod:`transfer.backbones.pair`)
 are measured too, and kept where they beat the best single candidate by more
-than one standard error. Under
+than one standard error and that one would not be fine-tuned. Under
 ``--time-limit`` a timed probe of each backbone (random weights, a few images)
 estimates its features' cost, and candidates that would not fit in
 :data:`MEASURE_SHARE` of the time left are left out, with the reason.
@@ -33,7 +33,7 @@ from ..errors import ConfigError, WeightsError, first_line
 from ..heads import build_model
 from . import fasthead
 from .phases import compile_model, deadline_of, make_optimizer
-from .probe import margin
+from .probe import ROOM, margin
 
 log = logging.getLogger("transfer")
 
@@ -75,7 +75,7 @@ def choose(config: TrainConfig, dataset: data.Dataset, digests: dict[str, str],
         raise ConfigError("--backbone auto: no candidate could be measured (" + "; ".join(
             f"{t.backbone}: {t.note}" for t in rows) + "). Name one --backbone.")
     held_out = len(examples) if kfold else len(dataset.splits["val"])
-    winner = _agreed(_winner(rows, held_out).backbone, workers)
+    winner = _agreed(_winner(rows, held_out, config).backbone, workers)
     for trial in rows:
         trial.chosen = trial.backbone == winner
     for line in selection.table(rows):
@@ -121,19 +121,37 @@ def _try_pair(trials: dict[str, selection.Trial], config: TrainConfig, dataset: 
     gc.collect()
 
 
-def _winner(rows: list[selection.Trial], held_out: int) -> selection.Trial:
+def _winner(rows: list[selection.Trial], held_out: int, config: TrainConfig) -> selection.Trial:
     """The best trial; a pair only where it beats the best single backbone by more than one standard error
-    (it costs both networks' time at every prediction)."""
+    (it costs both networks' time at every prediction) and that single one would keep its head alone.
+
+    The trials compare heads, but a single EfficientNet-Lite that leaves room is then fine-tuned, and a pair is
+    not: on blood cells the pair's head scored 0.915 end to end, Lite0 fine-tuned 0.935 (BENCHMARKS.md)."""
     best = selection.best(rows)
     singles = [t for t in rows if pairing.SEPARATOR not in t.backbone and t.accuracy is not None]
     if pairing.SEPARATOR not in best.backbone or not singles:
         return best
     single = selection.best(singles)
-    if best.accuracy - single.accuracy > margin(single.accuracy, held_out):
-        return best
-    best.note = (f"not kept: {best.accuracy - single.accuracy:+.4f} over {single.backbone} is within one "
-                 f"standard error ({margin(single.accuracy, held_out):.4f})")
-    return single
+    if best.accuracy - single.accuracy <= margin(single.accuracy, held_out):
+        best.note = (f"not kept: {best.accuracy - single.accuracy:+.4f} over {single.backbone} is within one "
+                     f"standard error ({margin(single.accuracy, held_out):.4f})")
+        return single
+    mode = _fine_tuning(single, config)
+    if mode:
+        best.note = (f"not kept: {single.backbone} leaves room and will be {mode}; fine-tuning beat a pair's "
+                     "head where both were measured")
+        return single
+    return best
+
+
+def _fine_tuning(single: selection.Trial, config: TrainConfig) -> str:
+    """'fine-tuned' or 'probed for fine-tuning' where the run would do so with ``single`` as its backbone, else ''."""
+    _, resolved = resolve(dataclasses.replace(config, backbone=single.backbone, candidates=()))
+    if not resolved.fine_tunes:
+        return ""
+    if resolved.fine_tune == "auto":
+        return "probed for fine-tuning" if 1 - single.accuracy >= ROOM else ""
+    return "fine-tuned"
 
 
 def _over(deadline: float, trial: selection.Trial) -> bool:
