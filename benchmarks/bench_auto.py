@@ -14,10 +14,15 @@ compares other commands with the default instead, e.g. a pair of backbones.
         ../shared/data/cats_vs_dogs --cache-dir /tmp/auto-cache
     python benchmarks/bench_auto.py ../shared/data/blood_cells_pbc \\
         --variant 'pair=--backbone efficientnet_lite0+efficientnet_lite1'
+    python benchmarks/bench_auto.py ../shared/data/monkey_species --limit train=25   # a small set
+
+``--limit SPLIT=N`` (repeatable) trains on the first N images per class of that split (hard links in a
+temporary folder), the other splits whole: small sets from the large ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -26,7 +31,7 @@ import sys
 import tempfile
 import time
 
-from _common import ROOT
+from _common import ROOT, subset
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
 
@@ -54,6 +59,15 @@ def variants(args) -> list[tuple[str, list[str]]]:
     return runs
 
 
+def limited(data: str, limits: list[str]):
+    """``data`` itself, or a temporary copy with ``--limit SPLIT=N`` applied (first N per class; other splits whole)."""
+    if not limits:
+        return contextlib.nullcontext(data)
+    named = {split: int(n) for split, _, n in (text.partition("=") for text in limits)}
+    splits = [s for s in sorted(os.listdir(data)) if os.path.isdir(os.path.join(data, s))]
+    return subset(data, {split: named.get(split) for split in splits})
+
+
 def main() -> None:
     import argparse
 
@@ -65,28 +79,31 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[],
                    help="LABEL=OPTIONS, a run to compare with the default instead of --backbone auto, e.g. "
                         "'pair=--backbone efficientnet_lite0+efficientnet_lite1' (repeatable)")
+    p.add_argument("--limit", action="append", default=[],
+                   help="SPLIT=N: only the first N images per class of that split, e.g. train=25 (repeatable)")
     args = p.parse_args()
     work = tempfile.mkdtemp(prefix="bench-auto-")
     cache_dir = args.cache_dir or os.path.join(work, "cache")
     runs = [("default", []), *variants(args)]
     results = {kind: [] for kind, _ in runs}
-    for data in args.sets:
-        name = os.path.basename(os.path.normpath(data))
-        for kind, extra in runs:
-            summary, seconds = train(data, work, f"{kind}-{name}", cache_dir, extra)
-            accuracy = summary["metrics"]["val"]["accuracy"]
-            results[kind].append((accuracy, seconds))
-            with open(os.path.join(summary["run_dir"], "config.json"), encoding="utf-8") as f:
-                record = json.load(f)
-            print(f"{name:18s} {kind:8s} {record['config']['backbone']:20s} val accuracy {accuracy:.4f} "
-                  f"in {seconds:6.1f} s", flush=True)
-            if record.get("backbone_choice"):
-                from transfer.selection import Trial, table
+    for folder in args.sets:
+        name = os.path.basename(os.path.normpath(folder))
+        with limited(folder, args.limit) as data:  # one copy for every run of the set: the cache keys match
+            for kind, extra in runs:
+                summary, seconds = train(data, work, f"{kind}-{name}", cache_dir, extra)
+                accuracy = summary["metrics"]["val"]["accuracy"]
+                results[kind].append((accuracy, seconds))
+                with open(os.path.join(summary["run_dir"], "config.json"), encoding="utf-8") as f:
+                    record = json.load(f)
+                print(f"{name:18s} {kind:8s} {record['config']['backbone']:20s} val accuracy {accuracy:.4f} "
+                      f"in {seconds:6.1f} s", flush=True)
+                if record.get("backbone_choice"):
+                    from transfer.selection import Trial, table
 
-                choice = record["backbone_choice"]
-                print(f"    {choice['method']}")
-                for line in table([Trial(**row) for row in choice["candidates"]]):
-                    print("    " + line, flush=True)
+                    choice = record["backbone_choice"]
+                    print(f"    {choice['method']}")
+                    for line in table([Trial(**row) for row in choice["candidates"]]):
+                        print("    " + line, flush=True)
     means = {kind: [sum(v[i] for v in rows) / len(rows) for i in (0, 1)] for kind, rows in results.items()}
     for kind, (accuracy, seconds) in means.items():
         print(f"mean {kind:8s} val accuracy {accuracy:.4f}, {seconds:.1f} s a set")

@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = os.path.join(ROOT, "..", "shared", "data", "cats_vs_dogs")
 needs_photos = pytest.mark.skipif(not os.path.isdir(PHOTOS), reason="the shared cats_vs_dogs photos are not beside "
                                                                    "the checkout")
-LITE = ["--image-size", "96", "--epochs", "3", "--batch-size", "8", "--lr", "0.01"]
+LITE = ["--image-size", "96", "--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--fine-tune", "off"]
 SCRATCH = ["--backbone", "smallcnn", "--image-size", "32", "--epochs", "2", "--augment", "none", "--batch-size", "8"]
 
 
