@@ -125,6 +125,7 @@ def test_auto_measures_the_registry_candidates_keeps_the_best_and_records_why(tm
     assert rows["colours"]["chosen"] and rows["colours"]["accuracy"] >= 0.9
     assert not rows["flat"]["chosen"] and rows["flat"]["accuracy"] < 0.6
     assert rows["resnet50"]["accuracy"] is None and "Keras' download" in rows["resnet50"]["note"]
+    assert rows["flat+colours"]["note"].startswith("left out: their preprocessing differs (unit, tf)")  # no partner
     assert "5-fold cross-validation" in choice["method"]
     with open(os.path.join(result.run_dir, runs.BACKBONE_CHOICE_FILE), encoding="utf-8") as f:
         assert json.load(f) == choice
@@ -143,9 +144,10 @@ def test_without_candidates_every_pretrained_entry_is_compared_and_predict_and_e
 
     result = _train(tmp_path, "all")
     rows = {row["backbone"]: row for row in _record(result.run_dir)["backbone_choice"]["candidates"]}
-    # smallcnn is trained from scratch: not a candidate; the two best do not pair (their preprocessing differs)
-    assert set(rows) == {"flat", "colours", "costly", "resnet50", "colours+costly"}
-    assert rows["colours+costly"]["note"].startswith("left out: their preprocessing differs (tf, unit)")
+    # smallcnn is trained from scratch: not a candidate; the best (costly) pairs with the best candidate that shares
+    # its preprocessing (flat), not with the runner-up (colours), whose preprocessing differs
+    assert set(rows) == {"flat", "colours", "costly", "resnet50", "flat+costly"}
+    assert rows["flat+costly"]["accuracy"] is not None
     assert rows["costly"]["accuracy"] is not None  # no --time-limit: nothing is left out for its cost
     images = sorted(glob.glob(str(tmp_path / "colours" / "*" / "000.png")))
     labels = [p.label for p in predict(result.run_dir, images).predictions]
@@ -205,6 +207,29 @@ def test_a_pair_is_not_kept_over_a_single_backbone_that_will_be_fine_tuned(fine_
     chosen = _winner(rows, 1000, config).backbone
     assert chosen == ("efficientnet_lite0+efficientnet_lite1" if kept else "efficientnet_lite0")
     assert kept or rows[1].note.startswith("not kept: efficientnet_lite0 leaves room and will be ")
+
+
+@pytest.mark.parametrize("accuracies", [
+    (0.99, 0.988, 0.985),  # the runner-up (InceptionV3) cannot pair with the best: the next that can is taken
+    (0.99, 0.980, 0.985),  # the two best pair
+])
+def test_the_pair_is_the_best_candidate_and_its_best_partner_that_shares_its_preprocessing(accuracies):
+    """On 250 monkey photos the two best were Lite1 and InceptionV3, which cannot share one input."""
+    from transfer.selection import Trial
+    from transfer.training.auto import _pair_members
+
+    names = ("efficientnet_lite1", "inceptionv3", "efficientnet_lite2")
+    rows = [Trial(name, accuracy=accuracy, loss=0.1) for name, accuracy in zip(names, accuracies)]
+    assert _pair_members(rows) == ["efficientnet_lite1", "efficientnet_lite2"]
+
+
+def test_where_no_candidate_shares_the_best_ones_preprocessing_the_runner_up_is_named():
+    from transfer.selection import Trial
+    from transfer.training.auto import _pair_members
+
+    rows = [Trial("inceptionv3", accuracy=0.99, loss=0.1), Trial("efficientnet_lite0", accuracy=0.98, loss=0.1),
+            Trial("vgg16", accuracy=0.97, loss=0.1)]
+    assert _pair_members(rows) == ["efficientnet_lite0", "inceptionv3"]  # registry order; the table says why not
 
 
 def test_the_same_seed_gives_the_same_choice_and_the_same_measurements(tmp_path, stand_ins):

@@ -6,9 +6,9 @@ features are computed once into the run's feature cache (the winner's are
 then read back by phase 1, not computed again), a head is fitted on them in
 compiled epochs (:mod:`.fasthead`), and the candidates are compared on
 held-out images: k-fold cross-validation over train and val where the set is
-small, else the val split. The test split is never looked at. The two best
-candidates' features concatenated (``A+B``, :mod:`transfer.backbones.pair`)
-are measured too, and kept where they beat the best single candidate by more
+small, else the val split. The test split is never looked at. The best
+candidate's features concatenated with its best partner's (``A+B``,
+:mod:`transfer.backbones.pair`) are measured too, and kept where they beat the best single candidate by more
 than one standard error and that one would not be fine-tuned. Under
 ``--time-limit`` a timed probe of each backbone (random weights, a few images)
 estimates its features' cost, and candidates that would not fit in
@@ -88,17 +88,15 @@ def choose(config: TrainConfig, dataset: data.Dataset, digests: dict[str, str],
 def _try_pair(trials: dict[str, selection.Trial], config: TrainConfig, dataset: data.Dataset,
               digests: dict[str, str], class_weight: dict[int, float] | None, kfold: bool,
               deadline: float | None) -> None:
-    """Measure the two best candidates' features concatenated (``A+B``) as one more trial, where they can pair.
+    """Measure the best candidate's features concatenated with its best partner's (``A+B``, :func:`_pair_members`)
+    as one more trial.
 
     Its features are computed anew (both networks at the pair's size), so under --time-limit it is left out
     when the two members' estimates do not fit the time left for measuring."""
     measured = [t for t in trials.values() if t.accuracy is not None and pairing.SEPARATOR not in t.backbone]
     if len(measured) < 2:
         return
-    first = selection.best(measured)
-    second = selection.best([t for t in measured if t is not first])
-    order = names()
-    members = sorted((first.backbone, second.backbone), key=order.index)
+    members = _pair_members(measured)
     name = pairing.SEPARATOR.join(members)
     if name in trials:  # named in --candidates: measured already
         return
@@ -119,6 +117,18 @@ def _try_pair(trials: dict[str, selection.Trial], config: TrainConfig, dataset: 
         return
     _measure(spec, config, dataset, digests, class_weight, kfold, trial)
     gc.collect()
+
+
+def _pair_members(measured: list[selection.Trial]) -> list[str]:
+    """The best candidate and the best of the others that can pair with it, in registry order. Where the runner-up
+    cannot (its preprocessing differs: Lite1 and InceptionV3 on 250 monkey photos), the next that can is taken
+    rather than no pair; where none can, the runner-up, so that the table says why they do not pair."""
+    first = selection.best(measured)
+    others = [t for t in measured if t is not first]
+    partners = [t for t in others if not pairing.unpairable(get(first.backbone), get(t.backbone))]
+    second = selection.best(partners or others)
+    order = names()
+    return sorted((first.backbone, second.backbone), key=order.index)
 
 
 def _winner(rows: list[selection.Trial], held_out: int, config: TrainConfig) -> selection.Trial:
