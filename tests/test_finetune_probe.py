@@ -42,13 +42,15 @@ def _predictions(result, data):
 
 
 @pytest.mark.slow  # two runs of Lite0 at 32 px (20-40 s on 2 busy cores)
-def test_a_probe_that_does_not_pay_leaves_the_head_only_model(tmp_path, monkeypatch):
+def test_a_probe_that_does_not_pay_leaves_the_head_only_model(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(probe, "ROOM", -1.0)  # probe even a perfect head
     data = make_dataset(tmp_path / "colours", per_class=10)
     head_only = _train(data, tmp_path, "off", fine_tune="off")
-    probed = _train(data, tmp_path, "auto", fine_tune="auto")
+    with caplog.at_level(logging.INFO, logger="transfer"):
+        probed = _train(data, tmp_path, "auto", fine_tune="auto")
     record = _record(probed.run_dir)
     assert record["decision"] == probe.HEAD_ONLY and record["probe_epochs"] == probe.PROBE_EPOCHS
+    assert f"--fine-tune auto: fine-tuning {record['note']}; phase 2 stops here" in caplog.text
     assert history(probed.run_dir)[1].count("fine_tune") == probe.PROBE_EPOCHS  # it trained, then stopped
     np.testing.assert_allclose(_predictions(probed, data), _predictions(head_only, data), atol=1e-6)
     assert not os.path.exists(os.path.join(probed.run_dir, runs.HEAD_WEIGHTS_FILE))
@@ -59,13 +61,17 @@ def test_a_probe_that_does_not_pay_leaves_the_head_only_model(tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_a_probe_that_pays_fine_tunes_on(tmp_path, monkeypatch):
+def test_a_probe_that_pays_fine_tunes_on(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(probe, "margin", lambda accuracy, images: -1.0)  # any result pays
     monkeypatch.setattr(probe, "ROOM", -1.0)
     data = make_dataset(tmp_path / "colours", per_class=10)
-    result = _train(data, tmp_path, "auto", fine_tune="auto")
+    with caplog.at_level(logging.INFO, logger="transfer"):
+        result = _train(data, tmp_path, "auto", fine_tune="auto")
     record = _record(result.run_dir)
     assert record["decision"] == probe.FINE_TUNE and record["note"].startswith("pays")
+    # said when it is decided (after the probe's 3 epochs of 4: one to go), not only in the table at the end
+    said = caplog.text.index(f"--fine-tune auto: fine-tuning {record['note']}; up to 1 more epoch(s) of about ")
+    assert said < caplog.text.index("model       unfreeze")
     assert history(result.run_dir)[1].count("fine_tune") == 4  # past the probe, to --fine-tune-epochs
 
 

@@ -65,7 +65,7 @@ class Probe(keras.callbacks.Callback):
     def __init__(self, run: runs.RunFolder, record: Record, first_epoch: int, anyone=lambda said: said):
         super().__init__()
         self.run, self.record, self.first_epoch, self.started = run, record, first_epoch, time.monotonic()
-        self.anyone = anyone
+        self.anyone, self.decided_at = anyone, None
 
     def on_epoch_end(self, epoch, logs=None):
         record = self.record
@@ -80,6 +80,20 @@ class Probe(keras.callbacks.Callback):
             return
         self.decide()
         self.model.stop_training = record.decision != FINE_TUNE
+        self.decided_at = epoch
+
+    def tell(self, epoch: int) -> None:
+        """Say the decision in the epoch it was taken, with what going on will cost: the table comes only when
+        phase 2 ends, and fine-tuning may go on for minutes."""
+        record = self.record
+        if self.decided_at != epoch:
+            return
+        if record.decision != FINE_TUNE:
+            log.info("--fine-tune auto: fine-tuning %s; phase 2 stops here", record.note)
+            return
+        left = max(0, self.params.get("epochs", epoch + 1) - epoch - 1)
+        log.info("--fine-tune auto: fine-tuning %s; up to %d more epoch(s) of about %.0f s each (early stopping may "
+                 "end it sooner)", record.note, left, record.probe_seconds / max(1, record.probe_epochs))
 
     def decide(self) -> None:
         """Fine-tune on when the probe's best beats the head by more than the margin; record and show why.
@@ -95,6 +109,18 @@ class Probe(keras.callbacks.Callback):
         record.note = (f"{'pays' if pays else 'does not pay'}: {gain:+.4f} against a margin of {record.margin:.4f} "
                        f"({record.images} validation images)" + ("" if pays else "; the head's weights are kept"))
         save(self.run, record)
+
+
+class Told(keras.callbacks.Callback):
+    """The probe's decision in the log after the line of the epoch that took it (the probe itself runs before the
+    epoch's backup and its line)."""
+
+    def __init__(self, probe: Probe):
+        super().__init__()
+        self.probe = probe
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.probe.tell(epoch)
 
 
 def start(run: runs.RunFolder, config: TrainConfig, model: keras.Model, whole: keras.Model, val_ds,

@@ -153,6 +153,7 @@ class Runner:
             _Backup(self, index, phase.name, end, inputs.whole, watchers, timer, diverged, resumed),
             # not Keras' bar; before the stop below, so that every epoch in history.csv has its line in the log
             EpochProgress(phase.name, first=state.phase_start, epochs=phase.epochs, verbose=config.verbose),
+            *([probe.Told(probing)] if probing else []),
             *filter(None, [distribute.agreement(self.workers, self.stop, timer)]),  # on a cluster: one decision
             StopAfterBatch(self.stop),
         ]
