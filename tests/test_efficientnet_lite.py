@@ -113,9 +113,12 @@ def test_train_predict_export_with_imagenet_weights(runner, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_saved_run_predicts_what_the_trained_model_did(tmp_path):
+def test_a_saved_run_predicts_what_the_trained_model_did(tmp_path, monkeypatch):
     from transfer import TrainConfig, train
     from transfer.runners import load_model
+    from transfer.training import probe
+
+    monkeypatch.setattr(probe, "ROOM", 1.0)  # the defaults, but no fine-tuning probe: saving is the point here
 
     data = make_dataset(tmp_path / "data", per_class=4, size=48)
     result = train(TrainConfig(data_dir=data, image_size=64, epochs=1, batch_size=8, verbose=0, name="r",
