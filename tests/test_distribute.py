@@ -375,3 +375,28 @@ def test_workers_compute_each_missing_feature_once_and_send_what_they_hold(tmp_p
                                        verbose=0)
     for c in caches:
         np.testing.assert_allclose(c.features(examples)[:, 0], expected, atol=1e-5)
+
+
+def test_a_signal_that_comes_during_the_vote_stops_every_worker_at_the_next_vote():
+    """Ctrl-C often reaches a worker while it waits in the vote's all-reduce: stopping on it at once would leave the
+    other workers waiting in the next step for a worker that has gone (the chief then fails on its heartbeat)."""
+    from transfer.training.interrupts import StopRequest
+
+    stop = StopRequest()
+
+    class Voters:  # two workers: the other votes 0; the signal arrives here while the sum is taken
+        count = 1
+
+        def total(self, asked):
+            stop.signum = stop.signum or signal.SIGINT
+            return asked
+
+    class Model:
+        stop_training = False
+
+    agreement = distribute.agreement(Voters(), stop, None)
+    agreement.set_model(Model())
+    agreement.on_train_batch_end(0)  # this vote said "go on", on every worker: this one goes on with them
+    assert stop.signum == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):
+        agreement.on_train_batch_end(1)  # the next vote carries it: every worker stops after the same batch

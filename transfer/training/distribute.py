@@ -525,7 +525,11 @@ def agreement(workers: "Workers | None", stop, timer):
 
     Without it one worker would leave ``fit`` while the others wait in the next
     step's collectives for it, and a worker whose clock runs ahead would apply
-    another learning rate than the others to the same mirrored weights.
+    another learning rate than the others to the same mirrored weights. It also
+    takes :class:`~.interrupts.StopAfterBatch`'s place on a cluster: it stops on
+    the signal the workers agreed on, never on one that reached this worker
+    after its vote (often inside the vote's own all-reduce), which would leave
+    the others waiting in the next step for a worker that has gone.
     """
     if workers is None:
         return None
@@ -550,9 +554,12 @@ def agreement(workers: "Workers | None", stop, timer):
             if timer is not None:
                 timer.reached = bool(reached)
             self.model.stop_training = bool(stopping)
-            if stop.signum is None and (interrupted or terminated):  # another worker's signal stops this one too
+            if not (interrupted or terminated):
+                return  # a signal that came after this worker's vote counts at the next one, on every worker
+            if stop.signum is None:  # another worker's signal stops this one too
                 stop.signum = signal.SIGINT if interrupted else signal.SIGTERM
                 log.info("another worker was asked to stop: stopping after this batch")
+            raise KeyboardInterrupt
 
     return Agreement()
 

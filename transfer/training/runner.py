@@ -154,8 +154,8 @@ class Runner:
             # not Keras' bar; before the stop below, so that every epoch in history.csv has its line in the log
             EpochProgress(phase.name, first=state.phase_start, epochs=phase.epochs, verbose=config.verbose),
             *([probe.Told(probing)] if probing else []),
-            *filter(None, [distribute.agreement(self.workers, self.stop, timer)]),  # on a cluster: one decision
-            StopAfterBatch(self.stop),
+            # on a cluster one decision, the signal included; alone, the signal stops after this batch
+            distribute.agreement(self.workers, self.stop, timer) or StopAfterBatch(self.stop),
         ]
         self.stop.fitting = True
         try:
