@@ -8,8 +8,9 @@ compiled epochs (:mod:`.fasthead`), and the candidates are compared on
 held-out images: k-fold cross-validation over train and val where the set is
 small, else the val split. The test split is never looked at. The best
 candidate's features concatenated with its best partner's (``A+B``,
-:mod:`transfer.backbones.pair`) are measured too, and kept where they beat the best single candidate by more
-than one standard error and that one would not be fine-tuned. Under
+:mod:`transfer.backbones.pair`) are measured too, and kept where they beat
+the best single candidate by more than one standard error and that one would
+not be fine-tuned. Under
 ``--time-limit`` a timed probe of each backbone (random weights, a few images)
 estimates its features' cost, and candidates that would not fit in
 :data:`MEASURE_SHARE` of the time left are left out, with the reason.

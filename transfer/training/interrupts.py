@@ -2,7 +2,8 @@
 
 While a phase trains, the signal only sets a flag; :class:`StopAfterBatch`
 raises ``KeyboardInterrupt`` at the end of the batch (or of the epoch's
-backup), so the last finished epoch stays backed up. Outside training, or at
+backup), so the last finished epoch stays backed up. On a cluster
+:func:`.distribute.agreement` does it instead, once the workers agree. Outside training, or at
 a second signal, it is raised at once, as Python does by default.
 """
 
