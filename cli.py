@@ -342,6 +342,10 @@ def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as
               help="[default: the backbone's: adam for EfficientNet-Lite, else sgd].")
 @click.option("--unfreeze", default=None,
               help="Where fine-tuning starts: all, N (top N layers), LAYER or after:LAYER [default: the backbone's].")
+@click.option("--deeper-unfreeze", default=None, metavar="after:LAYER|none",
+              help="--fine-tune auto: once fine-tuning paid, a probe of fine-tuning from this deeper point decides "
+              "whether the run goes deeper, within 9 minutes of the start (or --time-limit); none: never "
+              "[default: the backbone's (EfficientNet-Lite: blocks 5-7); none where --unfreeze is given].")
 @click.option("--patience", type=int, default=None,
               help="Early-stopping patience in epochs (in validations with --validation-freq) "
               f"[default: {FAST_PATIENCE} where phase 1 runs on cached features, else {FIT_PATIENCE}].")

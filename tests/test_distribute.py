@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -162,8 +163,8 @@ def test_two_workers_take_the_backbone_that_the_chief_chose_with_auto(tmp_path):
         results = [_finish(p) for p in procs]
     for status, output in results:
         assert status == 0 and "--backbone auto chose efficientnet_lite0" in output, output[-3000:]
-    decisions = [[line for line in output.splitlines() if line.startswith("--fine-tune auto: ")][-1]
-                 for _, output in results]
+    decisions = [[line for line in output.splitlines() if re.fullmatch(r"--fine-tune auto: [a-z -]+", line)][0]
+                 for _, output in results]  # phase 2's (a deeper phase, probed where it paid, says its own after)
     record = json.load(open(tmp_path / "models0" / "run" / runs.CONFIG_FILE))
     assert record["config"]["backbone"] == record["backbone_choice"]["chosen"] == "efficientnet_lite0"
     probed = record["fine_tune_probe"]

@@ -189,7 +189,7 @@ def test_spilled_features_are_streamed_from_disk_not_held_in_ram(tmp_path, train
     dataset = data.scan(config.data_dir, cache_dir=config.cache_dir)
     keras.utils.set_random_seed(config.seed)
     model = build_model(spec, config, 3)
-    cache = features.boundary_cache(model, config, {c.path: c.digest for c in dataset.report.used})
+    cache = features.boundary_cache(model, config, config.unfreeze, {c.path: c.digest for c in dataset.report.used})
     examples = dataset.splits["train"]
     assert cache.prepare(examples) and cache.in_memory is False and not cache._rows
     batches = list(cache.dataset(examples).as_numpy_iterator())
@@ -243,9 +243,10 @@ def test_boundary_caching_needs_a_clean_cut(tmp_path, caplog):
     # block_14_add also reads block_13's output, from before this boundary
     inside_a_residual_block = dataclasses.replace(config, unfreeze="block_14_expand_BN")
     with caplog.at_level(logging.INFO, logger="transfer"):
-        assert features.boundary_cache(model, inside_a_residual_block, {}) is None
+        assert features.boundary_cache(model, inside_a_residual_block, inside_a_residual_block.unfreeze, {}) is None
     assert "boundary caching is off: the backbone cannot be cut cleanly after block_14_expand" in caplog.messages
-    assert features.boundary_cache(model, config, {}) is not None  # the registry's after:block_12_add is clean
+    # the registry's after:block_12_add is clean
+    assert features.boundary_cache(model, config, config.unfreeze, {}) is not None
 
 
 def test_flip_and_tta_are_cached_as_two_views_that_reproduce_the_image_model(tmp_path, trained_run):

@@ -215,8 +215,12 @@ def test_a_kill_inside_the_fine_tuning_probe_resumes_the_probe(root):
     resumed = cli("train", "-o", root / "models", "--name", "probe", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run_dir = str(root / "models" / "probe")
-    record = json.load(open(os.path.join(run_dir, runs.CONFIG_FILE)))["fine_tune_probe"]
+    saved = json.load(open(os.path.join(run_dir, runs.CONFIG_FILE)))
+    record, deeper = saved["fine_tune_probe"], saved.get("deeper_probe")
     assert record["decision"] in ("fine-tune", "head only") and record["probe_epochs"] == 3
     tuned = 5 if record["decision"] == "fine-tune" else 3
-    assert history(run_dir) == (list(range(3 + tuned)), ["head"] * 3 + ["fine_tune"] * tuned)
+    assert (deeper is not None) == (record["decision"] == "fine-tune")  # probed only where phase 2 paid
+    deep = 0 if deeper is None else 5 if deeper["decision"] == "fine-tune" else 3
+    assert history(run_dir) == (list(range(3 + tuned + deep)), ["head"] * 3 + ["fine_tune"] * tuned + ["deeper"] * deep)
     assert not os.path.exists(os.path.join(run_dir, runs.HEAD_WEIGHTS_FILE))
+    assert not os.path.exists(os.path.join(run_dir, runs.FINE_TUNED_WEIGHTS_FILE))

@@ -116,6 +116,9 @@ class TrainConfig:
     fine_tune_lr: float = 1e-4
     fine_tune_optimizer: str | None = None  # None: the backbone's (sgd; adam for EfficientNet-Lite)
     unfreeze: str | None = None
+    # --fine-tune auto: where a deeper fine-tuning starts, probed once fine-tuning from ``unfreeze`` paid; "none": not
+    # probed. None: the backbone's (none where --unfreeze is given: the depth is then the user's)
+    deeper_unfreeze: str | None = None
     # callbacks
     patience: int | None = None  # None: FAST_PATIENCE where phase 1 runs on cached features, else 5
     monitor: str = "val_loss"
@@ -147,6 +150,11 @@ class TrainConfig:
     def fine_tunes(self) -> bool:
         """Whether phase 2 is planned (under --fine-tune auto, a probe then decides whether it runs on)."""
         return bool(self.fine_tune_epochs) and self.fine_tune != "off"
+
+    @property
+    def deepens(self) -> bool:
+        """Whether a deeper phase is planned after phase 2 (a probe decides whether it runs on: training/probe.py)."""
+        return self.fine_tunes and self.fine_tune == "auto" and self.deeper_unfreeze not in (None, "none")
 
     def validate(self, need_data: bool = True) -> "TrainConfig":
         """Check every value before any work starts (types, ranges, choices); return self for chaining.

@@ -119,16 +119,17 @@ def frozen_phase_cache(model: keras.Model, config: TrainConfig, digests: dict[st
                         views=n, view_axis=True, workers=workers)
 
 
-def boundary_cache(model: keras.Model, config: TrainConfig, digests: dict[str, str],
+def boundary_cache(model: keras.Model, config: TrainConfig, unfreeze: str, digests: dict[str, str],
                    workers=None) -> "FeatureCache | None":
-    """Phase 2: activations where the frozen part of the backbone ends; the unfrozen top and the head train on them.
+    """Phase 2 (or the deeper phase: ``unfreeze`` says where it starts): activations where the frozen part of the
+    backbone ends; the unfrozen top and the head train on them.
 
     Only for a clean cut (no later layer reads an earlier tensor than the
     boundary); otherwise None, and phase 2 runs on the images. Activations
     over ``--cache-memory`` are streamed from the cache folder instead of RAM.
     """
     backbone = backbone_of(model)
-    start = unfreeze_index(backbone, config.unfreeze)
+    start = unfreeze_index(backbone, unfreeze)
     if start == 0:
         return None
     boundary = backbone.layers[start - 1]

@@ -114,7 +114,7 @@ def _nested(layer: keras.layers.Layer):
         yield from _nested(inner)
 
 
-def unfreeze_index(backbone: keras.Model, unfreeze: str) -> int:
+def unfreeze_index(backbone: keras.Model, unfreeze: str, option: str = "--unfreeze") -> int:
     """Index of the first backbone layer that trains, for ``all``, ``N``, ``LAYER`` or ``after:LAYER``."""
     names = [layer.name for layer in backbone.layers]
     if unfreeze == "all":
@@ -126,6 +126,6 @@ def unfreeze_index(backbone: keras.Model, unfreeze: str) -> int:
     if name not in names:
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
         hint = f" Similar names: {', '.join(close)}." if close else ""
-        raise ConfigError(f"--unfreeze {unfreeze!r}: the backbone has no layer {name!r}.{hint} "
+        raise ConfigError(f"{option} {unfreeze!r}: the backbone has no layer {name!r}.{hint} "
                           "Use all, a number of top layers, LAYER or after:LAYER.")
     return names.index(name) + (1 if after else 0)

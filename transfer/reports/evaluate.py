@@ -246,4 +246,4 @@ def _run_page(run: runs.RunFolder, config, dataset: data.Dataset, metrics: dict[
     splits = {split: metrics[split] for split in ("val", "test") if split in metrics}
     return Report(f"Run {run.name}", facts, splits, plots, config.to_dict(), dataset.counts(), skipped, worst,
                   list(gradcam), tables=selection.report_table(run.path(runs.BACKBONE_CHOICE_FILE))
-                  + probe_record.report_table(run.path(runs.FINE_TUNE_PROBE_FILE)))
+                  + probe_record.report_table(run.path(runs.FINE_TUNE_PROBE_FILE), run.path(runs.DEEPER_PROBE_FILE)))

@@ -31,9 +31,10 @@ def plot_history(history: list[dict[str, Any]], path: str) -> None:
         validated = [(e, row[f"val_{metric}"]) for e, row in zip(epochs, history)]
         validated = [(e, value) for e, value in validated if not math.isnan(value)]  # --validation-freq
         ax.plot([e for e, _ in validated], [value for _, value in validated], marker=".", label="validation")
-        fine_tune = [e for e, row in zip(epochs, history) if row["phase"] == "fine_tune"]
-        if fine_tune and fine_tune[0] > epochs[0]:
-            ax.axvline(fine_tune[0] - 0.5, color="gray", linestyle="--", label="fine-tuning starts")
+        for phase, style, what in (("fine_tune", "--", "fine-tuning starts"), ("deeper", ":", "deeper fine-tuning")):
+            starts = [e for e, row in zip(epochs, history) if row["phase"] == phase]
+            if starts and starts[0] > epochs[0]:
+                ax.axvline(starts[0] - 0.5, color="gray", linestyle=style, label=what)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()

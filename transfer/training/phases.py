@@ -1,9 +1,10 @@
 """The phases of a run, one object each: what it trains, on which inputs, with which optimizer and schedule.
 
 Phase 1 (``head``) trains the head on a frozen backbone (or, from scratch, the
-whole network); phase 2 (``fine_tune``) unfreezes the backbone's top. Either
-may run on images or, where the backbone's bottom is frozen, on what the
-frozen part computes, cached once (:mod:`transfer.features`).
+whole network); phase 2 (``fine_tune``) unfreezes the backbone's top; under
+``--fine-tune auto`` a ``deeper`` phase may unfreeze more of it (a probe decides:
+:mod:`.probe`). Each may run on images or, where the backbone's bottom is frozen,
+on what the frozen part computes, cached once (:mod:`transfer.features`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Phase:
     """One phase of the schedule. ``setup`` makes the right layers trainable and returns its inputs
     (computing a feature cache the first time); ``share`` is its part of the time left when it starts."""
 
-    name: str  # history.csv's phase column: head or fine_tune
+    name: str  # history.csv's phase column: head, fine_tune or deeper
     epochs: int
     optimizer: str
     lr: float
@@ -72,6 +73,7 @@ class Sources:
     val_ds: Any
     cache: features.FeatureCache | None  # phase 1: pooled features of the frozen backbone
     boundary: features.FeatureCache | None  # phase 2: activations where the frozen bottom ends
+    deeper: features.FeatureCache | None = None  # the deeper phase's: where its frozen bottom ends
 
 
 def plan(config: TrainConfig, sources: Sources) -> list[Phase]:
@@ -84,14 +86,18 @@ def plan(config: TrainConfig, sources: Sources) -> list[Phase]:
     if fine_tune_epochs:
         phases.append(Phase("fine_tune", fine_tune_epochs, config.fine_tune_optimizer, config.fine_tune_lr,
                             "fine_tune_lr", lambda: _fine_tune(config, sources),
-                            estimate=lambda: _boundary_cost(sources)))
+                            estimate=lambda: _boundary_cost(sources, sources.boundary)))
+    if fine_tune_epochs and config.deepens:
+        phases.append(Phase("deeper", fine_tune_epochs, config.fine_tune_optimizer, config.fine_tune_lr,
+                            "fine_tune_lr", lambda: _deeper(config, sources),
+                            estimate=lambda: _boundary_cost(sources, sources.deeper)))
     return phases
 
 
-def _boundary_cost(sources: Sources) -> float:
-    """The boundary pass, guessed from phase 1's pass over the same images (through the whole backbone, so
+def _boundary_cost(sources: Sources, boundary: features.FeatureCache | None) -> float:
+    """A boundary pass, guessed from phase 1's pass over the same images (through the whole backbone, so
     more); 0 where phase 1 read its features from the cache or ran on images."""
-    return sources.cache.seconds if sources.boundary is not None and sources.cache is not None else 0.0
+    return sources.cache.seconds if boundary is not None and sources.cache is not None else 0.0
 
 
 def _head(config: TrainConfig, sources: Sources) -> Inputs:
@@ -105,6 +111,12 @@ def _fine_tune(config: TrainConfig, sources: Sources) -> Inputs:
     n = unfreeze_top(sources.model, config.unfreeze, keep_batchnorm_frozen=sources.spec.pretrained)
     log.info("phase 2: fine-tuning %d backbone layers from %s", n, config.unfreeze)
     return _inputs(config, sources, sources.boundary)
+
+
+def _deeper(config: TrainConfig, sources: Sources) -> Inputs:
+    n = unfreeze_top(sources.model, config.deeper_unfreeze, keep_batchnorm_frozen=sources.spec.pretrained)
+    log.info("deeper phase: fine-tuning %d backbone layers from %s", n, config.deeper_unfreeze)
+    return _inputs(config, sources, sources.deeper)
 
 
 def _inputs(config: TrainConfig, sources: Sources, cache: features.FeatureCache | None) -> Inputs:

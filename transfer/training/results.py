@@ -59,10 +59,16 @@ def evaluate(model, config: TrainConfig, dataset: data.Dataset, history: list[di
         "monitor": config.monitor,
         "best_epoch": int(best_row["epoch"]) + 1,
         "best_phase": best_row["phase"],
-        "epochs": {phase: sum(r["phase"] == phase for r in history) for phase in ("head", "fine_tune")},
+        "epochs": _epochs(history),
         "train_seconds": round(seconds, 2),
     })
     return metrics, probabilities
+
+
+def _epochs(history: list[dict[str, Any]]) -> dict[str, int]:
+    """Epochs per phase: head and fine_tune always, deeper where --fine-tune auto trained it."""
+    epochs = {phase: sum(r["phase"] == phase for r in history) for phase in ("head", "fine_tune", "deeper")}
+    return {phase: n for phase, n in epochs.items() if n or phase != "deeper"}
 
 
 def _probabilities(model, config: TrainConfig, dataset: data.Dataset, split: str, val_ds,

@@ -24,7 +24,7 @@ from .board import Board
 from .callbacks import Checkpoint, HistoryCSV, StopOnNaN, TimeLimit, Validation, WhenValidated, learning_rate
 from .interrupts import StopAfterBatch, StopRequest
 from .phases import Inputs, Phase, compile_model, deadline_of, make_optimizer
-from .results import read_history
+from .results import read_history, restore_best
 
 log = logging.getLogger("transfer")
 
@@ -49,6 +49,13 @@ class Runner:
         limit = parse_duration(self.config.time_limit)
         return self.started + limit if limit else None
 
+    def _deadline(self, phase: Phase) -> float | None:
+        """The end of ``phase``'s time: the run's deadline; for the deeper phase without one,
+        :data:`.probe.DEEPER_WITHIN` seconds after the run's start (a choice of ``auto``'s, bounded by default)."""
+        if self.deadline is None and phase.name == "deeper":
+            return self.started + probe.DEEPER_WITHIN
+        return self.deadline
+
     def run_phases(self, phases: list[Phase]) -> None:
         for index, phase in enumerate(phases):
             if index < self.state.phase:
@@ -69,9 +76,10 @@ class Runner:
         --fine-tune auto, the probe's epochs): then the phase is skipped (it trains no epoch) and the run says so.
         Before its setup (``inputs`` None) the setup's estimate counts; after it, a measured probe (one batch,
         gradients not applied) times an epoch."""
-        if self.deadline is None or (self.state.phase == index and self.state.mid_phase):
+        deadline = self._deadline(phase)
+        if deadline is None or (self.state.phase == index and self.state.mid_phase):
             return False
-        left = self.deadline - time.monotonic()
+        left = deadline - time.monotonic()
         epochs = probe.PROBE_EPOCHS if self._probing(phase) else 1  # a probe cut short cannot decide
         need = phase.estimate() if inputs is None else \
             epochs * fasthead.probe_epoch(inputs.model, inputs.train_ds, self.config)
@@ -79,17 +87,22 @@ class Runner:
             return False
         what = "the features it trains on take" if inputs is None else f"{epochs} epoch(s) take"
         why = "no time is left" if left <= 0 else f"{left:.0f} s are left and {what} about {need:.0f} s"
-        log.warning("--time-limit: skipped phase %s (%d epoch(s)): %s", phase.name, phase.epochs, why)
+        limit = "--time-limit" if self.deadline is not None else \
+            f"--fine-tune auto (a deeper phase keeps a run within {probe.DEEPER_WITHIN:.0f} s; --time-limit sets more)"
+        log.warning("%s: skipped phase %s (%d epoch(s)): %s", limit, phase.name, phase.epochs, why)
         if self._probing(phase):
-            probe.skipped(self.run, self.config, f"skipped under --time-limit: {why}")
+            probe.skipped(self.run, self.config, f"skipped under {limit}: {why}", stage=phase.name)
         self.state.timed_out.append(phase.name)
         return self._skip(index)
 
     def _no_room(self, index: int, phase: Phase) -> bool:
         """Under --fine-tune auto, whether the head left too few validation errors for fine-tuning to fix
-        (:data:`.probe.ROOM`): then phase 2 is skipped before its boundary pass, and the run says so."""
+        (:data:`.probe.ROOM`): then phase 2 is skipped before its boundary pass, and the run says so. The deeper
+        phase is skipped where phase 2 did not pay (what did not pay from its point will not pay from below it)."""
         if not self._probing(phase) or (self.state.phase == index and self.state.mid_phase):
             return False
+        if phase.name == "deeper":
+            return not probe.fine_tuned(self.run) and self._skip(index)
         accuracy = probe.head_accuracy(read_history(self.run.path(runs.HISTORY_FILE)), self.config.monitor)
         if not self._agreed(accuracy is not None and accuracy >= 1 - probe.ROOM):
             return False
@@ -111,7 +124,7 @@ class Runner:
 
     def _probing(self, phase: Phase) -> bool:
         """Whether a probe decides if ``phase`` pays (--fine-tune auto, phase 2)."""
-        return phase.name == "fine_tune" and self.config.fine_tune == "auto"
+        return phase.name in ("fine_tune", "deeper") and self.config.fine_tune == "auto"
 
     def _fast(self, model: keras.Model) -> bool:
         """Whether phase 1 fits in compiled epochs (:mod:`.fasthead`): with --head-fit auto or fast, on one device."""
@@ -125,7 +138,7 @@ class Runner:
         config, state = self.config, self.state
         resumed = state.phase == index and state.mid_phase
         if not resumed:
-            deadline = deadline_of(self.deadline, phase.share)
+            deadline = deadline_of(self._deadline(phase), phase.share)
             state.phase, state.phase_start = index, state.epoch
             state.deadline = None if deadline is None else deadline - self.started
         end = state.phase_start + phase.epochs
@@ -141,8 +154,10 @@ class Runner:
             if inputs.full_model is not None:  # compiled with the same optimizer: it is saved like one on images
                 compile_model(inputs.full_model, model.optimizer, config)
         diverged = StopOnNaN()
-        probing = probe.start(self.run, config, model, inputs.whole, inputs.val_ds, state.phase_start, resumed,
-                              self._agreed) if self._probing(phase) else None
+        if phase.name == "deeper" and not resumed and config.restore_best:
+            restore_best(inputs.whole, self.checkpoint.filepath)  # deeper from phase 2's best epoch, measured there
+        probing = probe.start(self.run, config, phase.name, model, inputs.whole, inputs.val_ds, state.phase_start,
+                              resumed, self._agreed) if self._probing(phase) else None
         callbacks = [timer] if timer else []
         callbacks += [
             Validation(inputs.val_ds, config.validation_freq, first_epoch=state.phase_start, last_epoch=end - 1),

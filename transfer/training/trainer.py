@@ -105,9 +105,9 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
     batched = distribute.global_batch(config, strategy)  # what the pipelines batch; config.json keeps --batch-size
     with strategy.scope():  # the variables, mirrored on every replica
         model = build_model(spec, config, len(dataset.classes))
-        unfreeze_index(backbone_of(model), config.unfreeze)  # a bad --unfreeze fails now, not after phase 1
+        _check_depths(model, config)  # a bad --unfreeze fails now, not after phase 1
         laps.lap("model")  # building it, converting or reading pretrained weights
-        cache, boundary = _caches(model, spec, batched, {c.path: c.digest for c in dataset.report.used}, workers)
+        caches = _caches(model, spec, batched, {c.path: c.digest for c in dataset.report.used}, workers)
     run.start()
     if resuming:
         resume.check_labels(run, dataset.classes)
@@ -117,17 +117,26 @@ def _train(spec: BackboneSpec, config: TrainConfig, started: float, resuming: bo
 
     fit_started = time.perf_counter()
     train_images, val_ds = _images(dataset, batched)
-    sources = Sources(model, spec, dataset, train_images, val_ds, cache, boundary)
+    sources = Sources(model, spec, dataset, train_images, val_ds, *caches)
     runner = Runner(run, batched, model, state, started - state.elapsed, stop, laps, class_weights, workers)
     runner.run_phases(plan(batched, sources))
     if config.restore_best:
         restore_best(model, run.path(runs.CHECKPOINT_FILE))
     seconds = time.perf_counter() - fit_started
-    model = distribute.finished(model, cache, boundary)  # what follows evaluates and predicts as on one machine
-    result = _finish(run, model, config, dataset, seconds, (cache, boundary), val_ds, state.timed_out, laps)
+    model = distribute.finished(model, *caches)  # what follows evaluates and predicts as on one machine
+    result = _finish(run, model, config, dataset, seconds, caches, val_ds, state.timed_out, laps)
     runner.board.confusion(result.metrics["val"]["confusion_matrix"], result.labels, step=state.epoch - 1)
     runner.board.close()
     return result
+
+
+def _check_depths(model: keras.Model, config: TrainConfig) -> None:
+    """--unfreeze names a layer of the backbone; --deeper-unfreeze (when a deeper phase is planned) one below it."""
+    backbone = backbone_of(model)
+    start = unfreeze_index(backbone, config.unfreeze)
+    if config.deepens and unfreeze_index(backbone, config.deeper_unfreeze, "--deeper-unfreeze") >= start:
+        raise ConfigError(f"--deeper-unfreeze {config.deeper_unfreeze!r} does not start below --unfreeze "
+                          f"{config.unfreeze!r}: name an earlier layer of {config.backbone}, or none.")
 
 
 def _seed(config: TrainConfig) -> None:
@@ -157,7 +166,7 @@ def _finish(run: runs.RunFolder, model: keras.Model, config: TrainConfig, datase
             laps: "_Laps") -> TrainResult:
     """The end of training: evaluate, save the model, metrics.json and the plot, and move the run into place."""
     history = read_history(run.path(runs.HISTORY_FILE))
-    tuned = any(row["phase"] == "fine_tune" for row in history) and not probe.kept_head(run)
+    tuned = any(row["phase"] != "head" for row in history) and not probe.kept_head(run)
     metrics, probabilities = evaluate(model, config, dataset, history, seconds, None if tuned else caches[0], val_ds)
     metrics["time_limit_stopped"] = timed_out
     laps.lap("evaluate")
@@ -174,16 +183,19 @@ def _finish(run: runs.RunFolder, model: keras.Model, config: TrainConfig, datase
 
 def _caches(model: keras.Model, spec: BackboneSpec, config: TrainConfig, digests: dict[str, str],
             workers: distribute.Workers | None):
-    """Phase 1's feature cache and phase 2's boundary cache (None: that phase trains on images).
+    """Phase 1's feature cache, phase 2's boundary cache and the deeper phase's (None: that phase trains on images).
 
     Both are made before any training, so that they are keyed by the backbone's
     weights as the run starts, which a resumed run (whose weights come from its
     backup) keys them by too: it finds the features it computed.
     """
     if not features.use_cache(spec, config):
-        return None, None
+        return None, None, None
     cache = features.frozen_phase_cache(model, config, digests, workers)
-    return cache, features.boundary_cache(model, config, digests, workers) if config.fine_tunes else None
+    boundary = features.boundary_cache(model, config, config.unfreeze, digests, workers) if config.fine_tunes else None
+    if not config.deepens:
+        return cache, boundary, None
+    return cache, boundary, features.boundary_cache(model, config, config.deeper_unfreeze, digests, workers)
 
 
 def _interrupted(config: TrainConfig, status: int, workers: distribute.Workers | None) -> Interrupted:
