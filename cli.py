@@ -332,7 +332,9 @@ def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as
               help="Train towards 1 - s + s/n for the true class and s/n for the others instead of 1 and 0.")
 @click.option("--fine-tune", type=click.Choice(FINE_TUNE_MODES), default=None,
               help="Phase 2: on; off; auto: a short probe after phase 1 fine-tunes only where it beats the head "
-              "on validation, else keeps the head [default: the backbone's: auto for EfficientNet-Lite, else on; "
+              "on validation (and where it does, a second one decides on --deeper-unfreeze), else keeps the head; "
+              "within 9 minutes of the start unless --time-limit says otherwise "
+              "[default: the backbone's: auto for EfficientNet-Lite, else on; "
               "on where --fine-tune-epochs is given].")
 @click.option("--fine-tune-epochs", type=int, default=None,
               help="Phase 2's maximum of epochs [default: the backbone's: 10 for most pretrained ones, 0 for "

@@ -103,9 +103,9 @@ class TimeLimit(keras.callbacks.Callback):
     ``done`` (steps) are where the phase stands; a resumed phase sets them back.
     """
 
-    def __init__(self, deadline: float, lr: float | None, steps: int, clock=time.monotonic):
+    def __init__(self, deadline: float, lr: float | None, steps: int, clock=time.monotonic, what="--time-limit"):
         super().__init__()
-        self.deadline, self.lr, self.steps, self.clock = deadline, lr, steps, clock
+        self.deadline, self.lr, self.steps, self.clock, self.what = deadline, lr, steps, clock, what
         self.start, self.done, self.reached = None, 0, False
 
     def on_train_begin(self, logs=None):
@@ -123,7 +123,7 @@ class TimeLimit(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self.reached:
-            log.info("--time-limit reached: this phase stops here")
+            log.info("%s reached: this phase stops here", self.what)
 
 
 class WhenValidated(keras.callbacks.Callback):

@@ -12,8 +12,10 @@ run ends as a head-only run would.
 How deep to fine-tune is measured the same way, in gradual unfreezing's order: when phase 2 paid, a
 ``deeper`` phase starts from its best epoch, unfreezes the backbone from ``--deeper-unfreeze`` on, and its
 first epochs are probed against phase 2's result; it goes on only when it beats that by the margin, or phase
-2's weights come back. It runs within ``--time-limit``, or within :data:`DEEPER_WITHIN` seconds of the run's
-start without one: a default that keeps a run on 2 cores inside ten minutes.
+2's weights come back.
+
+Both phases are chosen by ``auto``, so both are bounded by default: they run within ``--time-limit``, or
+without one within :data:`WITHIN` seconds of the run's start, so that a run on 2 cores ends inside ten minutes.
 
 Each decision and its table are printed, saved in the run folder (``fine-tune-probe.json``,
 ``deeper-probe.json``, and config.json's ``fine_tune_probe``, ``deeper_probe``) and shown in report.html.
@@ -48,10 +50,10 @@ PROBE_EPOCHS = 3
 #: fine-tuning is not probed where the head leaves fewer validation errors than this: on cats vs dogs (0.987) and
 #: monkeys (0.991) it never paid, and a probe there costs more than the head's whole run (BENCHMARKS.md)
 ROOM = 0.02
-#: without --time-limit, the deeper phase keeps the run within this many seconds of its start, so that a run on 2
-#: cores ends within 10 minutes (the last for evaluating and saving); on blood cells (2000 photos) phases 1 and 2
-#: take about 4 minutes and the deeper probe 1.5 more (BENCHMARKS.md)
-DEEPER_WITHIN = 540.0
+#: without --time-limit, the phases that --fine-tune auto decides on keep the run within this many seconds of its
+#: start, so that a run on 2 cores ends within 10 minutes (the last for evaluating and saving); on blood cells (2000
+#: photos) phases 1 and 2 take about 4 minutes and the deeper probe 1.5 more (BENCHMARKS.md)
+WITHIN = {FINE_TUNE_STAGE: 540.0, DEEPER_STAGE: 540.0}
 #: each stage's record file, config.json's key for it, and the file holding its baseline's weights while it runs
 FILES = {FINE_TUNE_STAGE: (runs.FINE_TUNE_PROBE_FILE, "fine_tune_probe", runs.HEAD_WEIGHTS_FILE),
          DEEPER_STAGE: (runs.DEEPER_PROBE_FILE, "deeper_probe", runs.FINE_TUNED_WEIGHTS_FILE)}

@@ -50,10 +50,10 @@ class Runner:
         return self.started + limit if limit else None
 
     def _deadline(self, phase: Phase) -> float | None:
-        """The end of ``phase``'s time: the run's deadline; for the deeper phase without one,
-        :data:`.probe.DEEPER_WITHIN` seconds after the run's start (a choice of ``auto``'s, bounded by default)."""
-        if self.deadline is None and phase.name == "deeper":
-            return self.started + probe.DEEPER_WITHIN
+        """The end of ``phase``'s time: the run's deadline; without one, for a phase that --fine-tune auto decides
+        on, :data:`.probe.WITHIN` seconds after the run's start (``auto``'s choices are bounded by default)."""
+        if self.deadline is None and self._probing(phase):
+            return self.started + probe.WITHIN[phase.name]
         return self.deadline
 
     def run_phases(self, phases: list[Phase]) -> None:
@@ -88,7 +88,7 @@ class Runner:
         what = "the features it trains on take" if inputs is None else f"{epochs} epoch(s) take"
         why = "no time is left" if left <= 0 else f"{left:.0f} s are left and {what} about {need:.0f} s"
         limit = "--time-limit" if self.deadline is not None else \
-            f"--fine-tune auto (a deeper phase keeps a run within {probe.DEEPER_WITHIN:.0f} s; --time-limit sets more)"
+            f"--fine-tune auto (its phases keep a run within {probe.WITHIN[phase.name]:.0f} s; --time-limit sets more)"
         log.warning("%s: skipped phase %s (%d epoch(s)): %s", limit, phase.name, phase.epochs, why)
         if self._probing(phase):
             probe.skipped(self.run, self.config, f"skipped under {limit}: {why}", stage=phase.name)
@@ -123,7 +123,7 @@ class Runner:
         return True
 
     def _probing(self, phase: Phase) -> bool:
-        """Whether a probe decides if ``phase`` pays (--fine-tune auto, phase 2)."""
+        """Whether a probe decides if ``phase`` pays (--fine-tune auto: phase 2, and the deeper phase)."""
         return phase.name in ("fine_tune", "deeper") and self.config.fine_tune == "auto"
 
     def _fast(self, model: keras.Model) -> bool:
@@ -147,7 +147,7 @@ class Runner:
         timer = None
         if state.deadline is not None:
             timer = TimeLimit(self.started + state.deadline, phase.lr if config.lr_schedule == "cosine" else None,
-                              steps)
+                              steps, what="--time-limit" if self.deadline else "--fine-tune auto's time bound")
         schedule, watchers = _schedule(phase, config, timer, steps)
         with model.distribute_strategy.scope():  # the optimizer's slots mirrored like the weights (--distribute)
             compile_model(model, make_optimizer(phase.optimizer, schedule, config.weight_decay), config)
