@@ -156,16 +156,22 @@ def start(run: runs.RunFolder, config: TrainConfig, stage: str, model: keras.Mod
         record = load(run.path(record_file))
         return Probe(run, record, first_epoch, anyone) if record and record.decision == PROBING else None
     accuracy, loss, images = evaluate(distribute.local(model), val_ds)  # the whole set, as validation sees it
-    deeper = stage == DEEPER_STAGE
-    record = Record(config.deeper_unfreeze if deeper else config.unfreeze, head_accuracy=round(accuracy, 4),
-                    head_loss=round(loss, 4), images=images, margin=round(margin(accuracy, images), 4), stage=stage,
-                    baseline=config.unfreeze if deeper else "")
+    record = _new(config, stage, head_accuracy=round(accuracy, 4), head_loss=round(loss, 4), images=images,
+                  margin=round(margin(accuracy, images), 4))
     whole.save_weights(run.path(weights))
     save(run, record)
     log.info("--fine-tune auto: %s scores %.4f on validation; probing %d epoch(s) of %s from %s",
-             f"fine-tuning from {config.unfreeze}" if deeper else "the head", accuracy, PROBE_EPOCHS, record.what,
-             record.unfreeze)
+             f"fine-tuning from {record.baseline}" if record.baseline else "the head", accuracy, PROBE_EPOCHS,
+             record.what, record.unfreeze)
     return Probe(run, record, first_epoch, anyone)
+
+
+def _new(config: TrainConfig, stage: str, **fields) -> Record:
+    """A record of ``stage``'s probe: phase 2's fine-tunes from --unfreeze, the deeper one from --deeper-unfreeze,
+    starting where phase 2 ended."""
+    if stage == DEEPER_STAGE:
+        return Record(config.deeper_unfreeze, stage=stage, baseline=config.unfreeze, **fields)
+    return Record(config.unfreeze, stage=stage, **fields)
 
 
 def settle(probe: Probe, run: runs.RunFolder, whole: keras.Model, checkpoint, monitor: str) -> None:
@@ -193,10 +199,8 @@ def head_accuracy(history: list[dict[str, Any]], monitor: str) -> float | None:
 def skipped(run: runs.RunFolder, config: TrainConfig, why: str, accuracy: float | None = None,
             stage: str = FINE_TUNE_STAGE) -> None:
     """A probe left out (by the time budget, or for want of errors to fix): recorded like a decision."""
-    deeper = stage == DEEPER_STAGE
-    record = Record(config.deeper_unfreeze if deeper else config.unfreeze, decision=SKIPPED,
-                    head_accuracy=None if accuracy is None else round(accuracy, 4), note=why, stage=stage,
-                    baseline=config.unfreeze if deeper else "")
+    record = _new(config, stage, decision=SKIPPED, head_accuracy=None if accuracy is None else round(accuracy, 4),
+                  note=why)
     save(run, record)
     show(record)
 
