@@ -66,8 +66,8 @@ def test_a_probe_that_pays_fine_tunes_on(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(probe, "margin", lambda accuracy, images: -1.0)  # any result pays
     monkeypatch.setattr(probe, "ROOM", -1.0)
     data = make_dataset(tmp_path / "colours", per_class=10)
-    with caplog.at_level(logging.INFO, logger="transfer"):
-        result = _train(data, tmp_path, "auto", fine_tune="auto")
+    with caplog.at_level(logging.INFO, logger="transfer"):  # the best epoch by accuracy: both phases run fit on a
+        result = _train(data, tmp_path, "auto", fine_tune="auto", monitor="val_accuracy")  # boundary cache
     record = _record(result.run_dir)
     assert record["decision"] == probe.FINE_TUNE and record["note"].startswith("pays")
     # said when it is decided (after the probe's 3 epochs of 4: one to go), not only in the table at the end
