@@ -37,10 +37,10 @@ def test_fine_tuning_deeper_that_does_not_pay_leaves_phase_2s_best_model(tmp_pat
         return -1.0 if len(margins) == 1 else 2.0
 
     monkeypatch.setattr(probe, "margin", margin)
-    data = make_dataset(tmp_path / "colours", per_class=10)
+    data = make_dataset(tmp_path / "colours", per_class=6)
     monkeypatch.setitem(probe.WITHIN, "deeper", 0.0)
-    with caplog.at_level(logging.INFO, logger="transfer"):
-        skipped = _train(data, tmp_path, "skipped", fine_tune="auto")
+    with caplog.at_level(logging.INFO, logger="transfer"):  # phase 2 is its probe's 3 epochs
+        skipped = _train(data, tmp_path, "skipped", fine_tune="auto", fine_tune_epochs=probe.PROBE_EPOCHS)
     record = _record(skipped.run_dir, "deeper_probe")
     assert record["decision"] == probe.SKIPPED and "within 0 s; --time-limit sets more" in record["note"]
     assert "skipped phase deeper" in caplog.text and "deeper" not in history(skipped.run_dir)[1]
@@ -56,7 +56,7 @@ def test_fine_tuning_deeper_that_does_not_pay_leaves_phase_2s_best_model(tmp_pat
 
     monkeypatch.setattr(probe.Told, "on_epoch_end", ctrl_c_after_the_first_deeper_epoch)
     with pytest.raises(Interrupted):
-        _train(data, tmp_path, "probed", fine_tune="auto")
+        _train(data, tmp_path, "probed", fine_tune="auto", fine_tune_epochs=probe.PROBE_EPOCHS)
     with open(tmp_path / "models" / ("probed" + runs.STAGING_SUFFIX) / runs.DEEPER_PROBE_FILE) as f:
         interrupted = json.load(f)
     assert (interrupted["decision"], interrupted["probe_epochs"]) == (probe.PROBING, 1)
@@ -79,5 +79,16 @@ def test_a_deeper_point_must_start_below_unfreeze_and_an_unfreeze_given_is_the_d
     data = make_dataset(tmp_path / "colours", per_class=4)
     with pytest.raises(ConfigError, match="--deeper-unfreeze 'after:block6b_add' does not start below --unfreeze"):
         _train(data, tmp_path, "upside-down", fine_tune="auto", deeper_unfreeze="after:block6b_add")
-    with pytest.raises(ConfigError, match="--deeper-unfreeze 'after:block9_add': the backbone has no layer"):
-        _train(data, tmp_path, "nowhere", fine_tune="auto", deeper_unfreeze="after:block9_add")
+    assert not os.path.exists(tmp_path / "models")  # before anything was written
+
+
+def test_a_point_that_is_no_layer_names_its_option():
+    import keras
+
+    from transfer.heads import unfreeze_index
+
+    base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="block1_add")])
+    assert unfreeze_index(base, "after:block1_add", "--deeper-unfreeze") == 1
+    with pytest.raises(ConfigError, match="--deeper-unfreeze 'after:block9_add': the backbone has no layer "
+                                          "'block9_add'. Similar names: block1_add"):
+        unfreeze_index(base, "after:block9_add", "--deeper-unfreeze")

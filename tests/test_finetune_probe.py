@@ -22,10 +22,10 @@ from transfer.training import probe
 def _train(data, tmp_path, name, epochs=8, **settings):
     from transfer.training import train
 
+    settings = {"fine_tune_epochs": 4, **settings}
     config = TrainConfig(data_dir=data, backbone="efficientnet_lite0", weights="none", image_size=32, epochs=epochs,
-                         fine_tune_epochs=4, fine_tune_optimizer="sgd", fine_tune_lr=1e-2, patience=50,
-                         output_dir=str(tmp_path / "models"), name=name, cache_dir=str(tmp_path / "cache"), verbose=0,
-                         **settings)
+                         fine_tune_optimizer="sgd", fine_tune_lr=1e-2, patience=50, output_dir=str(tmp_path / "models"),
+                         name=name, cache_dir=str(tmp_path / "cache"), verbose=0, **settings)
     return train(config)
 
 
