@@ -152,8 +152,9 @@ def _best_epoch(metrics: dict[str, Any]) -> str:
     """As the epoch lines count: within its phase (metrics.json counts across both)."""
     epoch, phase = metrics["best_epoch"], metrics["best_phase"]
     epochs = metrics.get("epochs", {})
-    order = ["head", "fine_tune", "deeper"]
-    before = sum(epochs.get(earlier, 0) for earlier in order[:order.index(phase)]) if phase in order else 0
+    from .runs import PHASES
+
+    before = sum(epochs.get(earlier, 0) for earlier in PHASES[:PHASES.index(phase)]) if phase in PHASES else 0
     return f"{epoch - before}/{epochs.get(phase, '?')} ({phase}), epoch {epoch} of the run"
 
 

@@ -33,6 +33,7 @@ MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.txt"
 HISTORY_FILE = "history.csv"
+PHASES = ("head", "fine_tune", "deeper")  # history.csv's phase column, in the order a run trains them
 METRICS_FILE = "metrics.json"
 SPLIT_FILE = "split.csv"
 SKIPPED_FILE = "skipped.csv"

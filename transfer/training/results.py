@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from .. import data, features
+from .. import data, features, runs
 from ..config import TrainConfig
 
 log = logging.getLogger("transfer")
@@ -67,7 +67,7 @@ def evaluate(model, config: TrainConfig, dataset: data.Dataset, history: list[di
 
 def _epochs(history: list[dict[str, Any]]) -> dict[str, int]:
     """Epochs per phase: head and fine_tune always, deeper where --fine-tune auto trained it."""
-    epochs = {phase: sum(r["phase"] == phase for r in history) for phase in ("head", "fine_tune", "deeper")}
+    epochs = {phase: sum(r["phase"] == phase for r in history) for phase in runs.PHASES}
     return {phase: n for phase, n in epochs.items() if n or phase != "deeper"}
 
 

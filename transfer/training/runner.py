@@ -124,7 +124,7 @@ class Runner:
 
     def _probing(self, phase: Phase) -> bool:
         """Whether a probe decides if ``phase`` pays (--fine-tune auto: phase 2, and the deeper phase)."""
-        return phase.name in ("fine_tune", "deeper") and self.config.fine_tune == "auto"
+        return phase.name in probe.FILES and self.config.fine_tune == "auto"
 
     def _fast(self, model: keras.Model) -> bool:
         """Whether phase 1 fits in compiled epochs (:mod:`.fasthead`): with --head-fit auto or fast, on one device."""
