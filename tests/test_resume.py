@@ -185,39 +185,31 @@ def test_a_backup_or_a_history_row_that_a_kill_cut_short_is_not_used(tmp_path):
     assert run.latest_backup() is None
 
 
-def test_a_run_that_chose_its_backbone_resumes_with_its_choice(root):
+@pytest.mark.slow
+def test_a_kill_inside_the_fine_tuning_probe_of_a_run_that_chose_its_backbone_resumes_both(root):
     """--backbone auto chooses once, when the run starts: a resume (even one that repeats --backbone auto) keeps the
-    backbone config.json names and does not measure again."""
-    args = ["train", root / "colours", "--backbone", "auto", "--candidates", "efficientnet_lite0", "--image-size", "32",
-            "--feature-engine", "keras", "--batch-size", "8", "--head-fit", "keras", "--epochs", "2",
-            "--fine-tune-epochs", "3", "-o", root / "models", "--name", "auto", "--cache-dir", root / "cache"]
-    status, _ = stop_after_backup(start(*args), root / "models" / "auto.partial", 3, signal.SIGKILL)
+    backbone config.json names and does not measure again. --fine-tune auto, killed after the probe's first epoch:
+    the resumed run finds the head's measurement and weights in its partial folder, decides after the probe's last
+    epoch, and leaves no probe files behind. (Two classes no model can tell apart: the head leaves errors, so the
+    probe runs. No deeper phase: whether this probe pays is chance; a resume inside the deeper one is
+    test_finetune_depth.py's.)"""
+    data = make_dataset(root / "greys", per_class=40, colours={"a": (128, 128, 128), "b": (128, 128, 128),
+                                                               "c": (220, 30, 30)})
+    args = ["train", data, "--backbone", "auto", "--candidates", "efficientnet_lite0", "--image-size", "32",
+            "--feature-engine", "keras", "--batch-size", "8", "--head-fit", "keras", "--epochs", "3", "--fine-tune",
+            "auto", "--fine-tune-epochs", "5", "--deeper-unfreeze", "none", "-o", root / "models", "--name", "probe",
+            "--cache-dir", root / "cache"]
+    status, _ = stop_after_backup(start(*args), root / "models" / "probe.partial", 4, signal.SIGKILL)
     assert status == -signal.SIGKILL
-    resumed = cli("train", "-o", root / "models", "--name", "auto", "--backbone", "auto", "--resume")
+    resumed = cli("train", "-o", root / "models", "--name", "probe", "--backbone", "auto", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed at epoch 4" in resumed.stderr and "--backbone auto chose" not in resumed.stderr
-    run_dir = str(root / "models" / "auto")
+    assert "resumed at epoch 5" in resumed.stderr and "--backbone auto chose" not in resumed.stderr, resumed.stderr
+    run_dir = str(root / "models" / "probe")
     record = json.load(open(os.path.join(run_dir, runs.CONFIG_FILE)))
     assert record["config"]["backbone"] == record["backbone_choice"]["chosen"] == "efficientnet_lite0"
     assert os.path.isfile(os.path.join(run_dir, runs.BACKBONE_CHOICE_FILE))
-    assert history(run_dir) == ([0, 1, 2, 3, 4], ["head"] * 2 + ["fine_tune"] * 3)
-
-
-@pytest.mark.slow
-def test_a_kill_inside_the_fine_tuning_probe_resumes_the_probe(root):
-    """--fine-tune auto, killed after the probe's first epoch: the resumed run finds the head's measurement and
-    weights in its partial folder, decides after the probe's last epoch, and leaves no probe files behind. (No
-    deeper phase: whether this probe pays is chance; a resume inside the deeper one is test_finetune_depth.py's.)"""
-    args = ["train", root / "colours", "--backbone", "efficientnet_lite0", "--weights", "none", "--image-size", "32",
-            "--batch-size", "8", "--head-fit", "keras", "--epochs", "3", "--fine-tune", "auto", "--fine-tune-epochs",
-            "5", "--deeper-unfreeze", "none", "-o", root / "models", "--name", "probe", "--cache-dir", root / "cache"]
-    status, _ = stop_after_backup(start(*args), root / "models" / "probe.partial", 4, signal.SIGKILL)
-    assert status == -signal.SIGKILL
-    resumed = cli("train", "-o", root / "models", "--name", "probe", "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    run_dir = str(root / "models" / "probe")
-    record = json.load(open(os.path.join(run_dir, runs.CONFIG_FILE)))["fine_tune_probe"]
-    assert record["decision"] in ("fine-tune", "head only") and record["probe_epochs"] == 3
-    tuned = 5 if record["decision"] == "fine-tune" else 3
+    probed = record["fine_tune_probe"]
+    assert probed["decision"] in ("fine-tune", "head only") and probed["probe_epochs"] == 3
+    tuned = 5 if probed["decision"] == "fine-tune" else 3
     assert history(run_dir) == (list(range(3 + tuned)), ["head"] * 3 + ["fine_tune"] * tuned)
     assert not os.path.exists(os.path.join(run_dir, runs.HEAD_WEIGHTS_FILE))
