@@ -9,10 +9,6 @@ import traceback
 from dataclasses import dataclass
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# One thread per TensorFlow process (and the subprocesses that inherit this environment): `make test` runs three
-# processes on two cores, where TensorFlow's and oneDNN's own pools only contend (about 6-8 % of the suite's CPU time)
-for _threads in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-    os.environ.setdefault(_threads, "1")
 
 import numpy as np
 import pytest
