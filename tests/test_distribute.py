@@ -179,7 +179,7 @@ def test_a_killed_worker_stops_the_chief_and_every_worker_resumes_from_its_last_
     --resume, the other worker gets that run from the chief, and both train on to --time-limit (counted over both
     starts), stopping after the same batch; each epoch is in history.csv once."""
     data = make_dataset(tmp_path / "colours", per_class=8)
-    args = [*TRAIN, data, "--epochs", "1000", "--patience", "1000", "--batch-size", "4", "--time-limit", "15s"]
+    args = [*TRAIN, data, "--epochs", "1000", "--patience", "1000", "--batch-size", "4", "--time-limit", "10s"]
     history = tmp_path / "models0" / ("run" + runs.STAGING_SUFFIX) / runs.HISTORY_FILE
     with _processes() as procs:
         procs += _two_workers(args, tmp_path)
