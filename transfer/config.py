@@ -25,7 +25,10 @@ OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 POOLINGS = ("avg", "max", "flatten")
 AUGMENT_PRESETS = ("none", "flip", "light", "strong")
 RESIZE_MODES = ("squash", "crop")
-MONITORS = ("val_loss", "val_accuracy")
+#: what --monitor may watch, and which way it improves (said to Keras' callbacks, whose "auto" asks the model's
+#: compiled metrics: none are built on the full model while ``fit`` trains a cache's top)
+MONITOR_MODES = {"val_loss": "min", "val_accuracy": "max"}
+MONITORS = tuple(MONITOR_MODES)
 CLASS_WEIGHTS = ("auto", "none")
 LR_SCHEDULES = ("plateau", "cosine")
 CACHE_FEATURES = ("auto", "on", "off")

@@ -13,12 +13,6 @@ from . import distribute
 log = logging.getLogger("transfer")
 
 
-def mode(monitor: str) -> str:
-    """Whether ``monitor`` improves up or down, said to Keras' callbacks: their ``auto`` asks the model's compiled
-    metrics, and the full model that the checkpoint saves has none built while ``fit`` trains a cache's top."""
-    return "max" if monitor.endswith("accuracy") else "min"
-
-
 class Checkpoint(keras.callbacks.ModelCheckpoint):
     """Saves the full model's weights, also while ``fit`` runs on the head alone (feature caching)."""
 

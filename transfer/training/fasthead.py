@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from ..config import MONITOR_MODES
 from ..layers import SparseSmoothedCrossentropy
 
 #: rows per step: the run's --batch-size, raised so that an epoch has at most this many steps
@@ -131,7 +132,7 @@ def better(monitor: str, value: float, than: float | None) -> bool:
     """Whether ``value`` of ``monitor`` (val_loss: lower; val_accuracy: higher) improves on ``than`` (None: nothing)."""
     if than is None or not math.isfinite(than):
         return True
-    return value > than if "accuracy" in monitor else value < than
+    return value > than if MONITOR_MODES[monitor] == "max" else value < than
 
 
 class Watch:

@@ -16,12 +16,12 @@ import keras
 import numpy as np
 
 from .. import runs
-from ..config import TrainConfig, option_name, parse_duration
+from ..config import MONITOR_MODES, TrainConfig, option_name, parse_duration
 from ..errors import TrainingError
 from ..progress import EpochProgress
 from . import distribute, fasthead, probe, resume
 from .board import Board
-from .callbacks import Checkpoint, HistoryCSV, StopOnNaN, TimeLimit, Validation, WhenValidated, learning_rate, mode
+from .callbacks import Checkpoint, HistoryCSV, StopOnNaN, TimeLimit, Validation, WhenValidated, learning_rate
 from .interrupts import StopAfterBatch, StopRequest
 from .phases import Inputs, Phase, compile_model, deadline_of, make_optimizer
 from .results import read_history, restore_best
@@ -40,7 +40,7 @@ class Runner:
         self.run, self.config, self.state, self.workers = run, config, state, workers
         self.started, self.stop, self.laps, self.class_weight = started, stop, laps, class_weight
         self.checkpoint = Checkpoint(model, run.path(runs.CHECKPOINT_FILE), monitor=config.monitor,
-                                     mode=mode(config.monitor), save_best_only=True, save_weights_only=True)
+                                     mode=MONITOR_MODES[config.monitor], save_best_only=True, save_weights_only=True)
         self.checkpoint.best = state.best
         self.board = Board(config.tensorboard if distribute.writes_run(config) else None)
 
@@ -287,9 +287,9 @@ def _schedule(phase: Phase, config: TrainConfig, timer: TimeLimit | None, steps:
         adapt = []
     else:
         schedule = phase.lr
-        adapt = [keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, mode=mode(config.monitor), factor=0.2,
+        adapt = [keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, mode=MONITOR_MODES[config.monitor], factor=0.2,
                                                    patience=max(1, config.patience // 2), min_lr=phase.lr / 100)]
-    return schedule, adapt + [keras.callbacks.EarlyStopping(monitor=config.monitor, mode=mode(config.monitor),
+    return schedule, adapt + [keras.callbacks.EarlyStopping(monitor=config.monitor, mode=MONITOR_MODES[config.monitor],
                                                             patience=config.patience)]
 
 
