@@ -48,6 +48,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import traceback
 import weakref
 
 import numpy as np
@@ -384,7 +385,12 @@ def _pack(staging: str) -> bytes:
 @contextlib.contextmanager
 def worker_lost(strategy):
     """A worker that died (killed, preempted, stopped by an error) stops the others, at their next collective, with
-    a TensorFlow error that names it: say so in one line, and how to continue."""
+    a TensorFlow error that names it: say so in one line, and how to continue.
+
+    The frames the error passed through are cleared first: TensorFlow's eager all-reduce leaves its thread pool
+    open when the all-reduce fails, and a pool still held there is closed only as the interpreter exits, after its
+    pipe, which prints a traceback under the one line (``Exception ignored in: Pool.__del__ ... Bad file
+    descriptor``). Cleared, it is closed here."""
     import tensorflow as tf
 
     try:
@@ -392,12 +398,23 @@ def worker_lost(strategy):
     except (tf.errors.UnavailableError, tf.errors.AbortedError) as error:
         if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             raise
+        _release_frames(error)
         task = cluster()[1]
         this = f"/job:{task.get('type')}/replica:0/task:{task.get('index')}"  # named too, as where it waited
         lost = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", error.message)) - {this}) or ["a worker"]
         raise TrainingError(f"{', '.join(lost)} of the cluster stopped, so training stopped here too. Start every "
                             "worker again with the same command and --resume to continue from the chief's last "
                             "finished epoch (or --overwrite to start over).") from None
+
+
+def _release_frames(error: BaseException) -> None:
+    """Clear the finished frames of ``error``'s traceback and of the errors it was raised from (what they held is
+    freed now rather than by the collector)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def global_batch(config: TrainConfig, strategy) -> TrainConfig:
