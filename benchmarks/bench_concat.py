@@ -61,9 +61,9 @@ def score(top, x, y, folds, config, class_weight) -> tuple[float, float]:
     """(accuracy, loss) over every fold's held-out rows, each fold's head fitted as ``--backbone auto`` fits it."""
     import numpy as np
 
-    from transfer.training.auto import _fit_head
+    from transfer.training.auto import _fit_heads
 
-    scores = [_fit_head(top, x, y, fold, config, class_weight) for fold in folds]
+    scores = _fit_heads(top, x, y, folds, config, class_weight)
     weights = [len(f) for f in folds]
     return (float(np.average([s[0] for s in scores], weights=weights)),
             float(np.average([s[1] for s in scores], weights=weights)))

@@ -93,6 +93,28 @@ def test_the_compiled_head_finds_what_keras_fit_finds_on_overlapping_classes():
     assert compiled >= optimum - 0.04, (compiled, optimum)
 
 
+def test_one_compiled_epoch_fits_every_fold_as_fresh_heads_do():
+    """--backbone auto's folds: restarted on other rows (of another count), the one traced epoch gives what a fresh
+    head and a fresh trace give, dropout, optimizer state, class weights and all; and it traces only once."""
+    from transfer.training.auto import _fit_heads
+
+    means = np.random.default_rng(6).normal(0, 1, (3, 16)).astype(np.float32) * 0.6
+    x, y = gaussians(90, means, 1.0, seed=7)
+    folds = [np.arange(0, 17), np.arange(17, 40), np.arange(40, 90, 3)]
+    config = TrainConfig(data_dir="x", pooling="avg", dense=(), dropout=0.3, epochs=25, patience=25, lr=0.01,
+                         augment="flip")
+    top = top_of(16, 3)
+    together = _fit_heads(top, x, y, folds, config, {0: 2.0, 1: 0.5})
+    alone = [_fit_heads(top, x, y, [fold], config, {0: 2.0, 1: 0.5})[0] for fold in folds]
+    assert len(set(together)) == 3  # the folds differ, so a fit that ignored its rows would show here
+    np.testing.assert_allclose(together, alone, rtol=1e-6)
+    fit = fasthead.EpochFit(top_of(16, 3), fasthead.Arrays(x[:50], y[:50], x[50:, :1], y[50:]), 8, 1, True)
+    fit(0)
+    fit.restart(fasthead.Arrays(x[:70], y[:70], x[70:, :1], y[70:]))
+    fit(0)
+    assert fit._epoch.experimental_get_tracing_count() == 1
+
+
 def test_watch_stops_after_patience_and_lowers_the_rate_on_a_plateau():
     watch = fasthead.Watch("val_accuracy", patience=4, lr=1e-3)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])

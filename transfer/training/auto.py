@@ -234,7 +234,7 @@ def _measure(spec: BackboneSpec, config: TrainConfig, dataset: data.Dataset, dig
         trial.note = "features from the cache"
     y = np.array([e.label for e in examples], np.int32)
     held_out = _folds(y, config.seed) if kfold else [np.arange(len(dataset.splits["train"]), len(examples))]
-    scores = [_fit_head(features.head_top(model), x, y, fold, resolved, class_weight) for fold in held_out]
+    scores = _fit_heads(features.head_top(model), x, y, held_out, resolved, class_weight)
     trial.accuracy = round(float(np.average([s[0] for s in scores], weights=[len(f) for f in held_out])), 4)
     trial.loss = round(float(np.average([s[1] for s in scores], weights=[len(f) for f in held_out])), 4)
     log.info("  %s: accuracy %.4f, loss %.4f (features %.1f s)", spec.name, trial.accuracy, trial.loss,
@@ -251,17 +251,29 @@ def _folds(y: np.ndarray, seed: int) -> list[np.ndarray]:
     return [np.flatnonzero(fold == k) for k in range(FOLDS) if np.any(fold == k)]
 
 
-def _fit_head(top: keras.Model, x: np.ndarray, y: np.ndarray, held_out: np.ndarray, config: TrainConfig,
-              class_weight: dict[int, float] | None) -> tuple[float, float]:
-    """A fresh head (``top``'s layers, newly initialized with the run's seed) fitted as phase 1 fits it, on every
-    row but ``held_out``; its (accuracy, loss) there at its best epoch on ``config.monitor``."""
+def _fit_heads(top: keras.Model, x: np.ndarray, y: np.ndarray, held_out: list[np.ndarray], config: TrainConfig,
+               class_weight: dict[int, float] | None) -> list[tuple[float, float]]:
+    """For each set of ``held_out`` rows, a fresh head (``top``'s layers, newly initialized with the run's seed)
+    fitted as phase 1 fits it on every other row; its (accuracy, loss) there at its best epoch on ``config.monitor``.
+    One head and one compiled epoch serve every set, each fit starting from the same weights."""
     keras.utils.set_random_seed(config.seed)
     head = keras.models.clone_model(top)
-    train = np.setdiff1d(np.arange(len(y)), held_out)
-    arrays = fasthead.Arrays(x[train], y[train], x[held_out][:, :1], y[held_out])
     compile_model(head, make_optimizer(config.optimizer, config.lr, config.weight_decay), config)
-    fit = fasthead.EpochFit(head, arrays, config.batch_size, config.seed, config.augment == "flip", class_weight,
-                            config.label_smoothing)
+    fit, scores = None, []
+    for rows in held_out:
+        train = np.setdiff1d(np.arange(len(y)), rows)
+        arrays = fasthead.Arrays(x[train], y[train], x[rows][:, :1], y[rows])
+        if fit is None:
+            fit = fasthead.EpochFit(head, arrays, config.batch_size, config.seed, config.augment == "flip",
+                                    class_weight, config.label_smoothing)
+        else:
+            fit.restart(arrays)
+        scores.append(_best(head, fit, config))
+    return scores
+
+
+def _best(head: keras.Model, fit: "fasthead.EpochFit", config: TrainConfig) -> tuple[float, float]:
+    """Epochs of ``fit`` until the run's early stopping ends them: the (val accuracy, val loss) of the best."""
     epochs = config.epochs or FAST_EPOCHS
     watch = fasthead.Watch(config.monitor, config.patience or FAST_PATIENCE, config.lr,
                            None if config.lr_schedule == "plateau" else epochs)

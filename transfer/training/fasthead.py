@@ -50,51 +50,70 @@ class EpochFit:
     each epoch (else always the image). ``class_weight`` weighs each row's loss
     as Keras' ``fit`` does; ``label_smoothing`` is the run's. Calling it runs epoch ``epoch`` (which fixes its
     shuffle and draws with ``seed``) and returns its loss, accuracy and validation metrics.
+
+    :meth:`restart` fits the same head anew on other rows (the folds of ``--backbone auto``'s measurement) without
+    tracing the epoch again: the arrays are arguments of the compiled epoch, not constants inside it.
     """
 
     def __init__(self, top: keras.Model, arrays: Arrays, batch_size: int, seed: int, random_view: bool,
                  class_weight: dict[int, float] | None = None, label_smoothing: float = 0.0):
         import tensorflow as tf
 
-        self.top, self.seed = top, seed
+        self.top, self.seed, self.batch_size, self.class_weight = top, seed, batch_size, class_weight or {}
         self.loss = SparseSmoothedCrossentropy(label_smoothing)  # with 0: Keras' sparse cross-entropy
-        self.train_x = tf.constant(arrays.train_x, tf.float32)
-        self.train_y = tf.constant(arrays.train_y, tf.int32)
-        self.val_x, self.val_y = tf.constant(arrays.val_x, tf.float32), tf.constant(arrays.val_y, tf.int32)
-        weights = np.ones(int(arrays.train_y.max(initial=0)) + 1, np.float32)
-        for label, weight in (class_weight or {}).items():
-            weights[label] = weight
-        self.row_weight = tf.gather(tf.constant(weights), self.train_y)
-        self.batch = step_size(batch_size, len(arrays.train_y))
         self.views = arrays.train_x.shape[1] if random_view else 1
         if not top.optimizer.built:
             top.optimizer.build(top.trainable_variables)
-        self._epoch = tf.function(self._run, autograph=False)  # a plain graph: its loop is a tf.while_loop
+        self._start = [v.numpy() for v in (*top.variables, *top.optimizer.variables)]
+        rows = lambda array, dtype: tf.TensorSpec([None, *array.shape[1:]], dtype)  # noqa: E731  (any number of rows)
+        signature = [tf.TensorSpec([2], tf.int64), rows(arrays.train_x, tf.float32), rows(arrays.train_y, tf.int32),
+                     rows(arrays.train_y, tf.float32), rows(arrays.val_x, tf.float32), rows(arrays.val_y, tf.int32),
+                     tf.TensorSpec([], tf.int32)]
+        # a plain graph (its loop is a tf.while_loop), traced once for every set of rows
+        self._epoch = tf.function(self._run, input_signature=signature, autograph=False)
+        self._load(arrays)
+
+    def restart(self, arrays: Arrays) -> None:
+        """Fit anew on ``arrays`` (rows of the same width): the head's weights, random state and optimizer as they
+        were when this was made, so that a fold's fit is the one a fresh head would make."""
+        for variable, value in zip((*self.top.variables, *self.top.optimizer.variables), self._start):
+            variable.assign(value)
+        self._load(arrays)
+
+    def _load(self, arrays: Arrays) -> None:
+        import tensorflow as tf
+
+        weights = np.ones(int(arrays.train_y.max(initial=0)) + 1, np.float32)
+        for label, weight in self.class_weight.items():
+            weights[label] = weight
+        self._data = (tf.constant(arrays.train_x, tf.float32), tf.constant(arrays.train_y, tf.int32),
+                      tf.constant(weights[arrays.train_y]), tf.constant(arrays.val_x, tf.float32),
+                      tf.constant(arrays.val_y, tf.int32), tf.constant(step_size(self.batch_size, len(arrays.train_y))))
 
     def __call__(self, epoch: int) -> dict[str, float]:
         import tensorflow as tf
 
-        values = self._epoch(tf.constant([self.seed, epoch], tf.int64))
+        values = self._epoch(tf.constant([self.seed, epoch], tf.int64), *self._data)
         return {name: float(value) for name, value in values.items()}
 
-    def _run(self, seed):
+    def _run(self, seed, train_x, train_y, row_weight, val_x, val_y, batch):
         import tensorflow as tf
 
-        rows = tf.shape(self.train_y)[0]
+        rows = tf.shape(train_y)[0]
         order = tf.random.experimental.stateless_shuffle(tf.range(rows), seed)
         view = tf.random.stateless_uniform([rows], seed + 1, 0, self.views, tf.int32)
-        x = tf.gather_nd(self.train_x, tf.stack([order, view], axis=1))[:, None]  # one view, kept as a views axis
-        y, w = tf.gather(self.train_y, order), tf.gather(self.row_weight, order)
+        x = tf.gather_nd(train_x, tf.stack([order, view], axis=1))[:, None]  # one view, kept as a views axis
+        y, w = tf.gather(train_y, order), tf.gather(row_weight, order)
 
         def step(start, loss_sum, correct):
-            end = tf.minimum(start + self.batch, rows)
+            end = tf.minimum(start + batch, rows)
             loss, hits = self._step(x[start:end], y[start:end], w[start:end])
             return end, loss_sum + loss * tf.cast(end - start, tf.float32), correct + hits
 
         _, loss_sum, correct = tf.while_loop(lambda start, *_: start < rows, step,
                                              (tf.constant(0), tf.constant(0.0), tf.constant(0.0)))
-        val_loss, val_hits = self._measure(self.val_x, self.val_y)
-        count, val_count = tf.cast(rows, tf.float32), tf.cast(tf.shape(self.val_y)[0], tf.float32)
+        val_loss, val_hits = self._measure(val_x, val_y)
+        count, val_count = tf.cast(rows, tf.float32), tf.cast(tf.shape(val_y)[0], tf.float32)
         return {"loss": loss_sum / count, "accuracy": correct / count,
                 "val_loss": val_loss, "val_accuracy": val_hits / val_count}
 
