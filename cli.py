@@ -408,8 +408,11 @@ def train_command(ctx, preset, config_file, quiet, as_json, resume, **options):
     explicit["verbose"] = 0 if quiet else (1 if sys.stderr.isatty() else 2)
     settings = configfile.merge(preset, configfile.load(config_file) if config_file else {}, explicit)
     preflight.check(settings, open_models=False, resume=resume)  # every error that needs no TensorFlow, before its import
+    from transfer.training import distribute
+
+    distribute.await_cluster(settings)  # a cluster's other workers answer: before TensorFlow starts, too
     _say_device()
-    from transfer.training import distribute, train
+    from transfer.training import train
 
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bars print to stdout
         result = train(settings, resume=resume)

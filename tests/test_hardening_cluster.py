@@ -66,6 +66,7 @@ def test_a_missing_worker_is_named_every_few_seconds_until_cluster_timeout(colou
     assert status == 1 and "Traceback" not in output, output[-3000:]
     waits = [line for line in output.splitlines() if line.startswith("waiting for the cluster")]
     assert len(waits) == 2 and all(f"worker 1 at {missing} (nothing listens there yet)" in w for w in waits), output
+    assert len(output.strip().splitlines()) == 3, output  # the waits and the error: no device line, no TensorFlow
     assert "0s of --cluster-timeout 7s" in waits[0] and "5s of --cluster-timeout 7s" in waits[1]
     error = output.strip().splitlines()[-1]
     assert error.startswith(f"Error: the cluster did not start within --cluster-timeout 7s: no answer from worker 1 "
@@ -83,6 +84,7 @@ def test_a_signal_during_the_wait_ends_it_within_seconds(colours, tmp_path, sign
     try:
         seen = _await_line(proc, "waiting for the cluster")
         assert f"worker 0 at {chief} (nothing listens there yet)" in seen and "of --cluster-timeout 300s" in seen
+        assert "Using CPU" not in seen  # the wait comes before TensorFlow's start-up and its device line
         proc.send_signal(signum)
         sent = time.monotonic()
         code, output = _finish(proc, timeout=20)
@@ -181,6 +183,7 @@ def test_a_port_this_machine_cannot_listen_on_is_a_clear_error(colours, tmp_path
     assert f"Error: TF_CONFIG: this task's address 127.0.0.1:{port} names port {port}, which this machine cannot " \
            "listen on" in output
     assert "give this task a free port in every worker's TF_CONFIG" in output
+    assert len(output.strip().splitlines()) == 1, output  # before TensorFlow starts: no device line
 
 
 def test_cluster_timeout_must_be_a_duration(colours, tmp_path):

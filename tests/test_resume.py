@@ -149,12 +149,12 @@ def test_a_kill_in_phase_1_on_cached_features_resumes_without_computing_them_aga
 
 def test_sigterm_waits_for_the_end_of_the_batch_and_exits_143():
     """A preempted machine's SIGTERM, in this process: during a batch it only asks; the batch's end stops."""
-    from transfer.training import interrupts
+    from transfer.training import callbacks, interrupts
 
     with interrupts.handled() as stop:
         stop.fitting = True
         os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler before the next line
-        callback = interrupts.StopAfterBatch(stop)
+        callback = callbacks.StopAfterBatch(stop)
         with pytest.raises(KeyboardInterrupt):
             callback.on_train_batch_end(0)
         assert stop.status == 143

@@ -1,4 +1,5 @@
-"""The Keras callbacks that every phase runs: validation, the time limit, history.csv, NaN, the best checkpoint."""
+"""The Keras callbacks that every phase runs: validation, the time limit, history.csv, NaN, the best checkpoint, and
+the stop after the batch during which Ctrl-C or SIGTERM came."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import keras
 
 from . import distribute
+from .interrupts import StopRequest
 
 log = logging.getLogger("transfer")
 
@@ -152,3 +154,25 @@ class WhenValidated(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.inner.on_train_end(logs)
+
+
+class StopAfterBatch(keras.callbacks.Callback):
+    """Raises ``KeyboardInterrupt`` after the batch (or the epoch's end) during which a signal asked to stop.
+
+    It comes after the backup among the callbacks, so an epoch that has just
+    finished is backed up before the run stops.
+    """
+
+    def __init__(self, stop: StopRequest):
+        super().__init__()
+        self.stop = stop
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check()
+
+    def _check(self):
+        if self.stop.signum is not None:
+            raise KeyboardInterrupt

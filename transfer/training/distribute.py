@@ -53,7 +53,7 @@ import weakref
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import TrainConfig, parse_duration
 from ..errors import ConfigError, Interrupted, RunError, TrainingError
 from ..runs import BACKUP_FOLDER, STAGING_SUFFIX as STAGING, latest_backup
 
@@ -214,6 +214,15 @@ def _reclaim_sigterm() -> None:
     stopped. Give SIGTERM back to Python's handler (the default, until :func:`.interrupts.handled`)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM) or signal.SIG_DFL)
+
+
+def await_cluster(config: TrainConfig, environ=os.environ) -> None:
+    """:func:`await_peers` for a run that trains on a cluster, called by the CLI before TensorFlow is imported: the
+    wait and its lines start at once rather than after TensorFlow's start-up (about 5 s), and a worker that never
+    comes, a port that cannot be listened on or a Ctrl-C during the wait cost no start-up. :func:`strategy` waits
+    again, briefly: the others answer by then, or soon after their own start-up."""
+    if choose(config.distribute, 0, environ) == "multiworker":  # of the modes, only "auto" without a cluster reads GPUs
+        await_peers(parse_duration(config.cluster_timeout, "--cluster-timeout"), environ)
 
 
 def await_peers(timeout: float | None, environ=os.environ) -> None:
@@ -543,7 +552,7 @@ def agreement(workers: "Workers | None", stop, timer):
     Without it one worker would leave ``fit`` while the others wait in the next
     step's collectives for it, and a worker whose clock runs ahead would apply
     another learning rate than the others to the same mirrored weights. It also
-    takes :class:`~.interrupts.StopAfterBatch`'s place on a cluster: it stops on
+    takes :class:`~.callbacks.StopAfterBatch`'s place on a cluster: it stops on
     the signal the workers agreed on, never on one that reached this worker
     after its vote (often inside the vote's own all-reduce), which would leave
     the others waiting in the next step for a worker that has gone.

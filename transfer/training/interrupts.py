@@ -1,10 +1,11 @@
 """Ctrl-C (SIGINT) and SIGTERM (a preempted machine): stop after the current batch, keep the run resumable.
 
-While a phase trains, the signal only sets a flag; :class:`StopAfterBatch`
+While a phase trains, the signal only sets a flag; :class:`.callbacks.StopAfterBatch`
 raises ``KeyboardInterrupt`` at the end of the batch (or of the epoch's
 backup), so the last finished epoch stays backed up. On a cluster
 :func:`.distribute.agreement` does it instead, once the workers agree. Outside training, or at
-a second signal, it is raised at once, as Python does by default.
+a second signal, it is raised at once, as Python does by default. (No Keras here: the CLI's wait for a
+cluster's workers is stopped by these handlers before TensorFlow is imported.)
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-
-import keras
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -50,25 +49,3 @@ def handled():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-class StopAfterBatch(keras.callbacks.Callback):
-    """Raises ``KeyboardInterrupt`` after the batch (or the epoch's end) during which a signal asked to stop.
-
-    It comes after the backup among the callbacks, so an epoch that has just
-    finished is backed up before the run stops.
-    """
-
-    def __init__(self, stop: StopRequest):
-        super().__init__()
-        self.stop = stop
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._check()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._check()
-
-    def _check(self):
-        if self.stop.signum is not None:
-            raise KeyboardInterrupt

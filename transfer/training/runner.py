@@ -21,8 +21,9 @@ from ..errors import TrainingError
 from ..progress import EpochProgress
 from . import distribute, fasthead, probe, resume
 from .board import Board
-from .callbacks import Checkpoint, HistoryCSV, StopOnNaN, TimeLimit, Validation, WhenValidated, learning_rate
-from .interrupts import StopAfterBatch, StopRequest
+from .callbacks import (Checkpoint, HistoryCSV, StopAfterBatch, StopOnNaN, TimeLimit, Validation, WhenValidated,
+                        learning_rate)
+from .interrupts import StopRequest
 from .phases import Inputs, Phase, compile_model, deadline_of, make_optimizer
 from .results import read_history, restore_best
 
