@@ -141,14 +141,15 @@ TRAINING_FIXTURES = {"trained_run", "from_toml", "trained", "planted", "located"
                      "interrupted", "runs", "quiet_run"}
 
 
-#: The test files that take longest, slowest first (seconds on one of three pytest-xdist processes, 2026-12-04).
-#: ``make test`` hands files to its processes in this order, the rest after them in their usual order, so that no
-#: long file starts last and keeps one process busy while the others idle; re-measure with ``--durations=0``.
-SLOWEST_FILES = ("test_distribute", "test_tflite_export", "test_resume", "test_saved_model", "test_features",
-                 "test_efficientnet_lite", "test_hardening_cluster", "test_seed_backbones", "test_fast_head",
-                 "test_hardening", "test_auto", "test_explain", "test_serve_hardening", "test_finetune_probe",
-                 "test_hardening_data", "test_backbones", "test_end_to_end", "test_training", "test_serve",
-                 "test_tensorboard", "test_terminal", "test_determinism")
+#: The test files that take longest, slowest first (their tests' seconds summed, on one of three pytest-xdist processes,
+#: 2026-12-06). ``make test`` hands files to its processes in this order, the rest after them in their usual order, so
+#: that no long file starts last and keeps one process busy while the others idle; re-measure with ``--durations=0``.
+SLOWEST_FILES = ("test_distribute", "test_auto", "test_resume", "test_features", "test_tflite_export",
+                 "test_hardening_cluster", "test_fast_head", "test_saved_model", "test_hardening", "test_finetune_probe",
+                 "test_efficientnet_lite", "test_backbones", "test_explain", "test_serve_hardening",
+                 "test_seed_backbones", "test_finetune_depth", "test_tensorboard", "test_training",
+                 "test_hardening_data", "test_end_to_end", "test_terminal", "test_determinism", "test_speed_options",
+                 "test_onnx_export", "test_doctor", "test_evaluate", "test_report", "test_validation_freq")
 
 
 def pytest_collection_modifyitems(items):
