@@ -93,6 +93,7 @@ def test_the_compiled_head_finds_what_keras_fit_finds_on_overlapping_classes():
     assert compiled >= optimum - 0.04, (compiled, optimum)
 
 
+@pytest.mark.slow
 def test_one_compiled_epoch_fits_every_fold_as_fresh_heads_do():
     """--backbone auto's folds: restarted on other rows (of another count), the one traced epoch gives what a fresh
     head and a fresh trace give, dropout, optimizer state, class weights and all; and it traces only once."""
