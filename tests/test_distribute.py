@@ -86,7 +86,7 @@ def _processes():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Two workers and, trained the same way in one process, the one-worker run: the same global batch of 8
+    """Two workers and, trained the same way in this process meanwhile, the one-worker run: the same global batch of 8
     (4 per replica on 2 workers)."""
     tmp = tmp_path_factory.mktemp("distribute")
     data = make_dataset(tmp / "colours", per_class=16)
