@@ -65,9 +65,8 @@ class EpochFit:
         if not top.optimizer.built:
             top.optimizer.build(top.trainable_variables)
         self._start = [v.numpy() for v in (*top.variables, *top.optimizer.variables)]
-        rows = lambda array, dtype: tf.TensorSpec([None, *array.shape[1:]], dtype)  # noqa: E731  (any number of rows)
-        signature = [tf.TensorSpec([2], tf.int64), rows(arrays.train_x, tf.float32), rows(arrays.train_y, tf.int32),
-                     rows(arrays.train_y, tf.float32), rows(arrays.val_x, tf.float32), rows(arrays.val_y, tf.int32),
+        signature = [tf.TensorSpec([2], tf.int64), _rows(arrays.train_x, tf.float32), _rows(arrays.train_y, tf.int32),
+                     _rows(arrays.train_y, tf.float32), _rows(arrays.val_x, tf.float32), _rows(arrays.val_y, tf.int32),
                      tf.TensorSpec([], tf.int32)]
         # a plain graph (its loop is a tf.while_loop), traced once for every set of rows
         self._epoch = tf.function(self._run, input_signature=signature, autograph=False)
@@ -139,6 +138,13 @@ class EpochFit:
         import tensorflow as tf
 
         return tf.cast(self.loss(y, probabilities, weights), tf.float32)
+
+
+def _rows(array: np.ndarray, dtype):
+    """The spec of ``array`` with any number of rows: one trace serves arrays of every length."""
+    import tensorflow as tf
+
+    return tf.TensorSpec([None, *array.shape[1:]], dtype)
 
 
 def _hits(y, probabilities):
