@@ -76,6 +76,13 @@ def test_a_deeper_point_must_start_below_unfreeze_and_an_unfreeze_given_is_the_d
     given = TrainConfig(data_dir="x", backbone="efficientnet_lite0", unfreeze="after:block6a_add")
     _, config = backbones.resolve(given)
     assert (config.deeper_unfreeze, config.deepens) == ("none", False)
+    for mode in ("on", "off"):  # only a probe goes deeper: the option would be silently ignored
+        with pytest.raises(ConfigError, match=f"--deeper-unfreeze 'after:block4c_add' is probed only under "
+                                              f"--fine-tune auto, and this run's is '{mode}'"):
+            backbones.resolve(TrainConfig(data_dir="x", backbone="efficientnet_lite0", fine_tune=mode,
+                                          deeper_unfreeze="after:block4c_add"))
+    _, config = backbones.resolve(TrainConfig(data_dir="x", fine_tune="on", deeper_unfreeze="none"))
+    assert config.deepens is False
     data = make_dataset(tmp_path / "colours", per_class=4)
     with pytest.raises(ConfigError, match="--deeper-unfreeze 'after:block6b_add' does not start below --unfreeze"):
         _train(data, tmp_path, "upside-down", fine_tune="auto", deeper_unfreeze="after:block6b_add")

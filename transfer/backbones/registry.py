@@ -165,6 +165,10 @@ def resolve(config: TrainConfig) -> tuple[BackboneSpec, TrainConfig]:
         # a user who says where fine-tuning starts has chosen its depth
         deeper_unfreeze=config.deeper_unfreeze or (spec.deeper if config.unfreeze is None else None) or "none",
     )
+    if config.deeper_unfreeze not in (None, "none") and resolved.fine_tune != "auto":
+        raise ConfigError(f"--deeper-unfreeze {config.deeper_unfreeze!r} is probed only under --fine-tune auto, and "
+                          f"this run's is {resolved.fine_tune!r}: use --fine-tune auto, or set how deep phase 2 "
+                          "fine-tunes with --unfreeze.")
     return spec, resolved
 
 
