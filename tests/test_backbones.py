@@ -45,11 +45,19 @@ def test_default_sizes():
     assert backbones.get("inceptionv3").default_size == 299
     assert backbones.get("xception").default_size == 299
     assert backbones.get("vgg16").default_size == 150  # the seed's size: one pass of 3000 photos fits the FLOP bound
-    for name in ("resnet50", "resnet50v2", "mobilenetv2", "efficientnetb0", "densenet121",
-                 "efficientnet_lite0"):
+    for name in ("resnet50", "resnet50v2", "mobilenetv2", "efficientnetb0", "densenet121"):
         assert backbones.get(name).default_size == 224
     assert (backbones.get("efficientnet_lite1").default_size, backbones.get("efficientnet_lite2").default_size) == (
         240, 260)
+    # Lite0: 288 px on the image alone scored higher than 224 px with the mirror view, in less time (BENCHMARKS.md)
+    lite0 = backbones.get("efficientnet_lite0")
+    assert (lite0.default_size, lite0.augment) == (288, "none")
+    _, config = backbones.resolve(TrainConfig(data_dir="x"))
+    assert (config.backbone, config.image_size, config.augment) == ("efficientnet_lite0", 288, "none")
+    _, config = backbones.resolve(TrainConfig(data_dir="x", image_size=224, augment="flip"))  # the user's still win
+    assert (config.image_size, config.augment) == (224, "flip")
+    assert backbones.get("efficientnet_lite0+efficientnet_lite1").augment == "none"  # one view where either has one
+    assert backbones.get("efficientnet_lite1+efficientnet_lite2").augment is None  # the kind's: flip
 
 
 APP_MODULES = {"inceptionv3": "inception_v3", "vgg16": "vgg16", "resnet50": "resnet50", "resnet50v2": "resnet_v2",
@@ -151,7 +159,7 @@ def test_a_pair_concatenates_both_maps_and_fine_tuning_it_keeps_every_batch_norm
     from transfer.heads import unfreeze_top
 
     spec, config = _resolved("efficientnet_lite0+efficientnet_lite1", image_size=64)
-    assert (spec.default_size, spec.preprocessing, config.fine_tune) == (240, "lite", "off")  # the larger member's
+    assert (spec.default_size, spec.preprocessing, config.fine_tune) == (288, "lite", "off")  # the larger member's
     model = build_model(spec, config, 3)
     base = backbone_of(model)
     assert base.output_shape == (None, 2, 2, 2560) and base.count_params() == spec.params

@@ -124,7 +124,7 @@ def test_a_saved_run_predicts_what_the_trained_model_did(tmp_path, monkeypatch):
     result = train(TrainConfig(data_dir=data, image_size=64, epochs=1, batch_size=8, verbose=0, name="r",
                                output_dir=str(tmp_path / "models"), cache_dir=str(tmp_path / "cache")))
     assert (result.config.backbone, result.config.augment, result.config.fine_tune) == (
-        "efficientnet_lite0", "flip", "auto")  # the defaults: Lite0, mirrored features cached, fine-tuning if it pays
+        "efficientnet_lite0", "none", "auto")  # the defaults: Lite0, the image's features cached, fine-tuning if it pays
     images = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
     np.testing.assert_allclose(load_model(result.run_dir).predict_batch(images),
                                result.model.predict_on_batch(images), atol=1e-6)

@@ -31,7 +31,7 @@ from .errors import ConfigError
 
 PRESETS: dict[str, dict[str, Any]] = {
     "small-data-transfer": {
-        "backbone": "efficientnet_lite0", "weights": "imagenet", "augment": "flip", "tta": True, "epochs": 10,
+        "backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 224, "augment": "flip", "tta": True, "epochs": 10,
         "lr": 1e-3, "optimizer": "adam", "dropout": 0.2, "fine_tune_epochs": 0,
     },
     "small-data-scratch": {

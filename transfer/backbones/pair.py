@@ -48,7 +48,8 @@ def pair(first: BackboneSpec, second: BackboneSpec) -> BackboneSpec:
         default_size=max(first.default_size, second.default_size), min_size=max(first.min_size, second.min_size),
         unfreeze="all", params=first.params + second.params, kind="pretrained", head=first.head,
         fine_tune="off", fine_tune_epochs=0, fine_tune_optimizer=first.fine_tune_optimizer,
-        augment=first.augment if first.augment == second.augment else None,
+        # one view where either member caches one (its cost chose it), else the kind's default
+        augment="none" if "none" in (first.augment, second.augment) else first.augment or second.augment,
         description=f"{first.name} and {second.name}, their feature maps concatenated",
         weights_source=lambda spec, cache_dir=None: "; ".join(
             f"{member.name}: {member.weights_source(member, cache_dir)}" for member in (first, second)))
