@@ -172,8 +172,8 @@ def _folds(classes: list[str], labels: np.ndarray, folds: int) -> int:
 
 
 def _features(config: TrainConfig, dataset: data.Dataset, examples: list[data.Example]) -> np.ndarray:
-    """The backbone's pooled features of each image and its mirror image, ``(images, 2, features)``, from (and
-    into) the cache ``train`` reads."""
+    """The backbone's pooled features of each image (and its mirror image where ``train`` caches it, as with
+    ``--augment flip``), ``(images, views, features)``, from (and into) the cache ``train`` reads."""
     from .. import backbones, features
     from ..heads import build_model
 
