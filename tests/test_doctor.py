@@ -5,6 +5,7 @@ folders it cannot check. Nothing in the dataset is ever changed."""
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import json
 import os
@@ -145,6 +146,20 @@ def test_a_second_run_reads_the_features_from_the_cache_and_replaces_its_own_out
     assert "features: 38 from the cache, 0 computed" in caplog.text
     issues = len(planted["record"]["label_issues"])
     assert re.search(rf"label issues\s+{issues}\n", result.stdout) and f"written: {planted['out']}" in result.stdout
+
+
+def test_a_train_after_doctor_takes_the_image_view_of_its_features_without_running_the_backbone(planted, tmp_path,
+                                                                                                  caplog):
+    """doctor caches each image and its mirror image; Lite0's train caches the image alone, and reads it there."""
+    from transfer import TrainConfig, train
+
+    caplog.set_level("INFO", logger="transfer")
+    result = train(TrainConfig(data_dir=str(planted["data"]), cache_dir=str(planted["root"] / "cache"), epochs=1,
+                               fine_tune="off", output_dir=str(tmp_path / "models"), verbose=0))
+    assert (result.config.backbone, result.config.augment) == ("efficientnet_lite0", "none")
+    assert re.search(r"feature cache \S+: 38 image\(s\) from the cache, 0 computed", caplog.text), caplog.text
+    rows = {np.load(f).shape for f in glob.glob(str(planted["root"] / "cache" / "features" / "*" / "*.npy"))}
+    assert rows == {(2, 1280), (1, 1280)}  # doctor's views, and train's
 
 
 def test_train_exclude_leaves_out_the_listed_files_and_records_them(planted, tmp_path):

@@ -115,8 +115,11 @@ def frozen_phase_cache(model: keras.Model, config: TrainConfig, digests: dict[st
                        workers=None) -> "FeatureCache":
     """Phase 1: pooled features of the whole frozen backbone; the head's top trains on them."""
     n = views(config)
-    return FeatureCache(extractor(model), head_top(model), model_key(model, config, views=n), config, digests,
-                        views=n, view_axis=True, workers=workers)
+    cache = FeatureCache(extractor(model), head_top(model), model_key(model, config, views=n), config, digests,
+                         views=n, view_axis=True, workers=workers)
+    if n == 1:  # the image's own features are the first view of a cache that mirrors too (doctor's; --augment flip)
+        cache.wider = cache.folder_of(model_key(model, config, views=2))
+    return cache
 
 
 def boundary_cache(model: keras.Model, config: TrainConfig, unfreeze: str, digests: dict[str, str],
@@ -168,7 +171,8 @@ class FeatureCache:
         ``workers``: a cluster's (:class:`transfer.training.distribute.Workers`), or None."""
         self.config = config
         self.digests = digests
-        self.folder = os.path.join(config.cache_dir or default_cache_dir(), "features", key)
+        self.folder = self.folder_of(key)
+        self.wider: str | None = None  # a folder of the same features with more views per row, read where ours lack
         self.extractor = extractor
         self.top = top
         self.views, self.view_axis = views, view_axis
@@ -316,6 +320,9 @@ class FeatureCache:
         body = tf.strings.substr(raw, tf.strings.length(raw) - self.row_bytes, self.row_bytes)
         return tf.reshape(tf.io.decode_raw(body, tf.float32), self.shape), label
 
+    def folder_of(self, key: str) -> str:
+        return os.path.join(self.config.cache_dir or default_cache_dir(), "features", key)
+
     def _path(self, image_path: str) -> str:
         return os.path.join(self.folder, self.digests[image_path] + ".npy")
 
@@ -324,6 +331,8 @@ class FeatureCache:
         if image_path in self._rows or image_path in self._spilled:
             return True
         path = self._path(image_path)
+        if self.wider is not None and not os.path.exists(path):
+            self._adopt(image_path, path)
         if not self.in_memory:
             try:
                 if os.path.getsize(path) < self.row_bytes:
@@ -339,6 +348,17 @@ class FeatureCache:
             return False
         self.hits += 1
         return True
+
+    def _adopt(self, image_path: str, path: str) -> None:
+        """Write this cache's row of ``image_path`` from the first views of :attr:`wider`'s, where it has one: the
+        same numbers without a backbone pass (``doctor`` caches the mirror image too; a ``train`` after it need
+        not run the backbone again)."""
+        try:
+            row = np.load(os.path.join(self.wider, self.digests[image_path] + ".npy"), allow_pickle=False)
+        except (OSError, ValueError):
+            return
+        if row.shape[1:] == self.shape[1:] and len(row) >= self.views:
+            self._write(path, np.ascontiguousarray(row[:self.views]))
 
     def _compute(self, examples: list[data.Example]) -> list[np.ndarray]:
         """Run the backbone on the images not cached yet and store what it gives, one file per image."""
