@@ -300,8 +300,9 @@ def inspect_command(data_dir, val_split, seed, max_pixels, dedupe, cache_dir, as
 @click.option("--augment", type=click.Choice(AUGMENT_PRESETS), default=None,
               help="Training-time augmentation: flip (mirror images; feature caching keeps it, so it costs one more "
               "pass of the backbone), light or strong (flips, rotation, translation, zoom[, contrast]: every epoch "
-              "runs the backbone) [default: the backbone's: none for efficientnet_lite0 (its larger input buys more than the "
-              "mirror view), inceptionv3 and vgg16, flip for other pretrained ones, light for from-scratch nets].")
+              "runs the backbone) [default: the backbone's: none for efficientnet_lite0 (its larger input buys "
+              "more than the mirror view), inceptionv3 and vgg16, flip for other pretrained ones, light for "
+              "from-scratch nets].")
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default=default("resize"), show_default=True,
               help="squash to the input size, or keep aspect ratio and centre-crop.")
 @click.option("--tta/--no-tta", default=default("tta"), show_default=True,

@@ -63,7 +63,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = [measure(data_dir, args.cache_dir, args.backbone, sizes, args.seeds) for data_dir in args.sets]
     for key in rows[0]:
-        print(f"mean over {len(rows)} sets, {key[0]} px, {VIEWS[key[1]]:15s}: {sum(r[key] for r in rows) / len(rows):.4f}")
+        mean = sum(r[key] for r in rows) / len(rows)
+        print(f"mean over {len(rows)} sets, {key[0]} px, {VIEWS[key[1]]:15s}: {mean:.4f}")
 
 
 if __name__ == "__main__":

@@ -150,14 +150,13 @@ def _config(data_dir, backbone, batch_size, max_pixels, cache_dir, seed, val_spl
                          cache_dir=cache_dir, seed=seed, val_split=val_split,
                          **({"backbone": backbone} if backbone else {})).validate()
     spec, config = backbones.resolve(config)
-    # each image and its mirror image, whatever train caches: on 1000 photos with planted flips, recall 0.86 -> 0.90
-    # (cats vs dogs) and 0.76 -> 0.84 (blood cells) against the image alone (BENCHMARKS.md); a train with one view
-    # reads the first of them from the cache
-    config = replace(config, augment="flip")
     if not spec.pretrained:
         raise ConfigError(f"transfer doctor needs a pretrained backbone; {spec.name} is trained from scratch. "
                           "Leave out --backbone, or name one with ImageNet weights (see `transfer backbones`).")
-    return config
+    # each image and its mirror image, whatever train caches: on 1000 photos with planted flips, recall 0.86 -> 0.90
+    # (cats vs dogs) and 0.76 -> 0.84 (blood cells) against the image alone (BENCHMARKS.md); a train with one view
+    # reads the first of them from the cache
+    return replace(config, augment="flip")
 
 
 def _check_options(folds: int, threshold: float) -> None:
