@@ -22,7 +22,7 @@ import dataclasses
 
 from _common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 from bench_concat import score
-from bench_pooling import pooled_features
+from bench_pooling import pooled_features, set_up
 
 VIEWS = {"flip": "image or mirror", "none": "image only"}
 
@@ -31,15 +31,7 @@ def measure(data_dir: str, cache_dir: str, backbone: str, sizes: list[int], seed
     """(size, augment) -> mean val accuracy over ``seeds`` seeds; prints one line per size and augment."""
     import numpy as np
 
-    from transfer import data
-    from transfer.config import TrainConfig
-
-    config = TrainConfig(data_dir=data_dir, cache_dir=cache_dir, backbone=backbone).validate()
-    dataset = data.scan(config.data_dir, config.val_split, config.seed, cache_dir=cache_dir)
-    class_weight = data.class_weights(dataset, config.class_weight)
-    y = np.array([e.label for e in dataset.splits["train"] + dataset.splits["val"]], np.int32)
-    split = [np.arange(len(dataset.splits["train"]), len(y))]
-    print(f"{data_dir}: {len(dataset.splits['train'])} train + {len(split[0])} val, {backbone}", flush=True)
+    config, dataset, class_weight, y, split = set_up(data_dir, cache_dir, backbone)
     means = {}
     for size in sizes:
         x, top, resolved = pooled_features(config, dataset, image_size=size, augment="flip")

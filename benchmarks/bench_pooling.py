@@ -40,22 +40,31 @@ def pooled_features(config, dataset, **settings):
     return x, features.head_top(model), resolved
 
 
-def measure(data_dir: str, cache_dir: str, backbone: str) -> dict[str, tuple[float, float]]:
-    """name -> (val accuracy on the run's split, 5-fold accuracy) for avg, max and avg+max; prints a table."""
+def set_up(data_dir: str, cache_dir: str, backbone: str):
+    """(config, dataset, class weights, labels of train + val, [the val rows]): a set as the run splits it."""
     import numpy as np
 
     from transfer import data
     from transfer.config import TrainConfig
-    from transfer.training.auto import _folds
 
     config = TrainConfig(data_dir=data_dir, cache_dir=cache_dir, backbone=backbone).validate()
     dataset = data.scan(config.data_dir, config.val_split, config.seed, cache_dir=cache_dir)
     class_weight = data.class_weights(dataset, config.class_weight)
     y = np.array([e.label for e in dataset.splits["train"] + dataset.splits["val"]], np.int32)
     split = [np.arange(len(dataset.splits["train"]), len(y))]
-    folds = _folds(y, config.seed)
     print(f"{data_dir}: {len(dataset.splits['train'])} train + {len(split[0])} val, {len(dataset.classes)} "
           f"classes, {backbone}", flush=True)
+    return config, dataset, class_weight, y, split
+
+
+def measure(data_dir: str, cache_dir: str, backbone: str) -> dict[str, tuple[float, float]]:
+    """name -> (val accuracy on the run's split, 5-fold accuracy) for avg, max and avg+max; prints a table."""
+    import numpy as np
+
+    from transfer.training.auto import _folds
+
+    config, dataset, class_weight, y, split = set_up(data_dir, cache_dir, backbone)
+    folds = _folds(y, config.seed)
     (xa, top, resolved), (xm, _, _) = (pooled_features(config, dataset, pooling=p) for p in ("avg", "max"))
     candidates = {"avg": (xa, top), "max": (xm, top), "avg+max": (np.concatenate([xa, xm], axis=-1), None)}
     results = {}

@@ -117,8 +117,9 @@ def frozen_phase_cache(model: keras.Model, config: TrainConfig, digests: dict[st
     n = views(config)
     cache = FeatureCache(extractor(model), head_top(model), model_key(model, config, views=n), config, digests,
                          views=n, view_axis=True, workers=workers)
-    if n == 1:  # the image's own features are the first view of a cache that mirrors too (doctor's; --augment flip)
-        cache.wider = cache.folder_of(model_key(model, config, views=2))
+    wider = cache.folder_of(model_key(model, config, views=2)) if n == 1 else None
+    if wider is not None and os.path.isdir(wider):  # the image's own features are the first view of a cache that
+        cache.wider = wider  # mirrors too (doctor's, or an --augment flip run's)
     return cache
 
 
